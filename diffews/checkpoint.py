@@ -1,0 +1,57 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Loading MODEL.WEIGHTS: our trainer's checkpoints and the released DiffewS UNets.
+
+``DiffewSCheckpointer`` is detectron2's ``DetectionCheckpointer`` with two changes:
+
+- a directory is read as a released DiffewS UNet in diffusers layout (``<name>/``, ``<name>/unet/``
+  or ``<name>/unet/unet/``; METHOD.md 8);
+- loading is strict: a missing key or a shape mismatch stops with an error naming the file, the key
+  and both shapes, instead of detectron2's warning-and-skip.
+"""
+
+import logging
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .modeling.unet import check_shape, load_release_state_dict
+
+logger = logging.getLogger(__name__)
+
+
+class DiffewSCheckpointer(DetectionCheckpointer):
+    def load(self, path: str, *args, **kwargs):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(
+                f"MODEL.WEIGHTS: {path} does not exist (expected a trainer checkpoint .pth or a "
+                "released DiffewS UNet folder)"
+            )
+        self._source = path
+        if path and os.path.isdir(path):
+            unet_config = dict(self.model.unet.config) if hasattr(self.model, "unet") else None
+            state = load_release_state_dict(path, unet_config)
+            incompatible = self._load_model({"model": {"unet." + k: v for k, v in state.items()},
+                                             "__author__": "DiffewS release"})
+            if incompatible is not None:
+                self._log_incompatible_keys(incompatible)
+            return {}
+        return super().load(path, *args, **kwargs)
+
+    def _load_model(self, checkpoint):
+        incoming = checkpoint["model"]
+        if all(k.startswith("module.") for k in incoming):
+            incoming = {k[len("module."):]: v for k, v in incoming.items()}
+            checkpoint["model"] = incoming
+        source = getattr(self, "_source", "checkpoint")
+        expected = self.model.state_dict()
+        for key, value in expected.items():
+            if key not in incoming:
+                raise KeyError(f"{source}: missing key '{key}' (shape {tuple(value.shape)})")
+            check_shape(key, value.shape, incoming[key].shape, source)
+        unexpected = sorted(set(incoming) - set(expected))
+        if unexpected:
+            raise KeyError(
+                f"{source}: {len(unexpected)} unexpected key(s), e.g. '{unexpected[0]}': the "
+                "checkpoint is not a DiffewS model"
+            )
+        return super()._load_model(checkpoint)

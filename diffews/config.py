@@ -1,0 +1,51 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""All DiffewS config keys, with their defaults (the paper's main setting) and what each means."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_diffews_config(cfg: CN) -> None:
+    """Add every DiffewS key to a detectron2 config, in place.
+
+    Defaults reproduce the paper's main setting (SD 2.1, 512 px, t=1, relative threshold 0.25,
+    COCO-20i training recipe). YAML files only override these.
+    """
+    cfg.MODEL.META_ARCHITECTURE = "DiffewS"
+    # MODEL.WEIGHTS (detectron2's own key) may name a checkpoint written by our trainer (.pth) or a
+    # released DiffewS UNet in diffusers layout: `<name>/`, `<name>/unet/` or `<name>/unet/unet/`.
+
+    cfg.MODEL.DIFFEWS = CN()
+    # Local Stable Diffusion folder in diffusers layout, with unet/ vae/ text_encoder/ tokenizer/.
+    # The UNet architecture is whatever unet/config.json says (SD 2.1 for real use, tiny in tests).
+    cfg.MODEL.DIFFEWS.PRETRAINED = ""
+    # Diffusion timestep fed to both UNet passes (the method is a one-step regressor at t=1).
+    cfg.MODEL.DIFFEWS.TIMESTEP = 1
+    # Mask = mean over RGB of the decoded prediction > REL_THRESHOLD * max of the prediction.
+    cfg.MODEL.DIFFEWS.REL_THRESHOLD = 0.25
+    # If > 0, replaces the relative threshold by an absolute one on [0, 1] (reference `--threshold`).
+    cfg.MODEL.DIFFEWS.ABS_THRESHOLD = 0.0
+    # Training uses the empty prompt padded to the tokenizer's full length (77 tokens for SD 2.1),
+    # inference the unpadded [BOS, EOS] (2 tokens), as the reference code does. False uses 2 in both.
+    cfg.MODEL.DIFFEWS.PAD_PROMPT_IN_TRAINING = True
+    # Recompute UNet activations in the backward pass (diffusers gradient checkpointing): lets
+    # SD 2.1 train at 512 px on a 24 GB GPU at the cost of about one extra forward.
+    cfg.MODEL.DIFFEWS.GRADIENT_CHECKPOINTING = False
+
+    # Square working size: images are resized (bilinear) and masks (nearest) to IMAGE_SIZE^2.
+    cfg.INPUT.IMAGE_SIZE = 512
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.INPUT.FEW_SHOT = CN()
+    # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (METHOD.md 4).
+    cfg.INPUT.FEW_SHOT.MAX_SHOT = 2
+
+    cfg.TEST.FSS = CN()
+    # Number of supports per test episode (K).
+    cfg.TEST.FSS.SHOT = 1
+    # Seed of the episode generator (the field's protocol uses 0).
+    cfg.TEST.FSS.SEED = 0
+    # Optional JSON episode file (written by tools/make_episodes.py) to reuse instead of generating.
+    cfg.TEST.FSS.EPISODES_FILE = ""
+    # Number of episodes; 0 means the benchmark's protocol count (1000 COCO/PASCAL, ...).
+    cfg.TEST.FSS.NUM_EPISODES = 0
+    # Score at the query's original resolution instead of the working size (published protocol).
+    cfg.TEST.FSS.ORIGINAL_SIZE = False

@@ -1,0 +1,4 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+from .kv_fusion import KVBank, KVFusionAttnProcessor2_0, set_kv_fusion_processors
+from .meta_arch import DiffewS
+from .unet import add_support_conv, load_pretrained_unet, load_release_state_dict, save_release_unet

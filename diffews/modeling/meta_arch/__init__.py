@@ -1,0 +1,3 @@
+from .diffews import DiffewS
+
+__all__ = ["DiffewS"]
