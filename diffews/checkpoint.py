@@ -54,4 +54,8 @@ class DiffewSCheckpointer(DetectionCheckpointer):
                 f"{source}: {len(unexpected)} unexpected key(s), e.g. '{unexpected[0]}': the "
                 "checkpoint is not a DiffewS model"
             )
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        # the frozen VAE is not checkpointed (DiffewS.state_dict): not "missing"
+        return incompatible._replace(
+            missing_keys=[k for k in incompatible.missing_keys if k in expected]
+        )

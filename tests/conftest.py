@@ -1,0 +1,58 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Shared fixtures: a tiny random Stable Diffusion folder written with save_pretrained, and the
+detectron2 config that builds DiffewS on it through the real loading code."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+SIZE = 64  # working size in tests: 8x8 latents with the tiny 4-level VAE
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    from diffews.utils.tiny_sd import build_tiny_sd
+
+    return build_tiny_sd(str(tmp_path_factory.mktemp("tiny_sd")), seed=0)
+
+
+def make_cfg(pretrained, *opts):
+    from detectron2.config import get_cfg
+
+    from diffews import add_diffews_config
+
+    cfg = get_cfg()
+    add_diffews_config(cfg)
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "Base-DiffewS.yaml"))
+    cfg.merge_from_list(["MODEL.DIFFEWS.PRETRAINED", pretrained, "INPUT.IMAGE_SIZE", SIZE,
+                         "MODEL.DEVICE", "cpu", *opts])
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tiny_sd):
+    return make_cfg(tiny_sd)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_sd):
+    """A tiny DiffewS in eval mode, built by build_model from the tiny SD folder."""
+    from detectron2.modeling import build_model
+
+    model = build_model(make_cfg(tiny_sd)).eval()
+    return model
+
+
+def make_episode(shots: int, seed: int, size: int = SIZE):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image": torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8),
+        "support_images": torch.randint(0, 256, (shots, 3, size, size), generator=g, dtype=torch.uint8),
+        "support_masks": (torch.rand(shots, size, size, generator=g) > 0.5).to(torch.uint8),
+        "sem_seg": (torch.rand(size, size, generator=g) > 0.5).to(torch.uint8),
+        "class_id": 0,
+    }
