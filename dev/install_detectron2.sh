@@ -9,7 +9,14 @@
 set -euo pipefail
 PY=${PYTHON:-python}
 
-if "$PY" -c "import detectron2, detectron2.engine" 2>/dev/null; then
+# importable, and not an older DiffewS stub build (those lack what detectron2's env report needs)
+if "$PY" -c "
+import detectron2, detectron2.engine, importlib.util
+spec = importlib.util.find_spec('detectron2._C')
+if spec.origin.endswith('.py'):
+    from detectron2 import _C
+    assert getattr(_C, 'DIFFEWS_STUB_VERSION', 0) >= 2
+" 2>/dev/null; then
   echo "detectron2 already importable: $("$PY" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))')"
   exit 0
 fi
@@ -24,5 +31,5 @@ root=$(ls -d "$work"/src/sal_detectron2-0.7.2)
 "$PY" "$(dirname "$0")/patch_detectron2_wheel.py" "$root"
 mkdir -p "$work/out"
 "$PY" -m wheel pack -d "$work/out" "$root"
-"$PY" -m pip install --quiet --no-deps "$work"/out/*.whl
+"$PY" -m pip install --quiet --no-deps --force-reinstall "$work"/out/*.whl
 "$PY" -c "import detectron2.engine, detectron2.modeling; print('detectron2', detectron2.__version__, 'installed (pure Python, no C++ ops)')"

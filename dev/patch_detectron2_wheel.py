@@ -19,6 +19,20 @@ import sys
 
 STUB = '''"""Stub for detectron2's CUDA extension, removed by DiffewS's dev/install_detectron2.sh."""
 
+DIFFEWS_STUB_VERSION = 2
+
+
+def get_compiler_version():
+    return "none (pure-Python detectron2 build)"
+
+
+def get_cuda_version():
+    return "none (pure-Python detectron2 build)"
+
+
+def has_cuda():
+    return False
+
 
 def __getattr__(name):
     raise NotImplementedError(

@@ -38,6 +38,33 @@ def add_diffews_config(cfg: CN) -> None:
     # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (METHOD.md 4).
     cfg.INPUT.FEW_SHOT.MAX_SHOT = 2
 
+    # Training recipe of the reference (METHOD.md 4): AdamW, lr 1e-5 decayed linearly to 1e-7 over
+    # 20k updates of 1 episode x 4 accumulation steps, grad-norm clip 1.0, fp16 AMP (set in YAML).
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # only ADAMW
+    cfg.SOLVER.BASE_LR = 1e-5
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+    cfg.SOLVER.EPS = 1e-8
+    cfg.SOLVER.WEIGHT_DECAY = 0.01
+    # lr = (BASE_LR - END_LR) * (1 - iter / MAX_ITER) ** POLY_LR_POWER + END_LR
+    cfg.SOLVER.END_LR = 1e-7
+    cfg.SOLVER.POLY_LR_POWER = 1.0
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.MAX_ITER = 20000
+    # episodes per batch, summed over all processes (the reference: 1)
+    cfg.SOLVER.IMS_PER_BATCH = 1
+    # batches whose gradients are averaged into one update; one iteration = one update
+    cfg.SOLVER.ACCUMULATION_STEPS = 4
+    cfg.SOLVER.CHECKPOINT_PERIOD = 2000
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"  # only "norm" (total L2 norm)
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+    # AMP autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a grad scaler) or "bfloat16"
+    cfg.SOLVER.AMP.PRECISION = "float16"
+    # On a NaN or infinite loss: "raise" stops with the iteration number; "skip" drops the update
+    # and counts it (scalar `skipped_updates`)
+    cfg.SOLVER.NAN_POLICY = "raise"
+    cfg.SEED = 42
+
     cfg.TEST.FSS = CN()
     # Number of supports per test episode (K).
     cfg.TEST.FSS.SHOT = 1
@@ -49,3 +76,5 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSS.NUM_EPISODES = 0
     # Score at the query's original resolution instead of the working size (published protocol).
     cfg.TEST.FSS.ORIGINAL_SIZE = False
+    # Episodes shown in TensorBoard every VIS_PERIOD iterations (the first ones of DATASETS.TEST[0]).
+    cfg.TEST.FSS.VIS_EPISODES = 4

@@ -38,7 +38,7 @@ def test_every_self_attention_is_fused_and_sd21_has_16(tiny_sd):
     x, ctx = _unet_inputs(1)
     with torch.no_grad():
         unet(x, torch.ones(1, dtype=torch.long), encoder_hidden_states=ctx,
-             cross_attention_kwargs={"kv_bank": bank})
+             cross_attention_kwargs={"kv_bank": bank, "kv_read": False})
     assert len(bank) == 4  # the support pass stored K/V in every attn1, none in attn2
     sd21 = dict(block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
                 cross_attention_dim=1024, use_linear_projection=True, upcast_attention=True)
@@ -69,9 +69,8 @@ def test_query_attends_to_own_then_its_supports_tokens(shots):
     queries = torch.randn(batch, length, 16)
     bank = KVBank(shots)
     with torch.no_grad():
-        support_out = attn(supports, kv_bank=bank)
-        bank.reading = True
-        query_out = attn(queries, kv_bank=bank)
+        support_out = attn(supports, kv_bank=bank, kv_read=False)
+        query_out = attn(queries, kv_bank=bank, kv_read=True)
         for i in range(batch * shots):  # each support attends to itself only
             torch.testing.assert_close(support_out[i], _manual_attention(attn, supports[i], supports[i]),
                                        atol=1e-5, rtol=0)

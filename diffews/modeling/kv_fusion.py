@@ -9,8 +9,9 @@ mode: each ``attn1`` attends to ``[own ; support 1 ; ... ; support K]`` along th
 reference's xformers path does; its SDPA path is only correct for K = 1.
 
 The bank is a fresh object per episode batch and reaches the processors through
-``cross_attention_kwargs``, so processors hold no state: gradient checkpointing can recompute
-either pass, and nothing has to be cleared between episodes.
+``cross_attention_kwargs`` (``kv_bank``, with ``kv_read`` False for the support pass and True for
+the query pass), so processors hold no state and each pass keeps its own mode: gradient
+checkpointing can recompute either pass, and nothing has to be cleared between episodes.
 """
 
 from typing import Dict, Optional, Tuple
@@ -32,7 +33,6 @@ class KVBank:
         if shots < 1:
             raise ValueError(f"KVBank needs at least one support per query, got shots={shots}")
         self.shots = shots
-        self.reading = False
         self._kv: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -87,6 +87,7 @@ class KVFusionAttnProcessor2_0:
         attention_mask: Optional[torch.Tensor] = None,
         temb: Optional[torch.Tensor] = None,
         kv_bank: Optional[KVBank] = None,
+        kv_read: bool = False,
     ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -127,7 +128,7 @@ class KVFusionAttnProcessor2_0:
         # KV fusion: supports store their own K/V (and attend only to themselves); the query
         # attends to its own tokens followed by those of its K supports, in shot order.
         if kv_bank is not None:
-            if kv_bank.reading:
+            if kv_read:
                 support_key, support_value = kv_bank.read(self.name, batch_size)
                 key = torch.cat([key, support_key.to(key.dtype)], dim=2)
                 value = torch.cat([value, support_value.to(value.dtype)], dim=2)
@@ -157,11 +158,11 @@ class CrossAttnProcessor2_0(AttnProcessor2_0):
     """diffusers' ``AttnProcessor2_0``, unchanged, that also accepts (and ignores) ``kv_bank``.
 
     Cross-attention receives the same ``cross_attention_kwargs`` as self-attention; accepting
-    the argument keeps diffusers from warning about it on every call.
+    the arguments keeps diffusers from warning about them on every call.
     """
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, kv_bank: Optional[KVBank] = None):
+                 temb=None, kv_bank: Optional[KVBank] = None, kv_read: bool = False):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 

@@ -212,18 +212,17 @@ class DiffewS(nn.Module):
             (B, C, h, w): the prediction, read as minus the query-mask latent.
         """
         bank = KVBank(shots)
-        support_out = self._unet(support_latents, prompt, bank)
-        bank.reading = True
-        query_out = self._unet(query_latents, prompt, bank)
+        support_out = self._unet(support_latents, prompt, bank, read=False)
+        query_out = self._unet(query_latents, prompt, bank, read=True)
         # the support output is unused, but it keeps the support branch in the graph for DDP
         return query_out + support_out.mean() * 0.0 if self.training else query_out
 
-    def _unet(self, latents, prompt, bank: KVBank) -> torch.Tensor:
+    def _unet(self, latents, prompt, bank: KVBank, read: bool) -> torch.Tensor:
         n = latents.shape[0]
         t = torch.full((n,), self.timestep, device=latents.device, dtype=torch.long)
         context = prompt.expand(n, -1, -1)
         return self.unet(
-            latents, t, encoder_hidden_states=context, cross_attention_kwargs={"kv_bank": bank}
+            latents, t, encoder_hidden_states=context, cross_attention_kwargs={"kv_bank": bank, "kv_read": read}
         ).sample
 
     def losses(self, batched_inputs: List[Dict], shots: int) -> torch.Tensor:

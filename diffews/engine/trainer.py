@@ -1,0 +1,101 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""DiffewSTrainer: detectron2's DefaultTrainer with DiffewS's data, solver and train loop."""
+
+import logging
+import weakref
+
+from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import DiffewSCheckpointer
+from ..data.train_episodes import build_episodic_train_loader
+from .hooks import PredictionVisualizer
+from .solver import build_lr_scheduler, build_optimizer
+from .train_loop import EpisodeTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def create_ddp_model(model):
+    """DDP on CPU (gloo) or GPU (NCCL); detectron2's helper assumes a GPU."""
+    if comm.get_world_size() == 1:
+        return model
+    kwargs = {"device_ids": [comm.get_local_rank()]} if next(model.parameters()).is_cuda else {}
+    return DistributedDataParallel(model, broadcast_buffers=False, **kwargs)
+
+
+class DiffewSTrainer(DefaultTrainer):
+    """Episodic training of DiffewS (METHOD.md 4).
+
+    One iteration is one optimizer update over ``SOLVER.ACCUMULATION_STEPS`` batches of
+    ``SOLVER.IMS_PER_BATCH`` episodes (summed over processes), under AMP if ``SOLVER.AMP.ENABLED``
+    (``SOLVER.AMP.PRECISION``), with gradient-norm clipping and the NaN policy of ``SOLVER.NAN_POLICY``.
+    Checkpoints hold the UNet, optimizer, LR scheduler, grad scaler and iteration, so ``--resume``
+    continues at the same iteration and learning rate.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model)
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE != "norm":
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: only 'norm' is supported, got {clip.CLIP_TYPE!r}")
+        self._trainer = EpisodeTrainer(
+            model, data_loader, optimizer,
+            accumulation_steps=cfg.SOLVER.ACCUMULATION_STEPS,
+            amp=cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else None,
+            clip_norm=clip.CLIP_VALUE if clip.ENABLED else 0.0,
+            nan_policy=cfg.SOLVER.NAN_POLICY,
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DiffewSCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        if comm.is_main_process() and self.cfg.VIS_PERIOD > 0 and self.cfg.DATASETS.TEST:
+            loader = self.build_test_loader(self.cfg, self.cfg.DATASETS.TEST[0])
+            episodes = []
+            for batch in loader:
+                episodes.extend(batch)
+                if len(episodes) >= self.cfg.TEST.FSS.VIS_EPISODES:
+                    break
+            # before the writer, so that the grid is written in the same step
+            ret.insert(len(ret) - 1, PredictionVisualizer(self.cfg.VIS_PERIOD, episodes, self.model))
+        return ret
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_episodic_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        from ..data.episode_dataset import build_fss_test_loader
+
+        return build_fss_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        from ..evaluation import FSSEvaluator
+
+        return FSSEvaluator(dataset_name, distributed=True, output_dir=output_folder or cfg.OUTPUT_DIR,
+                            original_size=cfg.TEST.FSS.ORIGINAL_SIZE)
