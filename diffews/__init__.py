@@ -1,6 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """DiffewS: few-shot segmentation with a one-step Stable Diffusion UNet (NeurIPS 2024)."""
 
+from . import data  # noqa: F401  (registers datasets)
 from . import modeling  # noqa: F401  (registers the DiffewS meta-architecture)
 from .checkpoint import DiffewSCheckpointer
 from .config import add_diffews_config

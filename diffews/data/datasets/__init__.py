@@ -1,0 +1,16 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Few-shot segmentation benchmarks, registered in detectron2's catalogs on import.
+
+Registering reads nothing from disk: the root (``$DETECTRON2_DATASETS``, default ``datasets``) and
+the split lists are read when a dataset is loaded. See datasets/README.md for the folder trees.
+"""
+
+from . import coco20i, fss1000, lvis92i, pascal5i  # noqa: F401  (register on import)
+from .lvis92i import lvis92i_test_name
+
+try:
+    from . import synthetic  # noqa: F401
+except ImportError:  # written separately; the real benchmarks do not need it
+    pass
+
+__all__ = ["lvis92i_test_name"]

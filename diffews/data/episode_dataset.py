@@ -1,0 +1,153 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Test-time episodes as model inputs: ``EpisodeMapper`` and ``build_fss_test_loader``.
+
+The loader turns a registered test dataset (image records) and its fixed episode list
+(``episodes.py``) into detectron2's test loader over episodes, sharded by ``InferenceSampler``:
+process r of N gets a contiguous slice of the same list, so 1 and N processes evaluate exactly
+the same episodes.
+"""
+
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data.samplers import InferenceSampler
+
+from ..utils.image import image_to_tensor, resize_image, resize_mask
+from .episodes import get_episodes
+from .records import LABEL_FORMATS, load_sample
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EpisodeMapper", "resolve_episodes", "build_fss_test_loader"]
+
+
+class EpisodeMapper:
+    """Episode (records) -> model input dict, at the square working size S.
+
+    Steps: (1) read the query and the supports with ``load_sample`` for the episode class;
+    (2) resize images with PIL bilinear to (S, S) and labels with torch nearest (the reference's
+    rules, ``utils/image.py``); (3) supports keep label == 1 as foreground (255 -> 0); the query
+    keeps {0, 1, 255}.
+    """
+
+    @configurable
+    def __init__(self, image_size: int, label_format: str, ignore_boundary: bool,
+                 keep_original: bool = False):
+        """
+        Args:
+            image_size: working size S (``INPUT.IMAGE_SIZE``).
+            label_format: one of ``records.LABEL_FORMATS`` (the dataset's metadata).
+            ignore_boundary: query label 255 is kept as ignore (PASCAL-5i); else labels are 0/1.
+            keep_original: also return the original-size query label ("sem_seg_original").
+        """
+        if label_format not in LABEL_FORMATS:
+            raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
+        self.image_size = int(image_size)
+        self.label_format = label_format
+        self.ignore_boundary = bool(ignore_boundary)
+        self.keep_original = bool(keep_original)
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str):
+        meta = MetadataCatalog.get(dataset_name)
+        return {
+            "image_size": cfg.INPUT.IMAGE_SIZE,
+            "label_format": meta.label_format,
+            "ignore_boundary": meta.get("ignore_boundary", False),
+            "keep_original": cfg.TEST.FSS.ORIGINAL_SIZE,
+        }
+
+    def __call__(self, episode: Dict) -> Dict:
+        """
+        Args:
+            episode: ``{"episode_id", "class_id", "query": record, "supports": [record, ...]}``.
+        Returns:
+            dict with "image" (3, S, S) uint8, "support_images" (K, 3, S, S) uint8,
+            "support_masks" (K, S, S) uint8 in {0, 1}, "sem_seg" (S, S) uint8 in {0, 1, 255},
+            "class_id", "episode_id", "query_id", "support_ids", "height"/"width" (original query
+            size) and, with ``keep_original``, "sem_seg_original" (H, W) uint8.
+        """
+        s, cls = self.image_size, int(episode["class_id"])
+        query = episode["query"]
+        image, label = load_sample(query, cls, self.label_format, self.ignore_boundary)
+        support_images, support_masks = [], []
+        for record in episode["supports"]:
+            simage, slabel = load_sample(record, cls, self.label_format, False)
+            mask = (slabel == 1).astype(np.uint8)
+            if not mask.any():
+                logger.warning("episode %s: support %s has an empty mask for class %d",
+                               episode["episode_id"], record["image_id"], cls)
+            support_images.append(image_to_tensor(resize_image(simage, s)))
+            support_masks.append(torch.from_numpy(resize_mask(mask, s)))
+        out = {
+            "image": image_to_tensor(resize_image(image, s)),
+            "support_images": torch.stack(support_images),
+            "support_masks": torch.stack(support_masks),
+            "sem_seg": torch.from_numpy(resize_mask(label, s)),
+            "class_id": cls,
+            "episode_id": episode["episode_id"],
+            "query_id": query["image_id"],
+            "support_ids": [r["image_id"] for r in episode["supports"]],
+            "height": int(label.shape[0]),
+            "width": int(label.shape[1]),
+        }
+        if self.keep_original:
+            out["sem_seg_original"] = torch.from_numpy(np.ascontiguousarray(label))
+        return out
+
+
+def resolve_episodes(episodes: List[Dict], records: List[Dict],
+                     dataset_name: str = "") -> List[Dict]:
+    """Replace the episodes' image IDs by the dataset's records.
+
+    Raises:
+        ValueError: an ID is not in the dataset, or its record is not listed under the class.
+    """
+    by_id = {r["image_id"]: r for r in records}
+    out = []
+    for e in episodes:
+        cls = int(e["class_id"])
+        resolved = []
+        for image_id in [e["query"], *e["supports"]]:
+            record = by_id.get(image_id)
+            if record is None:
+                raise ValueError(f"episode {e['episode_id']}: image {image_id!r} is not in "
+                                 f"{dataset_name or 'the dataset'} (episode file of another "
+                                 "dataset or split list?)")
+            if "classes" in record and cls not in record["classes"]:
+                raise ValueError(f"episode {e['episode_id']}: image {image_id!r} is not listed "
+                                 f"under class {cls} in {dataset_name or 'the dataset'}")
+            resolved.append(record)
+        out.append({"episode_id": e["episode_id"], "class_id": cls, "query": resolved[0],
+                    "supports": resolved[1:]})
+    return out
+
+
+def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = None):
+    """detectron2 test loader over a registered test dataset's fixed episodes.
+
+    Episodes come from ``cfg.TEST.FSS.EPISODES_FILE`` if set, else are generated with
+    ``TEST.FSS.SHOT``/``SEED``/``NUM_EPISODES`` and cached (``episodes.get_episodes``; the cache
+    folder is ``cache_dir`` or ``$DETECTRON2_DATASETS/episodes``). Batch size 1, sharded with
+    ``InferenceSampler``.
+
+    Returns:
+        torch DataLoader yielding lists of one ``EpisodeMapper`` dict.
+    """
+    records = DatasetCatalog.get(dataset_name)
+    episodes = get_episodes(dataset_name, cfg.TEST.FSS.SHOT, cfg.TEST.FSS.SEED,
+                            cfg.TEST.FSS.EPISODES_FILE, cfg.TEST.FSS.NUM_EPISODES, cache_dir)
+    if not episodes:
+        raise ValueError(f"{dataset_name}: no test episodes")
+    dataset = resolve_episodes(episodes, records, dataset_name)
+    logger.info("%s: %d episodes, %d-shot", dataset_name, len(dataset), cfg.TEST.FSS.SHOT)
+    return build_detection_test_loader(
+        dataset=dataset,
+        mapper=EpisodeMapper(cfg, dataset_name),
+        sampler=InferenceSampler(len(dataset)),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
