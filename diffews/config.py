@@ -30,6 +30,9 @@ def add_diffews_config(cfg: CN) -> None:
     # Recompute UNet activations in the backward pass (diffusers gradient checkpointing): lets
     # SD 2.1 train at 512 px on a 24 GB GPU at the cost of about one extra forward.
     cfg.MODEL.DIFFEWS.GRADIENT_CHECKPOINTING = False
+    # Inference keeps the latents of this many supports (keyed by their pixels) for later episodes
+    # that reuse them: the VAE is frozen, so the result is identical. 0 disables.
+    cfg.MODEL.DIFFEWS.SUPPORT_CACHE_SIZE = 256
 
     # Square working size: images are resized (bilinear) and masks (nearest) to IMAGE_SIZE^2.
     cfg.INPUT.IMAGE_SIZE = 512

@@ -106,3 +106,24 @@ def test_missing_pretrained_folder_is_named(tmp_path):
         build_model(make_cfg(""))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing" / "unet")):
         build_model(make_cfg(str(tmp_path / "nothing")))
+
+
+def test_support_cache_reuses_latents_without_changing_predictions(tiny_sd, monkeypatch):
+    cached = build_model(make_cfg(tiny_sd, "MODEL.DIFFEWS.SUPPORT_CACHE_SIZE", 2)).eval()
+    plain = build_model(make_cfg(tiny_sd, "MODEL.DIFFEWS.SUPPORT_CACHE_SIZE", 0)).eval()
+    calls = []
+    encode = cached.vae.encode
+    monkeypatch.setattr(cached.vae, "encode", lambda x: calls.append(len(x)) or encode(x))
+    a, b = make_episode(2, seed=20), make_episode(1, seed=21)
+    b_same_support = dict(b, support_images=a["support_images"][:1], support_masks=a["support_masks"][:1])
+    for ep in (a, b_same_support, a):
+        # equal up to float rounding: the VAE sees batches of another size
+        diff = cached([ep])[0]["pred_image"].int() - plain([ep])[0]["pred_image"].int()
+        assert diff.abs().max() <= 1
+    # a: 2 supports + 2 masks + query; then only queries (supports reused)
+    assert calls == [2, 2, 1, 1, 1]
+    assert cached.support_cache.hits == 3 and cached.support_cache.misses == 2
+    changed_mask = dict(a, support_masks=1 - a["support_masks"])
+    cached([changed_mask])
+    assert cached.support_cache.misses == 4  # same images, other masks: encoded again
+    assert len(cached.support_cache._latents) == 2  # capacity

@@ -17,6 +17,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from ..kv_fusion import KVBank, set_kv_fusion_processors
+from ..support_cache import SupportLatentCache
 from ..unet import load_pretrained_unet
 from ..vae import encode_empty_prompt, load_frozen_vae
 
@@ -40,6 +41,7 @@ class DiffewS(nn.Module):
         timestep: int = 1,
         rel_threshold: float = 0.25,
         abs_threshold: float = 0.0,
+        support_cache_size: int = 0,
     ):
         """
         Args:
@@ -52,6 +54,8 @@ class DiffewS(nn.Module):
             timestep: diffusion timestep of both UNet passes.
             rel_threshold: mask = mean_RGB(pred) > rel_threshold * max(pred), pred in [0, 1].
             abs_threshold: if > 0, mask = mean_RGB(pred) > abs_threshold instead.
+            support_cache_size: supports whose latents inference keeps for later episodes
+                (``SupportLatentCache``); 0 disables.
         """
         super().__init__()
         self.unet = unet
@@ -62,6 +66,7 @@ class DiffewS(nn.Module):
         self.timestep = timestep
         self.rel_threshold = rel_threshold
         self.abs_threshold = abs_threshold
+        self.support_cache = SupportLatentCache(support_cache_size) if support_cache_size > 0 else None
         self.latent_scale = float(vae.config.scaling_factor)
         # the VAE halves the resolution in every block but the last, the UNet in every down block
         # but the last: inputs must be multiples of both
@@ -91,6 +96,7 @@ class DiffewS(nn.Module):
             "timestep": cfg.MODEL.DIFFEWS.TIMESTEP,
             "rel_threshold": cfg.MODEL.DIFFEWS.REL_THRESHOLD,
             "abs_threshold": cfg.MODEL.DIFFEWS.ABS_THRESHOLD,
+            "support_cache_size": cfg.MODEL.DIFFEWS.SUPPORT_CACHE_SIZE,
         }
 
     @property
@@ -241,13 +247,22 @@ class DiffewS(nn.Module):
     def inference(self, batched_inputs: List[Dict], shots: int) -> List[Dict]:
         """One-step prediction and the reference's relative threshold (METHOD.md 3)."""
         query, supports, support_masks = self._stack(batched_inputs)
-        z_support = torch.cat(
-            [self.encode(supports, sample=False), self.encode(support_masks, sample=False)], dim=1
-        )
+        if self.support_cache is None:
+            z_support = self._support_latents(supports, support_masks)
+        else:
+            z_support = self.support_cache.encode(
+                [s for x in batched_inputs for s in x["support_images"]],
+                [torch.as_tensor(m) for x in batched_inputs for m in x["support_masks"]],
+                lambda s, m: self._support_latents(self.normalize(s), self.mask_to_image(m)),
+            )
         z_query = self.encode(query, sample=False)
         pred = self.predict_latents(z_query, z_support, shots, self.prompt_embeds_test)
         images = self.decode(-pred)
         return [{"pred_image": img, "pred_mask": self.threshold(img)} for img in images]
+
+    def _support_latents(self, images: torch.Tensor, mask_images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised supports and mask images -> (N, 2C, h, w) posterior-mean latents."""
+        return torch.cat([self.encode(images, sample=False), self.encode(mask_images, sample=False)], dim=1)
 
     def threshold(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 prediction -> (H, W) bool mask."""
