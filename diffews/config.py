@@ -81,3 +81,15 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSS.ORIGINAL_SIZE = False
     # Episodes shown in TensorBoard every VIS_PERIOD iterations (the first ones of DATASETS.TEST[0]).
     cfg.TEST.FSS.VIS_EPISODES = 4
+
+
+def load_config(config_file: str, opts=()) -> CN:
+    """detectron2's defaults plus every DiffewS key, then ``config_file``, then ``opts``
+    (``[KEY, VALUE, ...]``). Returned unfrozen."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_diffews_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg

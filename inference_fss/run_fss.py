@@ -19,7 +19,6 @@ import os
 import sys
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import launch
 from detectron2.evaluation import inference_context
 from detectron2.modeling import build_model
@@ -28,7 +27,8 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 from tqdm import tqdm
 
-from diffews import DiffewSCheckpointer, add_diffews_config
+from diffews import DiffewSCheckpointer
+from diffews.config import load_config
 from diffews.data import build_fss_test_loader
 from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name
 from diffews.utils.visualize import save_episode
@@ -61,10 +61,7 @@ def parse_args(argv=None):
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_diffews_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if args.shot is not None:
         cfg.TEST.FSS.SHOT = args.shot
     if args.episodes:

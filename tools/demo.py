@@ -13,11 +13,11 @@ import os
 import sys
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from diffews import DiffewSCheckpointer, add_diffews_config
+from diffews import DiffewSCheckpointer
+from diffews.config import load_config
 from diffews.demo import make_episode, read_supports, write_outputs
 from diffews.utils.image import ImageReadError, read_image
 
@@ -48,10 +48,7 @@ def get_parser():
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_diffews_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from diffews import DiffewSCheckpointer, add_diffews_config
+from diffews import DiffewSCheckpointer
+from diffews.config import load_config
 from diffews.modeling import save_release_unet
 
 
@@ -29,10 +29,7 @@ def get_parser():
 
 
 def main(args) -> str:
-    cfg = get_cfg()
-    add_diffews_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *args.opts])
+    cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
     model = build_model(cfg)
     DiffewSCheckpointer(model).load(args.weights)
     folder = os.path.join(args.output, "unet")

@@ -12,17 +12,17 @@ import logging
 import os
 import time
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 
-from diffews import DiffewSCheckpointer, add_diffews_config
+from diffews import DiffewSCheckpointer
+from diffews.config import load_config
 from diffews.data.episode_dataset import build_fss_test_loader
-from diffews.engine.hooks import episode_grid
 from diffews.evaluation import FSSEvaluator
 from diffews.quickstart import evaluate_with_baselines, format_table, prepare_tiny_sd
+from diffews.utils.visualize import episode_grid
 from train_net import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,10 +46,7 @@ def main():
     train_main(train_args)
     train_time = time.perf_counter() - start
 
-    cfg = get_cfg()
-    add_diffews_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(opts)
+    cfg = load_config(CONFIG, opts)
     model = build_model(cfg).eval()
     DiffewSCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     dataset = cfg.DATASETS.TEST[0]
@@ -67,7 +64,7 @@ def main():
     log.info("done in %.0f s (training included: %.0f s)", total, train_time)
     print(f"\nSynthetic benchmark, held-out classes, {cfg.TEST.FSS.SHOT}-shot, same episodes for all:\n")
     print(table)
-    print(f"\nPredictions (supports | query with ground truth | prediction | decoded): {picture}")
+    print(f"\nPredictions (query with ground truth | prediction | decoded | supports): {picture}")
 
 
 if __name__ == "__main__":

@@ -11,18 +11,15 @@
 import os
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 
-from diffews import DiffewSCheckpointer, add_diffews_config
+from diffews import DiffewSCheckpointer
+from diffews.config import load_config
 from diffews.engine import DiffewSTrainer
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_diffews_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

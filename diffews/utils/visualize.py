@@ -10,7 +10,7 @@ from PIL import Image
 
 from .overlay import GT_COLOR, PRED_COLOR, SUPPORT_COLOR, overlay_mask, side_by_side
 
-__all__ = ["draw_episode", "save_episode"]
+__all__ = ["draw_episode", "episode_grid", "save_episode"]
 
 
 def _np(x) -> np.ndarray:
@@ -18,8 +18,8 @@ def _np(x) -> np.ndarray:
 
 
 def draw_episode(inputs: Dict, output: Dict, height: int = 256) -> np.ndarray:
-    """One row: query + GT (green; ignored pixels grey), query + prediction (red), supports +
-    masks (blue).
+    """One row: query + GT (green; ignored pixels grey), query + prediction (red), the decoded
+    prediction if the output has one, supports + masks (blue).
 
     Args:
         inputs: an ``EpisodeMapper`` dict ("image" (3, S, S), "sem_seg" (S, S), "support_images"
@@ -35,12 +35,27 @@ def draw_episode(inputs: Dict, output: Dict, height: int = 256) -> np.ndarray:
     gt_panel = overlay_mask(overlay_mask(query, gt == 255, (128, 128, 128), 0.6), gt == 1, GT_COLOR)
     panels = [gt_panel, overlay_mask(query, pred, PRED_COLOR)]
     titles = [f"query {inputs.get('query_id', '')} GT", "prediction"]
+    if "pred_image" in output:
+        panels.append(_np(output["pred_image"]).transpose(1, 2, 0))
+        titles.append("decoded")
     support_ids = inputs.get("support_ids", [])
     supports = zip(_np(inputs["support_images"]), _np(inputs["support_masks"]))
     for k, (image, mask) in enumerate(supports):
         panels.append(overlay_mask(image.transpose(1, 2, 0), mask > 0, SUPPORT_COLOR))
         titles.append(f"support {support_ids[k] if k < len(support_ids) else k}")
     return side_by_side(panels, titles, height=height)
+
+
+def episode_grid(inputs, outputs, height: int = 128) -> np.ndarray:
+    """``draw_episode`` rows of several episodes stacked top to bottom (white padding).
+
+    Returns:
+        (N * (height + 2), W, 3) uint8 picture.
+    """
+    rows = [draw_episode(x, y, height) for x, y in zip(inputs, outputs)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(rows, axis=0)
 
 
 def save_episode(inputs: Dict, output: Dict, folder: str) -> str:

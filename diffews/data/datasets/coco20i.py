@@ -20,7 +20,8 @@ import os
 from typing import Dict, List, Optional
 
 from .common import (
-    MissingDataError, dataset_root, find_split_file, image_id, load_json, load_pickle, register_fss,
+    dataset_root, find_split_file, image_id, load_json, load_pickle,
+    missing_sampled_files, register_fss,
     require, save_json, shipped_splits_dir, splits_dir,
 )
 
@@ -133,16 +134,7 @@ def check_coco20i(root: Optional[str] = None, splits: Optional[str] = None,
     missing = [p for p in [os.path.join(base, d) for d in ("train2014", "val2014")]
                + [os.path.join(base, "annotations", d) for d in ("train2014", "val2014")]
                if not os.path.isdir(p)]
-    for split in ("test", "train"):
-        for fold in folds:
-            try:
-                records = load_coco20i(fold, split, root, splits)
-            except MissingDataError as e:
-                missing.append(e.path)
-                continue
-            step = max(1, len(records) // max(sample, 1))
-            for r in records[::step][:sample]:
-                missing += [p for p in (r["file_name"], r["mask_file"]) if not os.path.isfile(p)]
+    missing += missing_sampled_files(lambda f, s: load_coco20i(f, s, root, splits), folds, sample)
     return sorted(set(missing))
 
 

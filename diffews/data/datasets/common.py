@@ -190,3 +190,20 @@ def register_fss(name: str, loader: Callable[[], List[Dict]], **metadata) -> Non
     if "class_names" in metadata:
         metadata["thing_classes"] = metadata.pop("class_names")
     MetadataCatalog.get(name).set(evaluator_type="fss", ignore_label=255, **metadata)
+
+
+def missing_sampled_files(load: Callable[[int, str], List[Dict]], folds, sample: int) -> List[str]:
+    """For ``check_*`` functions: the split lists that fail to load, and the listed image and label
+    files that do not exist among ``sample`` evenly spaced records per fold and split."""
+    missing: List[str] = []
+    for split in ("test", "train"):
+        for fold in folds:
+            try:
+                records = load(fold, split)
+            except MissingDataError as e:
+                missing.append(e.path)
+                continue
+            step = max(1, len(records) // max(sample, 1))
+            for r in records[::step][:sample]:
+                missing += [p for p in (r["file_name"], r["mask_file"]) if not os.path.isfile(p)]
+    return missing

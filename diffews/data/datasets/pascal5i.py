@@ -18,7 +18,8 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from .common import (
-    MissingDataError, dataset_root, read_lines, register_fss, require, splits_dir,
+    dataset_root, missing_sampled_files, read_lines, register_fss, require,
+    splits_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -103,16 +104,7 @@ def check_pascal5i(root: Optional[str] = None, splits: Optional[str] = None,
     base = os.path.join(dataset_root(root), "VOC2012")
     missing = [p for p in (os.path.join(base, d) for d in ("JPEGImages", "SegmentationClassAug"))
                if not os.path.isdir(p)]
-    for split in ("test", "train"):
-        for fold in folds:
-            try:
-                records = load_pascal5i(fold, split, root, splits)
-            except MissingDataError as e:
-                missing.append(e.path)
-                continue
-            step = max(1, len(records) // max(sample, 1))
-            for r in records[::step][:sample]:
-                missing += [p for p in (r["file_name"], r["mask_file"]) if not os.path.isfile(p)]
+    missing += missing_sampled_files(lambda f, s: load_pascal5i(f, s, root, splits), folds, sample)
     return sorted(set(missing))
 
 

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Time DiffewS: seconds per training iteration and per inference episode, and peak memory.
+
+  python tools/benchmark.py --config-file CFG [--shots 1 5] [--iters 10] [KEY VALUE ...]
+  python tools/benchmark.py --tiny            # the tiny random model of the tests, on the CPU
+
+Training iterations run the real EpisodeTrainer step (accumulation, AMP, clipping) on random
+episodes at INPUT.IMAGE_SIZE; inference episodes run the model in eval mode with the support cache
+off (every episode encodes its supports). Recorded results: tools/BENCHMARKS.md.
+"""
+
+import argparse
+import itertools
+import os
+import resource
+import tempfile
+import time
+
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+from tabulate import tabulate
+
+from diffews.config import load_config
+from diffews.engine.solver import build_optimizer
+from diffews.engine.train_loop import EpisodeTrainer
+from diffews.utils.testing import random_episode
+
+
+def peak_memory_gib(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} (CUDA)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} (process RSS)"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_train(cfg, iters: int, warmup: int = 2) -> float:
+    model = build_model(cfg).train()
+    size, batch = cfg.INPUT.IMAGE_SIZE, cfg.SOLVER.IMS_PER_BATCH
+    episodes = itertools.count()
+    loader = ([random_episode(1 + (i % cfg.INPUT.FEW_SHOT.MAX_SHOT), size, i)
+               for i in itertools.islice(episodes, batch)] for _ in itertools.count())
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    trainer = EpisodeTrainer(
+        model, loader, build_optimizer(cfg, model), accumulation_steps=cfg.SOLVER.ACCUMULATION_STEPS,
+        amp=cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else None,
+        clip_norm=clip.CLIP_VALUE if clip.ENABLED else 0.0)
+    device = model.device
+    with EventStorage() as storage:
+        trainer.storage = storage
+        for i in range(warmup + iters):
+            if i == warmup:
+                sync(device)
+                start = time.perf_counter()
+            trainer.iter = i
+            trainer.run_step()
+        sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+@torch.no_grad()
+def bench_inference(cfg, shots: int, episodes: int, warmup: int = 2) -> float:
+    cfg = cfg.clone()
+    cfg.MODEL.DIFFEWS.SUPPORT_CACHE_SIZE = 0
+    model = build_model(cfg).eval()
+    device = model.device
+    for i in range(warmup + episodes):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        model([random_episode(shots, cfg.INPUT.IMAGE_SIZE, 1000 + i)])
+    sync(device)
+    return (time.perf_counter() - start) / episodes
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config-file", default=None)
+    p.add_argument("--tiny", action="store_true", help="benchmark the tiny random test model")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("opts", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(args.config_file or os.path.join(
+        root, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml"))
+    if args.tiny:
+        from diffews.utils.tiny_sd import build_tiny_sd
+
+        cfg.MODEL.DIFFEWS.PRETRAINED = build_tiny_sd(tempfile.mkdtemp(prefix="tiny_sd_"))
+    cfg.merge_from_list(args.opts)
+    device = torch.device(cfg.MODEL.DEVICE)
+    rows = [["train iteration", f"{bench_train(cfg, args.iters):.3f} s",
+             f"batch {cfg.SOLVER.IMS_PER_BATCH} x accumulation {cfg.SOLVER.ACCUMULATION_STEPS}, "
+             f"K in 1..{cfg.INPUT.FEW_SHOT.MAX_SHOT}, AMP {cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else 'off'}"]]
+    for k in args.shots:
+        rows.append([f"inference episode, {k}-shot", f"{bench_inference(cfg, k, args.iters):.3f} s", ""])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x {torch.get_num_threads()} threads"
+    print(f"device: {name}; image size {cfg.INPUT.IMAGE_SIZE}; UNet from {cfg.MODEL.DIFFEWS.PRETRAINED}")
+    print(tabulate(rows, headers=["what", "time", "setting"], tablefmt="github"))
+    print(f"peak memory (GiB): {peak_memory_gib(device)}")
+
+
+if __name__ == "__main__":
+    main()
