@@ -33,8 +33,12 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    episodes = make_episodes(args.benchmark, args.fold, args.shot, args.root, args.seed,
-                             args.num_episodes or None, args.splits)
+    try:
+        episodes = make_episodes(args.benchmark, args.fold, args.shot, args.root, args.seed,
+                                 args.num_episodes or None, args.splits)
+    except (FileNotFoundError, ValueError) as e:  # missing tree or split list, impossible episode
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     save_episodes(episodes, args.output)
     logging.getLogger("make_episodes").info("wrote %d episodes to %s", len(episodes), args.output)
     return 0
