@@ -63,6 +63,8 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
     # AMP autocast dtype when SOLVER.AMP.ENABLED: "float16" (with a grad scaler) or "bfloat16"
     cfg.SOLVER.AMP.PRECISION = "float16"
+    # Allow TF32 matmuls on Ampere+ GPUs while training (the reference's --allow_tf32)
+    cfg.SOLVER.ALLOW_TF32 = True
     # On a NaN or infinite loss: "raise" stops with the iteration number; "skip" drops the update
     # and counts it (scalar `skipped_updates`)
     cfg.SOLVER.NAN_POLICY = "raise"

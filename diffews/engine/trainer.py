@@ -4,6 +4,8 @@
 import logging
 import weakref
 
+import torch
+
 from detectron2.engine import DefaultTrainer, TrainerBase
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -41,6 +43,7 @@ class DiffewSTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        torch.backends.cuda.matmul.allow_tf32 = cfg.SOLVER.ALLOW_TF32
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)

@@ -63,7 +63,7 @@ def read_mask(path: str) -> np.ndarray:
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """Resize (H, W, 3) uint8 to (size, size, 3) with PIL bilinear, ignoring the aspect ratio."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
 def resize_mask(mask: np.ndarray, size) -> np.ndarray:
