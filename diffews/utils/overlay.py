@@ -19,6 +19,16 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, color=PRED_COLOR, alpha: f
     return out.clip(0, 255).astype(np.uint8)
 
 
+def draw_contour(image: np.ndarray, mask: np.ndarray, color=GT_COLOR) -> np.ndarray:
+    """Draw the 1-pixel inner boundary of a (H, W) mask on an (H, W, 3) uint8 image."""
+    m = mask.astype(bool)
+    p = np.pad(m, 1, constant_values=False)
+    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    out = image.copy()
+    out[m & ~interior] = color
+    return out
+
+
 def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str] = (), height: int = 256,
                  gap: int = 4) -> np.ndarray:
     """Resize (H, W, 3) uint8 panels to one height and lay them out left to right, with titles."""

@@ -8,7 +8,7 @@ from typing import Dict
 import numpy as np
 from PIL import Image
 
-from .overlay import GT_COLOR, PRED_COLOR, SUPPORT_COLOR, overlay_mask, side_by_side
+from .overlay import GT_COLOR, PRED_COLOR, SUPPORT_COLOR, draw_contour, overlay_mask, side_by_side
 
 __all__ = ["draw_episode", "episode_grid", "save_episode"]
 
@@ -33,8 +33,9 @@ def draw_episode(inputs: Dict, output: Dict, height: int = 256) -> np.ndarray:
     gt = _np(inputs["sem_seg"])
     pred = _np(output["pred_mask"]).astype(bool)
     gt_panel = overlay_mask(overlay_mask(query, gt == 255, (128, 128, 128), 0.6), gt == 1, GT_COLOR)
-    panels = [gt_panel, overlay_mask(query, pred, PRED_COLOR)]
-    titles = [f"query {inputs.get('query_id', '')} GT", "prediction"]
+    # the prediction panel also outlines the ground truth, so that misses read at a glance
+    panels = [gt_panel, draw_contour(overlay_mask(query, pred, PRED_COLOR), gt == 1, GT_COLOR)]
+    titles = [f"query {inputs.get('query_id', '')} GT", "prediction (GT outline)"]
     if "pred_image" in output:
         panels.append(_np(output["pred_image"]).transpose(1, 2, 0))
         titles.append("decoded")
