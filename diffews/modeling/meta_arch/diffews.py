@@ -160,8 +160,12 @@ class DiffewS(nn.Module):
             )
         return k
 
-    def _stack(self, batched_inputs: List[Dict]):
-        """Stack and normalise an episode batch: images to [-1, 1], masks to 3-channel {-1, +1}."""
+    def _stack(self, batched_inputs: List[Dict], normalize_supports: bool = True):
+        """Stack and normalise an episode batch: images to [-1, 1], masks to 3-channel {-1, +1}.
+
+        With ``normalize_supports=False`` the supports are only checked, and (None, None) is
+        returned for them (the support cache normalises just the ones it has to encode).
+        """
         query = torch.stack([x["image"] for x in batched_inputs]).to(self.device)
         supports = torch.cat([x["support_images"] for x in batched_inputs]).to(self.device)
         masks = torch.cat([torch.as_tensor(x["support_masks"]) for x in batched_inputs])
@@ -176,6 +180,8 @@ class DiffewS(nn.Module):
                 f"image size {tuple(size)} is not a multiple of {self.size_divisibility} (VAE x UNet "
                 "downsampling); change INPUT.IMAGE_SIZE"
             )
+        if not normalize_supports:
+            return self.normalize(query), None, None
         return self.normalize(query), self.normalize(supports), self.mask_to_image(masks)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -246,8 +252,9 @@ class DiffewS(nn.Module):
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict], shots: int) -> List[Dict]:
         """One-step prediction and the reference's relative threshold (METHOD.md 3)."""
-        query, supports, support_masks = self._stack(batched_inputs)
-        if self.support_cache is None:
+        cached = self.support_cache is not None
+        query, supports, support_masks = self._stack(batched_inputs, normalize_supports=not cached)
+        if not cached:
             z_support = self._support_latents(supports, support_masks)
         else:
             z_support = self.support_cache.encode(
