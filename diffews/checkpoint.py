@@ -19,6 +19,33 @@ from .modeling.unet import check_shape, load_release_state_dict
 logger = logging.getLogger(__name__)
 
 
+class UntrainedModelError(ValueError):
+    """Inference was asked for with ``MODEL.WEIGHTS`` empty and no explicit permission."""
+
+
+def load_inference_weights(model, cfg) -> str:
+    """Load ``cfg.MODEL.WEIGHTS`` into ``model`` for inference; returns what was loaded.
+
+    With ``MODEL.WEIGHTS`` empty this raises ``UntrainedModelError`` (the model would be an
+    untrained segmenter giving plausible-looking numbers) unless
+    ``MODEL.DIFFEWS.ALLOW_UNTRAINED`` is True, in which case it logs a warning and returns "".
+    """
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        if not cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED:
+            raise UntrainedModelError(
+                "MODEL.WEIGHTS is empty: inference would run a DiffewS that was never trained; "
+                "set MODEL.WEIGHTS to a trained checkpoint (.pth) or a released UNet folder "
+                "(e.g. weight/coco_fold0), or set MODEL.DIFFEWS.ALLOW_UNTRAINED True to run it "
+                "untrained on purpose"
+            )
+        logger.warning("MODEL.WEIGHTS is empty and MODEL.DIFFEWS.ALLOW_UNTRAINED is set: running "
+                       "an untrained DiffewS (plain Stable Diffusion UNet)")
+        return ""
+    DiffewSCheckpointer(model).load(weights)
+    return weights
+
+
 class DiffewSCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args, **kwargs):
         if path and not os.path.exists(path):

@@ -33,6 +33,10 @@ def add_diffews_config(cfg: CN) -> None:
     # Inference keeps the latents of this many supports (keyed by their pixels) for later episodes
     # that reuse them: the VAE is frozen, so the result is identical. 0 disables.
     cfg.MODEL.DIFFEWS.SUPPORT_CACHE_SIZE = 256
+    # Inference (run_fss.py, train_net.py --eval-only, demo.py, DiffewSPredictor) refuses to run
+    # with MODEL.WEIGHTS empty: the UNet would be plain Stable Diffusion, never trained to
+    # segment, and its numbers would look plausible. True runs that untrained model on purpose.
+    cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED = False
 
     # Square working size: images are resized (bilinear) and masks (nearest) to IMAGE_SIZE^2.
     cfg.INPUT.IMAGE_SIZE = 512
