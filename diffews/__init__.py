@@ -5,7 +5,9 @@ from . import data  # noqa: F401  (registers datasets)
 from . import modeling  # noqa: F401  (registers the DiffewS meta-architecture)
 from .checkpoint import DiffewSCheckpointer
 from .config import add_diffews_config
-from .modeling import DiffewS
+from .modeling import DiffewS, SupportSet
+from .predictor import DiffewSPredictor, EncodedImage
 
-__all__ = ["DiffewS", "DiffewSCheckpointer", "add_diffews_config"]
+__all__ = ["DiffewS", "DiffewSCheckpointer", "DiffewSPredictor", "EncodedImage", "SupportSet",
+           "add_diffews_config"]
 __version__ = "0.1.0"

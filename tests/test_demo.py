@@ -17,6 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import demo  # noqa: E402
 
+from diffews.utils.cli import run_cli  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def files(tiny_sd, tmp_path_factory):
@@ -35,21 +37,34 @@ def files(tiny_sd, tmp_path_factory):
     return d, paths
 
 
-def _args(tiny_sd, d, supports, queries, out):
+def _args(tiny_sd, d, supports, queries, out, *opts, weights=True):
     argv = ["--config-file", os.path.join(ROOT, "configs", "Base-DiffewS.yaml")]
     for s in supports:
         argv += ["--support", *s]
-    argv += ["--query", *queries, "--output", str(out), "--opts", "MODEL.DIFFEWS.PRETRAINED", tiny_sd,
-             "MODEL.WEIGHTS", str(d / "release"), "INPUT.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu"]
+    argv += ["--query", *queries, "--output", str(out), "MODEL.DIFFEWS.PRETRAINED", tiny_sd,
+             "INPUT.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu", *opts]
+    if weights:
+        argv += ["MODEL.WEIGHTS", str(d / "release")]
     return demo.get_parser().parse_args(argv)
+
+
+@pytest.fixture(autouse=True)
+def _plain_logging(monkeypatch):
+    """detectron2's setup_logger binds a handler to the first test's captured stdout (and stops
+    propagation); keep pytest's own capture instead."""
+    monkeypatch.setattr(demo, "setup_logger", lambda **kwargs: None)
+
+
+def _run(args):
+    return run_cli(lambda: demo.main(args))
 
 
 @pytest.mark.parametrize("shots", [1, 2, 5])
 def test_demo_writes_three_files_per_query(tiny_sd, files, tmp_path, capsys, shots):
     d, p = files
     queries = [p[0][0], p[5][0]]
-    assert demo.main(_args(tiny_sd, d, [p[i] for i in range(1, shots + 1)], queries, tmp_path)) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "foreground ->" in ln]
+    assert _run(_args(tiny_sd, d, [p[i] for i in range(1, shots + 1)], queries, tmp_path)) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "foreground, score" in ln]
     assert len(lines) == 2 and lines[0].startswith(p[0][0])
     for q, (h, w) in ((p[0][0], (48, 64)), (p[5][0], (64, 48))):
         stem = os.path.splitext(os.path.basename(q))[0]
@@ -68,14 +83,40 @@ def test_demo_errors_name_the_file(tiny_sd, files, tmp_path, capsys):
         ([(p[1][0], p[2][1])], [p[0][0]], "img2.png: mask is 64x64 but its image"),
     ]
     for supports, queries, message in cases:
-        assert demo.main(_args(tiny_sd, d, supports, queries, tmp_path)) == 1
+        assert _run(_args(tiny_sd, d, supports, queries, tmp_path)) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
+    # no weights: an error saying what to set (exit 2), unless asked for on purpose
+    assert _run(_args(tiny_sd, d, [p[1]], [p[0][0]], tmp_path, weights=False)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MODEL.WEIGHTS is empty" in err[0] and "ALLOW_UNTRAINED" in err[0]
+    args = _args(tiny_sd, d, [p[1]], [p[0][0]], tmp_path, "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True",
+                 weights=False)
+    assert _run(args) == 0
+
+
+def test_demo_takes_a_query_folder_and_encodes_supports_once(tiny_sd, files, tmp_path, monkeypatch):
+    d, p = files
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for i in (0, 3, 4):
+        os.link(p[i][0], folder / os.path.basename(p[i][0]))
+    from diffews.predictor import DiffewSPredictor
+
+    calls = []
+    original = DiffewSPredictor.encode_supports
+    monkeypatch.setattr(DiffewSPredictor, "encode_supports",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    out = tmp_path / "out"
+    assert _run(_args(tiny_sd, d, [p[1], p[2]], [str(folder)], out)) == 0
+    assert calls == [1]
+    assert sorted(f for f in os.listdir(out) if f.endswith("_mask.png")) == [
+        "img0_mask.png", "img3_mask.png", "img4_mask.png"]
 
 
 def test_empty_support_mask_warns_and_runs(tiny_sd, files, tmp_path, caplog):
     d, p = files
-    assert demo.main(_args(tiny_sd, d, [(p[0][0], str(d / "empty.png"))], [p[1][0]], tmp_path)) == 0
+    assert _run(_args(tiny_sd, d, [(p[0][0], str(d / "empty.png"))], [p[1][0]], tmp_path)) == 0
     assert "empty support mask" in caplog.text and "empty.png" in caplog.text
     assert (tmp_path / "img1_mask.png").exists()
 
@@ -85,9 +126,17 @@ def test_demo_cli_subprocess(tiny_sd, files, tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--config-file",
            os.path.join(ROOT, "configs", "Base-DiffewS.yaml"), "--support", *p[1], "--query", p[0][0],
            "--output", str(tmp_path), "--opts", "MODEL.DIFFEWS.PRETRAINED", tiny_sd,
-           "INPUT.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+           "INPUT.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(d / "release")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr
     assert "foreground" in res.stdout and (tmp_path / "img0_overlay.jpg").exists()
+    assert "--opts is accepted for compatibility" in res.stdout  # the older style still works
+    res = subprocess.run(cmd[:-2] + ["MODEL.WEIGTHS", "x"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("error: config override: unknown config key MODEL.WEIGTHS; did "
+                                  "you mean MODEL.WEIGHTS? (every DiffewS key is listed in "
+                                  "diffews/config.py)")
     help_text = subprocess.run([sys.executable, cmd[1], "--help"], capture_output=True, text=True).stdout
     assert "empty support mask is a warning" in help_text.replace("\n", " ")

@@ -59,8 +59,9 @@ def test_loss_is_latent_mse_against_minus_mask_latent(tiny_cfg, monkeypatch):
     ep = make_episode(1, seed=3)
     loss = model([ep])["loss_mask_latent"]
     q, s, m = model._stack([ep])
-    zs = torch.cat([model.encode(s, False), model.encode(m, False)], 1)
-    pred = model.predict_latents(model.encode(q, False), zs, 1, model.prompt_embeds_train)
+    zs = torch.cat([model.encode(model.normalize(s), False), model.encode(model.mask_to_image(m), False)], 1)
+    support_set, _ = model.support_pass(zs, model.prompt_embeds_train)
+    pred = model.query_pass(model.encode(model.normalize(q), False), support_set, model.prompt_embeds_train)
     target = -model.encode(model.mask_to_image(ep["sem_seg"][None]), False)
     torch.testing.assert_close(loss, torch.mean((pred - target) ** 2))
 
@@ -112,18 +113,35 @@ def test_support_cache_reuses_latents_without_changing_predictions(tiny_sd, monk
     cached = build_model(make_cfg(tiny_sd, "MODEL.DIFFEWS.SUPPORT_CACHE_SIZE", 2)).eval()
     plain = build_model(make_cfg(tiny_sd, "MODEL.DIFFEWS.SUPPORT_CACHE_SIZE", 0)).eval()
     calls = []
-    encode = cached.vae.encode
-    monkeypatch.setattr(cached.vae, "encode", lambda x: calls.append(len(x)) or encode(x))
+    cached.vae.encoder.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
     a, b = make_episode(2, seed=20), make_episode(1, seed=21)
     b_same_support = dict(b, support_images=a["support_images"][:1], support_masks=a["support_masks"][:1])
     for ep in (a, b_same_support, a):
-        # equal up to float rounding: the VAE sees batches of another size
-        diff = cached([ep])[0]["pred_image"].int() - plain([ep])[0]["pred_image"].int()
-        assert diff.abs().max() <= 1
-    # a: 2 supports + 2 masks + query; then only queries (supports reused)
-    assert calls == [2, 2, 1, 1, 1]
+        # bit for bit: every support image and mask is encoded in its own VAE call either way
+        ours, theirs = cached([ep])[0], plain([ep])[0]
+        assert torch.equal(ours["pred_image"], theirs["pred_image"])
+        assert torch.equal(ours["pred_mask"], theirs["pred_mask"])
+    # a: 2 supports, image then mask, one per call, + the query; then only queries (reused)
+    assert calls == [1, 1, 1, 1, 1, 1, 1]
     assert cached.support_cache.hits == 3 and cached.support_cache.misses == 2
     changed_mask = dict(a, support_masks=1 - a["support_masks"])
     cached([changed_mask])
     assert cached.support_cache.misses == 4  # same images, other masks: encoded again
     assert len(cached.support_cache._latents) == 2  # capacity
+
+
+def test_fast_inference_paths_change_no_bit(tiny_model):
+    """The posterior mean read from the encoder's moments, and the support pass stopped after the
+    last fused layer, give exactly what the plain diffusers calls give."""
+    ep = make_episode(2, seed=30)
+    x = tiny_model.normalize(ep["support_images"])
+    with torch.no_grad():
+        plain = tiny_model.vae.encode(x).latent_dist.mean * tiny_model.latent_scale
+        assert torch.equal(tiny_model.encode(x, sample=False), plain)
+        z = torch.cat([plain, tiny_model.encode(tiny_model.mask_to_image(ep["support_masks"]), False)], 1)
+        full, out = tiny_model.support_pass(z, tiny_model.prompt_embeds_test)
+        early, none = tiny_model.support_pass(z, tiny_model.prompt_embeds_test, stop_early=True)
+    assert out is not None and none is None
+    assert early.layers == full.layers == tiny_model.fused_layers
+    for k in full.layers:
+        assert torch.equal(early.keys[k], full.keys[k]) and torch.equal(early.values[k], full.values[k])

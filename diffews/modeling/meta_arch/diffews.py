@@ -2,13 +2,19 @@
 """The DiffewS meta-architecture: few-shot segmentation with one step of a Stable Diffusion UNet.
 
 METHOD.md sections 0-5. Per episode: the supports' image and mask latents go through the UNet once
-(support pass), filling a KV bank; the query image latent goes through it once more (query pass),
-every self-attention attending to its own and the supports' keys/values. The output, negated, is
-the VAE latent of the query mask, which the VAE decodes and a relative threshold binarises.
+(support pass), which yields a ``SupportSet`` (their keys/values in every self-attention layer);
+the query image latent goes through it once more (query pass), every self-attention attending to
+its own and the supports' keys/values. The output, negated, is the VAE latent of the query mask,
+which the VAE decodes and a relative threshold binarises.
+
+The building blocks below (``encode_supports``, ``encode``, ``query_pass``, ``decode``,
+``postprocess``) are the one implementation of the method: ``forward`` (training and benchmarks),
+``DiffewSPredictor``, video object segmentation and instance segmentation all call them.
 """
 
+import hashlib
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +22,10 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ..kv_fusion import KVBank, set_kv_fusion_processors
+from ..kv_fusion import KVBank, SupportPassDone, fused_layer_names, set_kv_fusion_processors
 from ..support_cache import SupportLatentCache
-from ..unet import load_pretrained_unet
+from ..support_set import SupportSet
+from ..unet import ARCH_KEYS, load_pretrained_unet
 from ..vae import encode_empty_prompt, load_frozen_vae
 
 logger = logging.getLogger(__name__)
@@ -54,12 +61,13 @@ class DiffewS(nn.Module):
             timestep: diffusion timestep of both UNet passes.
             rel_threshold: mask = mean_RGB(pred) > rel_threshold * max(pred), pred in [0, 1].
             abs_threshold: if > 0, mask = mean_RGB(pred) > abs_threshold instead.
-            support_cache_size: supports whose latents inference keeps for later episodes
-                (``SupportLatentCache``); 0 disables.
+            support_cache_size: supports whose latents ``forward`` keeps for later episodes
+                (``SupportLatentCache``; results are identical with or without it); 0 disables.
         """
         super().__init__()
         self.unet = unet
         self.num_fused_layers = set_kv_fusion_processors(unet)
+        self.fused_layers = fused_layer_names(unet)
         self.vae = vae.eval().requires_grad_(False)
         self.register_buffer("prompt_embeds_train", prompt_embeds_train, persistent=False)
         self.register_buffer("prompt_embeds_test", prompt_embeds_test, persistent=False)
@@ -134,6 +142,7 @@ class DiffewS(nn.Module):
             dicts, one per episode, with
                 * "pred_mask": (H, W) bool, the predicted query mask at the working size.
                 * "pred_image": (3, H, W) uint8, the decoded RGB prediction before thresholding.
+                * "score": scalar tensor in [0, 1], the prediction's confidence (``postprocess``).
         """
         groups: Dict[int, List[int]] = {}
         for i, x in enumerate(batched_inputs):
@@ -147,7 +156,7 @@ class DiffewS(nn.Module):
             return {"loss_mask_latent": total / count}
         results: List[Dict] = [None] * len(batched_inputs)
         for shots, idx in groups.items():
-            for i, r in zip(idx, self.inference([batched_inputs[i] for i in idx], shots)):
+            for i, r in zip(idx, self.inference([batched_inputs[i] for i in idx])):
                 results[i] = r
         return results
 
@@ -160,14 +169,19 @@ class DiffewS(nn.Module):
             )
         return k
 
-    def _stack(self, batched_inputs: List[Dict], normalize_supports: bool = True):
-        """Stack and normalise an episode batch: images to [-1, 1], masks to 3-channel {-1, +1}.
+    def check_size(self, size) -> None:
+        """Raise if (H, W) is not a multiple of the VAE x UNet downsampling."""
+        if size[0] % self.size_divisibility or size[1] % self.size_divisibility:
+            raise ValueError(
+                f"image size {tuple(size)} is not a multiple of {self.size_divisibility} (VAE x UNet "
+                "downsampling); change INPUT.IMAGE_SIZE"
+            )
 
-        With ``normalize_supports=False`` the supports are only checked, and (None, None) is
-        returned for them (the support cache normalises just the ones it has to encode).
-        """
-        query = torch.stack([x["image"] for x in batched_inputs]).to(self.device)
-        supports = torch.cat([x["support_images"] for x in batched_inputs]).to(self.device)
+    def _stack(self, batched_inputs: List[Dict]):
+        """Query images (B, 3, H, W) and all supports (B*K, 3, H, W), masks (B*K, H, W), checked
+        to share one working size (not normalised)."""
+        query = torch.stack([torch.as_tensor(x["image"]) for x in batched_inputs])
+        supports = torch.cat([torch.as_tensor(x["support_images"]) for x in batched_inputs])
         masks = torch.cat([torch.as_tensor(x["support_masks"]) for x in batched_inputs])
         size = query.shape[-2:]
         if supports.shape[-2:] != size or masks.shape[-2:] != size:
@@ -175,33 +189,157 @@ class DiffewS(nn.Module):
                 f"query {tuple(size)}, supports {tuple(supports.shape[-2:])} and support masks "
                 f"{tuple(masks.shape[-2:])} must share the working size"
             )
-        if size[0] % self.size_divisibility or size[1] % self.size_divisibility:
-            raise ValueError(
-                f"image size {tuple(size)} is not a multiple of {self.size_divisibility} (VAE x UNet "
-                "downsampling); change INPUT.IMAGE_SIZE"
-            )
-        if not normalize_supports:
-            return self.normalize(query), None, None
-        return self.normalize(query), self.normalize(supports), self.mask_to_image(masks)
+        self.check_size(size)
+        return query, supports, masks
 
+    def losses(self, batched_inputs: List[Dict], shots: int) -> torch.Tensor:
+        """Latent MSE between the output and minus the VAE-sampled query-mask latent (METHOD.md 4).
+
+        Every latent is a posterior *sample* (the reference's ``latent_dist.sample()``), and the
+        support pass runs on all B*K supports at once, inside the autograd graph.
+        """
+        query, supports, masks = self._stack(batched_inputs)
+        target_mask = torch.stack([(torch.as_tensor(x["sem_seg"]) == 1) for x in batched_inputs])
+        z_query = self.encode(self.normalize(query), sample=True)
+        z_support = torch.cat([self.encode(self.normalize(supports), sample=True),
+                               self.encode(self.mask_to_image(masks), sample=True)], dim=1)
+        z_target = self.encode(self.mask_to_image(target_mask), sample=True)
+        support_set, support_out = self.support_pass(z_support, self.prompt_embeds_train)
+        rows = [support_set[i * shots:(i + 1) * shots] for i in range(len(batched_inputs))]
+        pred = self.query_pass(z_query, rows, self.prompt_embeds_train)
+        # the support output is unused, but keeping it in the graph lets DDP see every parameter
+        # used (the reference adds ``support_out * 0``; the batch sizes differ here for K > 1)
+        pred = pred + support_out.mean() * 0.0
+        return F.mse_loss(pred.float(), (-z_target).float(), reduction="mean")
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+        """One-step prediction of episodes with equal K (METHOD.md 3): each episode's supports
+        become a SupportSet (``encode_supports``), then one query pass for the whole batch."""
+        query, _, _ = self._stack(batched_inputs)
+        sets = [self.encode_supports(x["support_images"], x["support_masks"])
+                for x in batched_inputs]
+        z_query = self.encode(self.normalize(query), sample=False)
+        pred = self.query_pass(z_query, sets, self.prompt_embeds_test)
+        return self.postprocess(self.decode(-pred))
+
+    # ---- the method's building blocks --------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 255] -> [-1, 1] (ToTensor then Normalize(0.5, 0.5) in the reference)."""
         return images.to(self.device, torch.float32) / 127.5 - 1.0
 
     def mask_to_image(self, masks: torch.Tensor) -> torch.Tensor:
         """(N, H, W) mask, non-zero = foreground -> (N, 3, H, W) image, -1 background / +1 foreground."""
-        m = (masks.to(self.device) > 0).to(torch.float32) * 2.0 - 1.0
+        m = (torch.as_tensor(masks).to(self.device) > 0).to(torch.float32) * 2.0 - 1.0
         return m[:, None].expand(-1, 3, -1, -1)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, sample: bool) -> torch.Tensor:
-        """VAE-encode (N, 3, H, W) images in [-1, 1] to scaled latents (N, C, H/f, W/f).
+        """VAE-encode (N, 3, H, W) images in [-1, 1] to scaled latents (N, C, H/f, W/f), in one
+        VAE call. ``sample=True`` draws from the posterior (training); False takes its mean.
 
-        ``sample=True`` draws from the posterior (training); False takes its mean (inference).
+        The mean is read straight from the encoder's moments (what ``latent_dist.mean`` holds,
+        bit for bit), without building the distribution (its std and variance are never used).
         """
-        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        z = dist.sample() if sample else dist.mean
-        return z * self.latent_scale
+        images = images.to(self.vae.dtype)
+        if sample:
+            return self.vae.encode(images).latent_dist.sample() * self.latent_scale
+        moments = self.vae._encode(images)  # encoder (+ quant_conv), with diffusers' tiling
+        return moments[:, : self.vae.config.latent_channels] * self.latent_scale
+
+    def support_latents(self, images: torch.Tensor, masks: torch.Tensor,
+                        image_latents: Optional[torch.Tensor] = None,
+                        use_cache: bool = True) -> torch.Tensor:
+        """Posterior-mean support latents, image latent then mask latent: (N, 2C, h, w).
+
+        Each image and each mask is VAE-encoded in its own call (as the reference does), so a
+        support's latent never depends on which other supports are encoded with it: a SupportSet
+        built one support at a time equals one built at once, and the latent cache changes no bit.
+
+        Args:
+            images: (N, 3, H, W) in [0, 255]; ignored where ``image_latents`` is given.
+            masks: (N, H, W), non-zero = foreground.
+            image_latents: optional (N, C, h, w) image latents already computed (e.g. a video
+                frame encoded as a query), so that only the masks are encoded.
+            use_cache: look the supports up in the model's ``SupportLatentCache`` (episodes of a
+                benchmark); the predictor keeps whole SupportSets instead and passes False.
+        """
+        def encode_all(imgs, ms, lat=None):
+            out = []
+            for i in range(len(ms)):
+                z_img = (lat[i:i + 1].to(self.device) if lat is not None
+                         else self.encode(self.normalize(imgs[i:i + 1]), sample=False))
+                z_mask = self.encode(self.mask_to_image(ms[i:i + 1]), sample=False)
+                out.append(torch.cat([z_img, z_mask], dim=1))
+            return torch.cat(out)
+
+        if self.support_cache is None or image_latents is not None or not use_cache:
+            return encode_all(images, masks, image_latents)
+        return self.support_cache.encode(list(images), [torch.as_tensor(m) for m in masks],
+                                         encode_all)
+
+    def support_pass(self, latents: torch.Tensor, prompt: torch.Tensor, signature=None, info=None,
+                     stop_early: bool = False):
+        """Run the UNet on support latents (N, 2C, h, w), each attending to itself only.
+
+        Args:
+            stop_early: stop right after the last fused self-attention layer has stored its
+                keys/values (inference: the rest of the UNet only computes the support pass's
+                output, which the method never uses); the output is then None.
+        Returns:
+            (SupportSet of the N supports, UNet output (N, C, h, w) or None).
+        """
+        bank = KVBank(stop_after=self.fused_layers[-1] if stop_early else None)
+        try:
+            out = self._unet(latents, prompt, bank)
+        except SupportPassDone:
+            out = None
+        return bank.to_support_set(latents, signature, info), out
+
+    @torch.no_grad()
+    def encode_supports(self, images: Optional[torch.Tensor], masks: torch.Tensor,
+                        image_latents: Optional[torch.Tensor] = None, signature=None,
+                        info=None, use_cache: bool = True) -> SupportSet:
+        """Inference: supports at the working size -> ``SupportSet``.
+
+        Args:
+            images: (N, 3, S, S) support images in [0, 255] (None if ``image_latents`` given).
+            masks: (N, S, S) support masks, non-zero = foreground.
+            image_latents: optional (N, C, s, s) precomputed image latents (``support_latents``).
+            signature: the model signature to stamp on the set (``support_signature()``).
+            info: per-support dicts kept in the set.
+            use_cache: see ``support_latents``.
+        Returns:
+            the N supports' SupportSet; each support's support pass runs alone (batch 1), so
+            entries are independent of each other bit for bit.
+        """
+        latents = self.support_latents(images, masks, image_latents, use_cache)
+        sets = [self.support_pass(latents[i:i + 1], self.prompt_embeds_test, stop_early=True)[0]
+                for i in range(len(latents))]
+        out = SupportSet.cat(sets)
+        return SupportSet(out.latents, out.keys, out.values, signature, info)
+
+    def query_pass(self, query_latents: torch.Tensor,
+                   supports: Union[SupportSet, Sequence[SupportSet]], prompt: torch.Tensor
+                   ) -> torch.Tensor:
+        """The query pass: every fused self-attention attends to [own ; supports' K/V].
+
+        Args:
+            query_latents: (B, C, h, w) query image latents.
+            supports: one SupportSet shared by all B queries, or a list of B SupportSets with the
+                same K (one per query).
+            prompt: (1, T, D) empty-prompt embedding.
+        Returns:
+            (B, C, h, w): the UNet output, read as minus the query-mask latent.
+        """
+        return self._unet(query_latents, prompt, KVBank(supports))
+
+    def _unet(self, latents, prompt, bank: KVBank) -> torch.Tensor:
+        n = latents.shape[0]
+        t = torch.full((n,), self.timestep, device=latents.device, dtype=torch.long)
+        context = prompt.expand(n, -1, -1)
+        return self.unet(latents, t, encoder_hidden_states=context,
+                         cross_attention_kwargs={"kv_bank": bank}).sample
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -211,70 +349,71 @@ class DiffewS(nn.Module):
         image = (image.float().clamp(-1, 1) * 0.5 + 0.5) * 255.0
         return image.clamp(0, 255).to(torch.uint8)
 
-    def predict_latents(self, query_latents, support_latents, shots: int, prompt) -> torch.Tensor:
-        """Run the support pass then the query pass; returns the UNet output of the query pass.
-
-        Args:
-            query_latents: (B, C, h, w) query image latents.
-            support_latents: (B*K, 2C, h, w) support image latents concatenated with mask latents,
-                grouped by episode (the K supports of episode 0 first).
-            shots: K.
-            prompt: (1, T, D) empty-prompt embedding.
-        Returns:
-            (B, C, h, w): the prediction, read as minus the query-mask latent.
-        """
-        bank = KVBank(shots)
-        support_out = self._unet(support_latents, prompt, bank, read=False)
-        query_out = self._unet(query_latents, prompt, bank, read=True)
-        # the support output is unused, but it keeps the support branch in the graph for DDP
-        return query_out + support_out.mean() * 0.0 if self.training else query_out
-
-    def _unet(self, latents, prompt, bank: KVBank, read: bool) -> torch.Tensor:
-        n = latents.shape[0]
-        t = torch.full((n,), self.timestep, device=latents.device, dtype=torch.long)
-        context = prompt.expand(n, -1, -1)
-        return self.unet(
-            latents, t, encoder_hidden_states=context, cross_attention_kwargs={"kv_bank": bank, "kv_read": read}
-        ).sample
-
-    def losses(self, batched_inputs: List[Dict], shots: int) -> torch.Tensor:
-        """Latent MSE between the output and minus the VAE-sampled query-mask latent (METHOD.md 4)."""
-        query, supports, support_masks = self._stack(batched_inputs)
-        target_mask = torch.stack([(torch.as_tensor(x["sem_seg"]) == 1) for x in batched_inputs])
-        z_query = self.encode(query, sample=True)
-        z_support = torch.cat(
-            [self.encode(supports, sample=True), self.encode(support_masks, sample=True)], dim=1
-        )
-        z_target = self.encode(self.mask_to_image(target_mask), sample=True)
-        pred = self.predict_latents(z_query, z_support, shots, self.prompt_embeds_train)
-        return F.mse_loss(pred.float(), (-z_target).float(), reduction="mean")
-
-    @torch.no_grad()
-    def inference(self, batched_inputs: List[Dict], shots: int) -> List[Dict]:
-        """One-step prediction and the reference's relative threshold (METHOD.md 3)."""
-        cached = self.support_cache is not None
-        query, supports, support_masks = self._stack(batched_inputs, normalize_supports=not cached)
-        if not cached:
-            z_support = self._support_latents(supports, support_masks)
-        else:
-            z_support = self.support_cache.encode(
-                [s for x in batched_inputs for s in x["support_images"]],
-                [torch.as_tensor(m) for x in batched_inputs for m in x["support_masks"]],
-                lambda s, m: self._support_latents(self.normalize(s), self.mask_to_image(m)),
-            )
-        z_query = self.encode(query, sample=False)
-        pred = self.predict_latents(z_query, z_support, shots, self.prompt_embeds_test)
-        images = self.decode(-pred)
-        return [{"pred_image": img, "pred_mask": self.threshold(img)} for img in images]
-
-    def _support_latents(self, images: torch.Tensor, mask_images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) normalised supports and mask images -> (N, 2C, h, w) posterior-mean latents."""
-        return torch.cat([self.encode(images, sample=False), self.encode(mask_images, sample=False)], dim=1)
-
     def threshold(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) uint8 prediction -> (H, W) bool mask."""
+        """(3, H, W) or (N, 3, H, W) uint8 prediction -> (H, W) or (N, H, W) bool mask.
+
+        mean over RGB of the prediction in [0, 1] > REL_THRESHOLD x its max over all pixels and
+        channels (METHOD.md 3.2), or > ABS_THRESHOLD when that is set.
+        """
         p = image.float() / 255.0
-        mean = p.mean(dim=0)
+        mean = p.mean(dim=-3)
         if self.abs_threshold > 0:
             return mean > self.abs_threshold
-        return mean > self.rel_threshold * p.max()
+        peak = p.amax(dim=(-3, -2, -1), keepdim=True)[..., 0, :, :]
+        return mean > self.rel_threshold * peak
+
+    @staticmethod
+    def score(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Confidence of a prediction in [0, 1]: the mean brightness of the decoded prediction
+        inside the mask minus that outside it (both on the RGB mean in [0, 1]; an empty side
+        counts 0). A clean white-on-black mask image scores about 1; a dim or grey prediction,
+        whose relative threshold picks up little contrast, scores near 0; an empty mask scores 0.
+
+        Args:
+            image: (3, H, W) or (N, 3, H, W) uint8; mask: (H, W) or (N, H, W) bool.
+        """
+        p = image.float().mean(dim=-3) / 255.0
+        m = mask.to(p.dtype)
+        inside = (p * m).sum(dim=(-2, -1)) / m.sum(dim=(-2, -1)).clamp(min=1)
+        outside = (p * (1 - m)).sum(dim=(-2, -1)) / (1 - m).sum(dim=(-2, -1)).clamp(min=1)
+        empty = m.sum(dim=(-2, -1)) == 0
+        return torch.where(empty, torch.zeros_like(inside), (inside - outside).clamp(0, 1))
+
+    def postprocess(self, images: torch.Tensor) -> List[Dict]:
+        """(N, 3, H, W) decoded predictions -> per image {"pred_image", "pred_mask", "score"}."""
+        masks = self.threshold(images)
+        scores = self.score(images, masks)
+        return [{"pred_image": img, "pred_mask": m, "score": s}
+                for img, m, s in zip(images, masks, scores)]
+
+    def support_signature(self) -> Dict:
+        """What a SupportSet must have been encoded with to be used by this model: the UNet
+        architecture, the fused layers, the VAE latent space, timestep, prompt and a fingerprint
+        of the weights that shape the keys/values."""
+        cfg = self.unet.config
+        return {
+            "unet": {k: _plain(cfg[k]) for k in ARCH_KEYS if k in cfg},
+            "layers": list(self.fused_layers),
+            "vae": {"block_out_channels": _plain(self.vae.config.block_out_channels),
+                    "latent_channels": int(self.vae.config.latent_channels),
+                    "scaling_factor": self.latent_scale},
+            "timestep": int(self.timestep),
+            "prompt_tokens": int(self.prompt_embeds_test.shape[1]),
+            "weights": self.weights_fingerprint(),
+        }
+
+    @torch.no_grad()
+    def weights_fingerprint(self) -> str:
+        """A short hash of a few weight tensors (support conv, first fused layer's key/value
+        projections, VAE encoder input conv): differs between two trainings or releases."""
+        first = self.unet.get_submodule(self.fused_layers[0])
+        tensors = [self.unet.conv_in_ref.weight, first.to_k.weight, first.to_v.weight,
+                   self.vae.encoder.conv_in.weight]
+        h = hashlib.sha1()
+        for t in tensors:
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def _plain(v):
+    return list(v) if isinstance(v, (list, tuple)) else v

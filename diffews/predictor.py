@@ -1,0 +1,335 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""``DiffewSPredictor``: encode supports once, segment any number of queries.
+
+In the spirit of segment-anything's ``SamPredictor``: a stateful object outside the ``nn.Module``
+that loads the model once (eval mode) and calls the model's own building blocks
+(``DiffewS.encode_supports``, ``encode``, ``query_pass``, ``decode``, ``postprocess``), so that it
+computes exactly what ``DiffewS.forward`` computes on the same episode::
+
+    predictor = DiffewSPredictor.from_pretrained("weight/stable-diffusion-2-1-ref8inchannels-"
+                                                 "tag4inchannels", "weight/coco_fold0")
+    supports = predictor.encode_supports(["dog1.jpg", "dog2.jpg"], ["dog1.png", "dog2.png"])
+    for r in predictor.predict(["a.jpg", "b.jpg"], supports):
+        print(r["score"], r["mask"].shape)
+
+Images are resized as the benchmarks resize them: to the square working size with PIL bilinear
+(aspect ratio ignored), masks with nearest (``F.interpolate``); predicted masks are resized back to
+each query's original size with nearest.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .modeling.support_set import SupportSet, SupportSetError
+from .utils.image import ImageReadError, as_mask, as_rgb, resize_image, resize_mask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DiffewSPredictor", "EncodedImage"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class EncodedImage:
+    """An image VAE-encoded once at the working size, reusable as a query (``predict``,
+    ``predict_many``) and as a support image (``encode_supports``: only its mask is encoded).
+
+    Attributes:
+        latent: (C, s, s) posterior-mean latent on the model's device.
+        size: the image's original (height, width).
+        name: its file path, or a description such as "query 3 (array)".
+    """
+
+    latent: torch.Tensor
+    size: Tuple[int, int]
+    name: str
+
+
+def _name(x, what: str, i: int) -> str:
+    if isinstance(x, (str, os.PathLike)):
+        return os.fspath(x)
+    if isinstance(x, EncodedImage):
+        return x.name
+    return f"{what} {i} ({type(x).__name__})"
+
+
+class DiffewSPredictor:
+    """Few-shot segmentation with supports encoded once.
+
+    Args:
+        model: a built ``DiffewS`` with its weights loaded (``from_config``/``from_pretrained``
+            build and load it); it is put in eval mode.
+        image_size: square working size S (INPUT.IMAGE_SIZE; 512 for the released weights).
+    """
+
+    def __init__(self, model, image_size: int):
+        self.model = model.eval()
+        self.image_size = int(image_size)
+        model.check_size((self.image_size, self.image_size))
+        self.signature = model.support_signature()
+        factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
+        self.latent_size = self.image_size // factor
+
+    @classmethod
+    def from_config(cls, cfg) -> "DiffewSPredictor":
+        """Build the model of a detectron2 config and load ``MODEL.WEIGHTS`` (an empty value is
+        an error unless ``MODEL.DIFFEWS.ALLOW_UNTRAINED``)."""
+        from detectron2.modeling import build_model
+
+        from .checkpoint import load_inference_weights, require_inference_weights
+
+        require_inference_weights(cfg)
+        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
+                             "use device 'cpu'")
+        model = build_model(cfg)
+        load_inference_weights(model, cfg)
+        logger.info("DiffewSPredictor: %s on %s, working size %d", cfg.MODEL.WEIGHTS or "untrained",
+                    cfg.MODEL.DEVICE, cfg.INPUT.IMAGE_SIZE)
+        return cls(model, cfg.INPUT.IMAGE_SIZE)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_dir: str, weights: Optional[str], device: str = "cuda",
+                        image_size: int = 512, allow_untrained: bool = False,
+                        opts: Sequence = ()) -> "DiffewSPredictor":
+        """
+        Args:
+            pretrained_dir: local Stable Diffusion folder (diffusers layout: unet/ vae/
+                text_encoder/ tokenizer/), e.g. the release's
+                ``weight/stable-diffusion-2-1-ref8inchannels-tag4inchannels``.
+            weights: a released DiffewS UNet (``weight/coco_fold0``) or a trainer checkpoint
+                (``.pth``). None only with ``allow_untrained=True``.
+            device: "cuda", "cuda:1", "cpu", ...
+            image_size: working size S.
+            opts: further config overrides, ``[KEY, VALUE, ...]``.
+        """
+        from detectron2.config import get_cfg
+
+        from .config import add_diffews_config
+
+        cfg = get_cfg()
+        add_diffews_config(cfg)
+        cfg.merge_from_list(["MODEL.DIFFEWS.PRETRAINED", pretrained_dir, "MODEL.WEIGHTS",
+                             weights or "", "MODEL.DEVICE", device, "INPUT.IMAGE_SIZE",
+                             int(image_size), "MODEL.DIFFEWS.ALLOW_UNTRAINED",
+                             bool(allow_untrained), *opts])
+        return cls.from_config(cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _working_image(self, image, what: str) -> Tuple[np.ndarray, Tuple[int, int]]:
+        rgb = as_rgb(image, what)
+        return resize_image(rgb, self.image_size), rgb.shape[:2]
+
+    @torch.no_grad()
+    def _encode_arrays(self, arrays: List[np.ndarray]) -> torch.Tensor:
+        x = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+        return self.model.encode(self.model.normalize(x), sample=False)
+
+    def encode_images(self, images: Iterable, batch_size: int = 8) -> List[EncodedImage]:
+        """VAE-encode images (paths, HxWx3 uint8 arrays or PIL images) once, in batches."""
+        out: List[EncodedImage] = []
+        for chunk in _chunks(list(images), batch_size):
+            out.extend(self._encode_chunk(chunk, len(out)))
+        return out
+
+    def _encode_chunk(self, chunk: List, start: int) -> List[EncodedImage]:
+        encoded: List[Optional[EncodedImage]] = [x if isinstance(x, EncodedImage) else None
+                                                 for x in chunk]
+        todo = [i for i, e in enumerate(encoded) if e is None]
+        if todo:
+            names = [_name(chunk[i], "image", start + i) for i in todo]
+            loaded = [self._working_image(chunk[i], n) for i, n in zip(todo, names)]
+            latents = self._encode_arrays([a for a, _ in loaded])
+            for j, i in enumerate(todo):
+                encoded[i] = EncodedImage(latents[j], tuple(loaded[j][1]), names[j])
+        for e in encoded:
+            if tuple(e.latent.shape[-2:]) != (self.latent_size, self.latent_size):
+                raise ValueError(f"{e.name}: encoded at another working size (latent "
+                                 f"{tuple(e.latent.shape[-2:])}, this predictor uses "
+                                 f"{self.latent_size}x{self.latent_size})")
+        return encoded
+
+    # -- supports ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_supports(self, images: Sequence, masks: Sequence,
+                        dtype: Optional[torch.dtype] = None, warn_empty: bool = True) -> SupportSet:
+        """Encode K annotated supports into a ``SupportSet`` (VAE latents and the keys/values of
+        every fused self-attention layer), computed once for any number of queries.
+
+        Args:
+            images: K images: file paths, HxWx3 uint8 arrays, PIL images or ``EncodedImage``
+                (whose latent is reused).
+            masks: K masks: file paths, PIL images or HxW arrays (non-zero = foreground), each of
+                its image's size.
+            dtype: storage dtype of the keys/values (e.g. ``torch.float16`` halves the memory).
+            warn_empty: log a warning for a mask without foreground (it is encoded anyway; video
+                memories, where a vanished object's empty mask is normal, turn it off).
+        """
+        images, masks = list(_as_list(images)), list(_as_list(masks))
+        if not images:
+            raise ValueError("encode_supports needs at least one support image and mask")
+        if len(images) != len(masks):
+            raise ValueError(f"encode_supports: {len(images)} images but {len(masks)} masks")
+        arrays, latents, resized, info = [], [], [], []
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            name = _name(image, "support", i)
+            m = as_mask(mask, _name(mask, f"support {i} mask", i))
+            if isinstance(image, EncodedImage):
+                size = image.size
+                latents.append(self._encode_chunk([image], i)[0].latent)
+            else:
+                array, size = self._working_image(image, name)
+                arrays.append(array)
+            if m.shape != tuple(size):
+                raise ImageReadError(f"{_name(mask, f'support {i} mask', i)}: mask is "
+                                     f"{m.shape[1]}x{m.shape[0]} but its image {name} is "
+                                     f"{size[1]}x{size[0]}")
+            if warn_empty and not m.any():
+                logger.warning("%s: empty support mask (no foreground pixel); encoding anyway",
+                               _name(mask, f"support {i} mask", i))
+            resized.append(torch.from_numpy(resize_mask(m.astype(np.uint8), self.image_size)))
+            source = name if isinstance(image, (str, os.PathLike, EncodedImage)) \
+                else f"<{type(image).__name__}>"
+            info.append({"source": source, "size": [int(size[0]), int(size[1])],
+                         "mask_fraction": float(m.mean())})
+        if latents and arrays:
+            raise ValueError("encode_supports: give all supports as EncodedImage or none")
+        image_tensor = (torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+                        if arrays else None)
+        support_set = self.model.encode_supports(
+            image_tensor, torch.stack(resized),
+            image_latents=torch.stack(latents) if latents else None,
+            signature=self.signature, info=info, use_cache=False)
+        return support_set.to(dtype=dtype) if dtype is not None else support_set
+
+    def _check_supports(self, supports) -> SupportSet:
+        if not isinstance(supports, SupportSet):
+            raise TypeError(f"supports must be a SupportSet (from encode_supports or "
+                            f"SupportSet.load), got {type(supports).__name__}")
+        if len(supports) == 0:
+            raise SupportSetError("the SupportSet is empty: a query needs at least one support")
+        supports.check_compatible(self.signature, "this predictor's model")
+        if tuple(supports.latents.shape[-2:]) != (self.latent_size, self.latent_size):
+            raise SupportSetError(
+                f"the SupportSet was encoded at another working size (latent "
+                f"{tuple(supports.latents.shape[-2:])}, this predictor uses "
+                f"{self.latent_size}x{self.latent_size})")
+        return supports if supports.device == self.device else supports.to(self.device)
+
+    # -- queries -------------------------------------------------------------------------------
+    def predict(self, queries: Iterable, supports: SupportSet, batch_size: int = 8) -> List[Dict]:
+        """Segment each query with the same supports (``iter_predict`` as a list).
+
+        Returns:
+            one dict per query:
+                * "mask": (H, W) bool at the query's original size;
+                * "mask_working": (S, S) bool at the working size;
+                * "pred_image": (S, S, 3) uint8, the decoded prediction;
+                * "score": float in [0, 1], mean brightness of the prediction inside the mask
+                  minus outside (``DiffewS.score``);
+                * "name": the query's path or description.
+        """
+        return list(self.iter_predict(queries, supports, batch_size))
+
+    @torch.no_grad()
+    def iter_predict(self, queries: Iterable, supports: SupportSet, batch_size: int = 8
+                     ) -> Iterator[Dict]:
+        """``predict`` one batch at a time (for folders of thousands of queries)."""
+        supports = self._check_supports(supports)
+        queries = _as_list(queries)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        start = 0
+        for chunk in _chunks_iter(queries, batch_size):
+            encoded = self._encode_chunk(chunk, start)
+            start += len(chunk)
+            z = torch.stack([e.latent for e in encoded])
+            pred = self.model.query_pass(z, supports, self.model.prompt_embeds_test)
+            yield from self._results(pred, encoded)
+
+    @torch.no_grad()
+    def predict_many(self, query, support_sets: Sequence[SupportSet], batch_size: int = 8
+                     ) -> List[Dict]:
+        """One query against several support sets (e.g. one per class): the query is encoded
+        once; sets with the same number of supports share a query pass of up to ``batch_size``.
+
+        Returns:
+            one ``predict`` dict per support set, in order.
+        """
+        sets = [self._check_supports(s) for s in support_sets]
+        (encoded,) = self._encode_chunk([query], 0)
+        results: List[Optional[Dict]] = [None] * len(sets)
+        by_shots: Dict[int, List[int]] = {}
+        for i, s in enumerate(sets):
+            by_shots.setdefault(len(s), []).append(i)
+        for idx in by_shots.values():
+            for chunk in _chunks(idx, batch_size):
+                z = encoded.latent[None].expand(len(chunk), -1, -1, -1)
+                pred = self.model.query_pass(z, [sets[i] for i in chunk],
+                                             self.model.prompt_embeds_test)
+                for i, r in zip(chunk, self._results(pred, [encoded] * len(chunk))):
+                    results[i] = r
+        return results
+
+    def _results(self, pred: torch.Tensor, encoded: List[EncodedImage]) -> Iterator[Dict]:
+        outputs = self.model.postprocess(self.model.decode(-pred))
+        for e, out in zip(encoded, outputs):
+            working = out["pred_mask"].cpu().numpy()
+            yield {
+                "mask": resize_mask(working.astype(np.uint8), e.size).astype(bool),
+                "mask_working": working,
+                "pred_image": out["pred_image"].permute(1, 2, 0).cpu().numpy(),
+                "score": float(out["score"]),
+                "name": e.name,
+            }
+
+
+def list_images(paths: Iterable[str]) -> List[str]:
+    """Files as given, folders expanded to their image files (sorted by name)."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ImageReadError(f"{p}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def _as_list(items) -> Iterable:
+    """A single image (path, array, PIL image, EncodedImage) as a list of one; other iterables
+    as they are."""
+    from PIL import Image
+
+    if isinstance(items, (str, os.PathLike, np.ndarray, Image.Image, EncodedImage)):
+        return [items]
+    return items if not isinstance(items, (list, tuple)) else list(items)
+
+
+def _chunks(items: List, n: int) -> Iterator[List]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _chunks_iter(items: Iterable, n: int) -> Iterator[List]:
+    chunk = []
+    for x in items:
+        chunk.append(x)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
