@@ -1,26 +1,46 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Loading MODEL.WEIGHTS: our trainer's checkpoints and the released DiffewS UNets.
 
-``DiffewSCheckpointer`` is detectron2's ``DetectionCheckpointer`` with two changes:
+``DiffewSCheckpointer`` is detectron2's ``DetectionCheckpointer`` with three changes:
 
 - a directory is read as a released DiffewS UNet in diffusers layout (``<name>/``, ``<name>/unet/``
   or ``<name>/unet/unet/``; METHOD.md 8);
 - loading is strict: a missing key or a shape mismatch stops with an error naming the file, the key
-  and both shapes, instead of detectron2's warning-and-skip.
+  and both shapes, instead of detectron2's warning-and-skip; a corrupt or truncated file stops
+  with an error naming it;
+- saving is atomic (a temporary file renamed), so a run killed while saving never leaves a
+  half-written ``model_*.pth`` or ``last_checkpoint`` that ``--resume`` would read.
 """
 
 import logging
 import os
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .modeling.unet import check_shape, load_release_state_dict
+from .utils.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
 
+UNTRAINED_MESSAGE = (
+    "MODEL.WEIGHTS is empty: inference would run a DiffewS that was never trained; set "
+    "MODEL.WEIGHTS to a trained checkpoint (.pth) or a released UNet folder (e.g. "
+    "weight/coco_fold0), or set MODEL.DIFFEWS.ALLOW_UNTRAINED True to run it untrained on purpose"
+)
+
+
 class UntrainedModelError(ValueError):
     """Inference was asked for with ``MODEL.WEIGHTS`` empty and no explicit permission."""
+
+
+def require_inference_weights(cfg) -> None:
+    """Raise ``UntrainedModelError`` if ``MODEL.WEIGHTS`` is empty and
+    ``MODEL.DIFFEWS.ALLOW_UNTRAINED`` is not set: call it before building the model, so that the
+    error comes before minutes of loading."""
+    if not cfg.MODEL.WEIGHTS and not cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED:
+        raise UntrainedModelError(UNTRAINED_MESSAGE)
 
 
 def load_inference_weights(model, cfg) -> str:
@@ -33,12 +53,7 @@ def load_inference_weights(model, cfg) -> str:
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         if not cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED:
-            raise UntrainedModelError(
-                "MODEL.WEIGHTS is empty: inference would run a DiffewS that was never trained; "
-                "set MODEL.WEIGHTS to a trained checkpoint (.pth) or a released UNet folder "
-                "(e.g. weight/coco_fold0), or set MODEL.DIFFEWS.ALLOW_UNTRAINED True to run it "
-                "untrained on purpose"
-            )
+            raise UntrainedModelError(UNTRAINED_MESSAGE)
         logger.warning("MODEL.WEIGHTS is empty and MODEL.DIFFEWS.ALLOW_UNTRAINED is set: running "
                        "an untrained DiffewS (plain Stable Diffusion UNet)")
         return ""
@@ -52,6 +67,11 @@ class DiffewSCheckpointer(DetectionCheckpointer):
             raise FileNotFoundError(
                 f"MODEL.WEIGHTS: {path} does not exist (expected a trainer checkpoint .pth or a "
                 "released DiffewS UNet folder)"
+            )
+        if path and os.path.isfile(path) and path.endswith((".safetensors", ".json")):
+            raise ValueError(
+                f"MODEL.WEIGHTS: {path} is a weights file of a released UNet; give the folder "
+                f"that holds it and its config.json ({os.path.dirname(path) or '.'})"
             )
         self._source = path
         if path and os.path.isdir(path):
@@ -86,3 +106,32 @@ class DiffewSCheckpointer(DetectionCheckpointer):
         return incompatible._replace(
             missing_keys=[k for k in incompatible.missing_keys if k in expected]
         )
+
+    def _load_file(self, filename: str):
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # zip, pickle and EOF errors of a truncated or corrupt file
+            raise ValueError(
+                f"{filename}: not a readable checkpoint ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]}); the file is truncated or corrupt (a run "
+                "killed while saving, a partial copy?): use another checkpoint"
+            ) from e
+
+    def save(self, name: str, **kwargs) -> None:
+        """fvcore's ``Checkpointer.save``, written to a temporary file and renamed."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with atomic_open(save_file, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)

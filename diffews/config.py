@@ -30,8 +30,11 @@ def add_diffews_config(cfg: CN) -> None:
     # Recompute UNet activations in the backward pass (diffusers gradient checkpointing): lets
     # SD 2.1 train at 512 px on a 24 GB GPU at the cost of about one extra forward.
     cfg.MODEL.DIFFEWS.GRADIENT_CHECKPOINTING = False
-    # Inference keeps the latents of this many supports (keyed by their pixels) for later episodes
-    # that reuse them: the VAE is frozen, so the result is identical. 0 disables.
+    # Benchmark episodes (DiffewS.forward at inference) keep the VAE latents of this many supports
+    # (keyed by a hash of image and mask pixels) for later episodes that reuse them (FSS-1000 draws
+    # supports from 10 images per class). Results are identical bit for bit with or without it:
+    # every support image and mask is VAE-encoded in its own call either way, so a latent never
+    # depends on which other supports were encoded with it. 0 disables.
     cfg.MODEL.DIFFEWS.SUPPORT_CACHE_SIZE = 256
     # Inference (run_fss.py, train_net.py --eval-only, demo.py, DiffewSPredictor) refuses to run
     # with MODEL.WEIGHTS empty: the UNet would be plain Stable Diffusion, never trained to
@@ -44,6 +47,19 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.INPUT.FEW_SHOT = CN()
     # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (METHOD.md 4).
     cfg.INPUT.FEW_SHOT.MAX_SHOT = 2
+
+    # Sampling weight of each DATASETS.TRAIN dataset (same length, >= 0, normalised): each training
+    # episode draws its dataset with these probabilities, then a class, query and supports in it.
+    # Empty = uniform over the datasets. Example: configs/incontext/diffews_sd21_incontext.yaml.
+    cfg.DATASETS.TRAIN_WEIGHTS = ()
+    # Your own datasets (diffews/data/datasets/custom.py), registered by load_config: one entry per
+    # dataset, `<name>: {LAYOUT: coco|semseg|folder, ROOT: DIR, ...}`, registering <name>_train and
+    # <name>_test. Keys: LAYOUT, ROOT, COCO_JSON (coco), CLASS_NAMES (semseg: file or list),
+    # IMAGE_DIR, LABEL_DIR, TRAIN_CLASSES / TEST_CLASSES (names or indices; default all classes in
+    # both), SHOT (test shot filter, 0 = TEST.FSS.SHOT), LABEL_OFFSET (semseg: class = value -
+    # offset, default 1), IGNORE_LABEL (255), MIN_PIXELS (1), NUM_EPISODES (test, default 1000).
+    # Examples: configs/custom/.
+    cfg.DATASETS.CUSTOM = CN(new_allowed=True)
 
     # Training recipe of the reference (METHOD.md 4): AdamW, lr 1e-5 decayed linearly to 1e-7 over
     # 20k updates of 1 episode x 4 accumulation steps, grad-norm clip 1.0, fp16 AMP (set in YAML).
@@ -74,6 +90,14 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.SOLVER.NAN_POLICY = "raise"
     cfg.SEED = 42
 
+    # Bad data (a missing or unreadable image or label, a label of another size). False: training
+    # and evaluation stop at the first one with an error naming the file. True: skip it (training
+    # drops the image from its classes, evaluation drops the episode), count it and log it.
+    cfg.DATALOADER.SKIP_BAD_SAMPLES = False
+    # With SKIP_BAD_SAMPLES, stop once more than this fraction is bad: of the training images
+    # (per data-loader worker), or of the test episodes (per process).
+    cfg.DATALOADER.MAX_BAD_FRACTION = 0.01
+
     cfg.TEST.FSS = CN()
     # Number of supports per test episode (K).
     cfg.TEST.FSS.SHOT = 1
@@ -88,14 +112,63 @@ def add_diffews_config(cfg: CN) -> None:
     # Episodes shown in TensorBoard every VIS_PERIOD iterations (the first ones of DATASETS.TEST[0]).
     cfg.TEST.FSS.VIS_EPISODES = 4
 
+    # Few-shot instance segmentation, TFA protocol (inference_fsod/, METHOD.md 7.2). The support
+    # split and the test set follow from these keys (coco_fsod.fsod_dataset_names), not DATASETS.
+    cfg.TEST.FSOD = CN()
+    # K support instances per novel class: 1, 2, 3, 5, 10 or 30 (SINE reports 1 and 5).
+    cfg.TEST.FSOD.SHOT = 1
+    # TFA split group 0..9 (0 = the earlier works' files in cocosplit/, 1..9 in cocosplit/seedS/).
+    cfg.TEST.FSOD.SEED = 0
+    # numpy seed of the K-of-more draw when a class file holds more than K instances (seed 0's
+    # files); TFA draws from the global RNG, seeded by cfg.SEED (random when -1, as in its configs).
+    cfg.TEST.FSOD.SAMPLE_SEED = 0
+    # "coco": coco_test_novel (5k val2014 images); "voc": VOCSegm_val_novel (COCO-to-VOC).
+    cfg.TEST.FSOD.TEST_SET = "coco"
+    # Predicted mask -> instances (diffews/postprocess.py): "mask", "components" or
+    # "mask+components" (components plus their union when there are several).
+    cfg.TEST.FSOD.INSTANCE_MODE = "mask+components"
+    # Connected components smaller than this many pixels (at the original image size) are dropped.
+    cfg.TEST.FSOD.MIN_AREA = 16
+    # Instances kept per image over all classes, by score (TFA/SINE: 100, no score threshold).
+    cfg.TEST.FSOD.TOPK = 100
+    # Per-class confidence multiplying each instance's mean probability (diffews/fsod.py):
+    # "none" = 1 (score = mean probability over the instance), "contrast" = the prediction's
+    # score (mean brightness inside its mask minus outside; lower AP on the synthetic tree).
+    cfg.TEST.FSOD.CLASS_SCORE = "none"
+    # Support sets (classes) per UNet query pass and VAE decode call for each test image.
+    cfg.TEST.FSOD.BATCH_SIZE = 10
+    # Folder of the saved support sets (<folder>/<split>/<class>.pt); "" = <output>/support_sets.
+    # COCO and COCO-to-VOC runs of the same shot and seed use the same COCO supports: share it.
+    cfg.TEST.FSOD.SUPPORT_DIR = ""
+
+    # Semi-supervised video object segmentation (inference_vos/, diffews/vos.py, METHOD.md 7.3).
+    cfg.TEST.VOS = CN()
+    # Supports per object and frame, the fixed first annotated frame included (SINE's --num_frame):
+    # 6 for DAVIS 2017 and YouTube-VOS, 2 for DAVIS 2016; 1 = the first frame only.
+    cfg.TEST.VOS.MEM_SIZE = 6
+    # A past frame's score decays linearly with its distance dt (frames) to the newest frame:
+    # score * max(0, 1 - dt / DECAY_RATIO) (SINE --memory_decay_type linear --memory_decay_ratio
+    # 20); 0 disables the decay.
+    cfg.TEST.VOS.DECAY_RATIO = 20.0
+    # True: a frame's support entry (mask latent + keys/values) is computed once, when it enters
+    # an object's memory. False re-encodes every support from pixels on every frame (same masks,
+    # slower; only for measuring what the reuse saves).
+    cfg.TEST.VOS.REUSE_SUPPORTS = True
+    # Objects of a frame whose support sets have the same size share a query pass, up to this many.
+    cfg.TEST.VOS.BATCH_SIZE = 8
+
 
 def load_config(config_file: str, opts=()) -> CN:
     """detectron2's defaults plus every DiffewS key, then ``config_file``, then ``opts``
-    (``[KEY, VALUE, ...]``). Returned unfrozen."""
+    (``[KEY, VALUE, ...]``); registers the ``DATASETS.CUSTOM`` datasets. Returned unfrozen."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_diffews_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    if cfg.DATASETS.CUSTOM:
+        from .data.datasets.custom import register_custom_from_config
+
+        register_custom_from_config(cfg)
     return cfg

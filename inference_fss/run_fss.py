@@ -1,45 +1,70 @@
 #!/usr/bin/env python
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Evaluate a DiffewS config + weights on an episodic few-shot segmentation benchmark.
+"""Evaluate a DiffewS config + weights on an episodic few-shot segmentation benchmark, or on your
+own dataset.
 
     python inference_fss/run_fss.py --config-file CFG --benchmark coco --fold all --shot 1 \
         --output output/fss_coco_1shot MODEL.WEIGHTS path/to/weights
+    python inference_fss/run_fss.py --config-file CFG --layout {coco,semseg,folder} \
+        --dataset-root DIR [--coco-json FILE] [--class-names FILE] --shot K --output OUT \
+        MODEL.WEIGHTS path/to/weights
+
+With ``--layout`` every class of the dataset with K + 1 images is a test class (datasets/README.md,
+"Your own data"); results.json then names each class's IoU by its class name.
 
 ``MODEL.WEIGHTS`` may contain ``{fold}`` (e.g. ``weight/coco_fold{fold}``): each fold then loads
-its own weights, as the strict few-shot setting needs. Prints mIoU / FB-IoU per fold and their
-mean over folds, and writes ``results.json`` in ``--output``. Episodes are fixed lists (seed
-``TEST.FSS.SEED``), identical for 1 or N GPUs. See inference_fss/README.md for every benchmark's
-command and the published numbers.
+its own weights, as the strict few-shot setting needs. An empty ``MODEL.WEIGHTS`` is an error
+(the model would be untrained) unless ``MODEL.DIFFEWS.ALLOW_UNTRAINED True``. Prints mIoU / FB-IoU
+per fold and their mean over folds, and writes ``results.json`` in ``--output``. Episodes are
+fixed lists (seed ``TEST.FSS.SEED``), identical for 1 or N GPUs. Everything that can be checked
+(arguments, config, PRETRAINED folder, image size, weights paths, datasets, episodes, output
+folder) is checked before the model is built; an error is one line (exit status 2: command line or
+config, 1: files), ``--debug`` shows the traceback. See inference_fss/README.md.
 """
 
-import argparse
-import json
 import logging
 import os
 import sys
+import warnings
 
-import torch
-from detectron2.engine import launch
-from detectron2.evaluation import inference_context
-from detectron2.modeling import build_model
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-from tabulate import tabulate
-from tqdm import tqdm
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
 
-from diffews import DiffewSCheckpointer
-from diffews.config import load_config
-from diffews.data import build_fss_test_loader
-from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name
-from diffews.utils.visualize import save_episode
+import torch  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
+from detectron2.evaluation import inference_context  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from diffews.checkpoint import load_inference_weights  # noqa: E402
+from diffews.data import build_fss_test_loader  # noqa: E402
+from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name  # noqa: E402
+from diffews.utils.atomic import atomic_write_json  # noqa: E402
+from diffews.utils.cli import (  # noqa: E402
+    OneLineArgumentParser, UsageError, add_common_arguments, load_config_checked, run_cli)
+from diffews.utils.preflight import check_output_dir, preflight  # noqa: E402
+from diffews.utils.visualize import save_episode  # noqa: E402
 
 logger = logging.getLogger("diffews.run_fss")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="DiffewS episodic few-shot segmentation evaluation")
+    """Parse and check the command line (fold, shot and counts are checked here, first)."""
+    p = OneLineArgumentParser(description="DiffewS episodic few-shot segmentation evaluation")
     p.add_argument("--config-file", required=True)
-    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARK_FOLDS))
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--benchmark", choices=sorted(BENCHMARK_FOLDS))
+    what.add_argument("--layout", choices=("coco", "semseg", "folder"),
+                      help="your own dataset in this layout (with --dataset-root)")
+    p.add_argument("--dataset-root", default=None, metavar="DIR",
+                   help="--layout: the image folder (coco), the dataset folder (semseg: images/ "
+                   "labels/) or the class-folder tree (folder)")
+    p.add_argument("--coco-json", default=None, metavar="FILE", help="--layout coco: instances json")
+    p.add_argument("--class-names", default=None, metavar="FILE",
+                   help="--layout semseg: class-name list, one per line (default: "
+                   "<dataset-root>/class_names.txt)")
     p.add_argument("--fold", default="all", help="fold index or 'all'")
     p.add_argument("--shot", type=int, default=None, help="supports per episode (default: the "
                    "config's TEST.FSS.SHOT)")
@@ -51,17 +76,45 @@ def parse_args(argv=None):
                    help="save pictures of the first N episodes of each fold")
     p.add_argument("--num-gpus", type=int, default=1)
     p.add_argument("--dist-url", default="auto")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
+    add_common_arguments(p)
     args = p.parse_args(argv)
-    n = BENCHMARK_FOLDS[args.benchmark]
-    args.folds = list(range(n)) if args.fold == "all" else [int(args.fold)]
+    if args.layout:
+        if not args.dataset_root:
+            p.error("--layout needs --dataset-root")
+        if args.layout == "coco" and not args.coco_json:
+            p.error("--layout coco needs --coco-json")
+        if args.class_names and args.layout != "semseg":
+            p.error("--class-names is for --layout semseg only")
+        if args.fold != "all" and args.fold != "0":
+            p.error("a custom dataset has one fold (0)")
+        args.fold = "0"
+    elif args.dataset_root or args.coco_json or args.class_names:
+        p.error("--dataset-root, --coco-json and --class-names go with --layout")
+    n = BENCHMARK_FOLDS[args.benchmark] if args.benchmark else 1
+    if args.fold == "all":
+        args.folds = list(range(n))
+    else:
+        try:
+            args.folds = [int(args.fold)]
+        except ValueError:
+            p.error(f"--fold must be a fold index or 'all', got {args.fold!r}")
+        if args.folds[0] not in range(n):
+            p.error(f"--fold {args.fold}: {args.benchmark or 'a custom dataset'} has folds "
+                    f"0..{n - 1}")
+    for name in ("shot", "num_gpus"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("num_episodes", "save_vis"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.episodes and len(args.folds) > 1:
         p.error("--episodes needs a single --fold")
     return args
 
 
-def setup(args):
-    cfg = load_config(args.config_file, args.opts)
+def setup(args, log: bool = True):
+    cfg = load_config_checked(args.config_file, args.opts)
     if args.shot is not None:
         cfg.TEST.FSS.SHOT = args.shot
     if args.episodes:
@@ -71,17 +124,45 @@ def setup(args):
     cfg.OUTPUT_DIR = args.output
     cfg.freeze()
     args.shot = cfg.TEST.FSS.SHOT
-    os.makedirs(args.output, exist_ok=True)
-    setup_logger(args.output, distributed_rank=comm.get_rank(), name="diffews")
-    setup_logger(args.output, distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
+    if args.shot < 1:
+        raise UsageError(f"TEST.FSS.SHOT must be >= 1, got {args.shot}")
+    check_output_dir(args.output)
+    if log:
+        setup_logger(args.output, distributed_rank=comm.get_rank(), name="diffews")
+        setup_logger(args.output, distributed_rank=comm.get_rank(), name="detectron2",
+                     abbrev_name="d2")
     return cfg
 
 
-def evaluate_fold(cfg, model, dataset_name: str, args) -> dict:
-    """Run the model on one fold's episodes; returns the evaluator's "fss" dict (main process)."""
+def fold_weights(cfg, fold: int) -> str:
+    """``MODEL.WEIGHTS`` of a fold (``{fold}`` replaced)."""
+    return cfg.MODEL.WEIGHTS.replace("{fold}", str(fold))
+
+
+def prepare(cfg, args) -> dict:
+    """Checks and data of every fold, before the model is built: fold -> (dataset, weights,
+    loader). Raises on a missing PRETRAINED file, weights path, dataset tree or episode file."""
+    preflight(cfg, weights=sorted({fold_weights(cfg, f) for f in args.folds}))
+    folds = {}
+    for fold in args.folds:
+        if args.layout:  # registers the dataset (and reads its records: a bad layout fails here)
+            from diffews.data.datasets.custom import custom_test_dataset
+
+            name = custom_test_dataset(args.layout, args.dataset_root, coco_json=args.coco_json,
+                                       class_names=args.class_names, shot=args.shot)
+        else:
+            name = test_dataset_name(args.benchmark, fold, args.shot)
+        folds[fold] = (name, fold_weights(cfg, fold), build_fss_test_loader(cfg, name))
+    return folds
+
+
+def evaluate_fold(cfg, model, dataset_name: str, args, loader=None) -> dict:
+    """Run the model on one fold's episodes; returns the evaluator's "fss" dict (main process),
+    with "skipped_episodes" (episodes dropped for bad data, ``DATALOADER.SKIP_BAD_SAMPLES``)."""
     from diffews.evaluation import FSSEvaluator
 
-    loader = build_fss_test_loader(cfg, dataset_name)  # loads the records: metadata complete
+    if loader is None:
+        loader = build_fss_test_loader(cfg, dataset_name)  # loads the records: metadata complete
     evaluator = FSSEvaluator(dataset_name, distributed=True,
                              output_dir=os.path.join(args.output, dataset_name),
                              original_size=cfg.TEST.FSS.ORIGINAL_SIZE)
@@ -97,17 +178,26 @@ def evaluate_fold(cfg, model, dataset_name: str, args) -> dict:
                 if isinstance(x["episode_id"], int) and x["episode_id"] < args.save_vis:
                     save_episode(x, y, vis_dir)
     results = evaluator.evaluate()
-    return results["fss"] if results else {}
+    if not results:
+        return {}
+    return {**results["fss"], "skipped_episodes": list(getattr(loader, "skipped", []))}
 
 
 def summarize(fold_results: dict, args) -> dict:
-    """Per-fold table and mean over folds; writes results.json."""
-    rows, summary = [], {"benchmark": args.benchmark, "shot": args.shot, "folds": {}}
+    """Per-fold table and mean over folds; writes results.json (atomically)."""
+    benchmark = args.benchmark or f"custom ({args.layout}: {args.dataset_root})"
+    rows, summary = [], {"benchmark": benchmark, "shot": args.shot, "folds": {}}
     for fold, (name, res) in fold_results.items():
-        per_class = res.get("per_class_iou") or {
-            k[len("IoU-"):]: v for k, v in res.items() if k.startswith("IoU-")}
+        if args.layout:
+            from diffews.data.datasets.custom import per_class_iou_by_name
+
+            per_class = per_class_iou_by_name(name, res)
+        else:
+            per_class = res.get("per_class_iou") or {
+                k[len("IoU-"):]: v for k, v in res.items() if k.startswith("IoU-")}
         summary["folds"][fold] = {"dataset": name, "mIoU": res["mIoU"], "FB-IoU": res["FB-IoU"],
                                   "num_episodes": res.get("num_episodes"),
+                                  "skipped_episodes": res.get("skipped_episodes", []),
                                   "per_class_iou": per_class}
         rows.append([fold, name, f"{res['mIoU']:.2f}", f"{res['FB-IoU']:.2f}"])
     n = len(fold_results)
@@ -115,26 +205,27 @@ def summarize(fold_results: dict, args) -> dict:
     summary["mean"] = {k: sum(f[k] for f in folds) / n for k in ("mIoU", "FB-IoU")}
     rows.append(["mean", f"{n} fold(s)", f"{summary['mean']['mIoU']:.2f}",
                  f"{summary['mean']['FB-IoU']:.2f}"])
-    logger.info("%s %d-shot:\n%s", args.benchmark, args.shot,
+    logger.info("%s %d-shot:\n%s", benchmark, args.shot,
                 tabulate(rows, headers=["fold", "dataset", "mIoU", "FB-IoU"], tablefmt="pipe"))
-    with open(os.path.join(args.output, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_json(summary, os.path.join(args.output, "results.json"), indent=2)
     return summary
 
 
 def main(args):
     cfg = setup(args)
+    folds = prepare(cfg, args)
     model = build_model(cfg)
     loaded = None
     fold_results = {}
-    for fold in args.folds:
+    for fold, (name, weights, loader) in folds.items():
         # strict few-shot weights are per fold: MODEL.WEIGHTS may contain "{fold}"
-        weights = cfg.MODEL.WEIGHTS.replace("{fold}", str(fold))
         if weights != loaded:
-            DiffewSCheckpointer(model).load(weights)
+            fold_cfg = cfg.clone()
+            fold_cfg.defrost()
+            fold_cfg.MODEL.WEIGHTS = weights
+            load_inference_weights(model, fold_cfg)
             loaded = weights
-        name = test_dataset_name(args.benchmark, fold, args.shot)
-        res = evaluate_fold(cfg, model, name, args)
+        res = evaluate_fold(cfg, model, name, args, loader)
         if comm.is_main_process():
             fold_results[fold] = (name, res)
             logger.info("%s: mIoU %.2f  FB-IoU %.2f", name, res["mIoU"], res["FB-IoU"])
@@ -143,7 +234,17 @@ def main(args):
     return None
 
 
+def cli(argv=None) -> int:
+    """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
+    args = parse_args(argv)
+
+    def run():
+        if args.num_gpus > 1:  # fail here, once, before processes are spawned
+            prepare(setup(args, log=False), args)
+        return launch(main, args.num_gpus, dist_url=args.dist_url, args=(args,))
+
+    return run_cli(run, args.debug)
+
+
 if __name__ == "__main__":
-    args = parse_args()
-    launch(main, args.num_gpus, dist_url=args.dist_url, args=(args,))
-    sys.exit(0)
+    sys.exit(cli())

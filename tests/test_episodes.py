@@ -6,6 +6,7 @@ import glob
 import gzip
 import importlib.util
 import json
+import logging
 import os
 import pickle
 
@@ -106,25 +107,25 @@ def reference_fss(base, split_file, shot):
 
 
 def reference_lvis(pkl, fold, shot):
+    """PROTOCOLS.md 2c (Matcher lvis.py): classes with more than `shot` images, interleaved fold;
+    episode idx: class idx % n, query = choice over the class's images in dict order, then each
+    support drawn the same way, only a draw equal to the query rejected (repeats kept)."""
     with open(pkl, "rb") as f:
         anno = pickle.load(f)
-    val_cat_ids = [c for c in anno.keys() if len(anno[c]) > shot]
-    n = len(val_cat_ids) // 10
-    class_ids_ori = [val_cat_ids[fold + 10 * v] for v in range(n)]
+    kept = [c for c in anno.keys() if len(anno[c]) > shot]
+    fold_classes = [kept[fold + 10 * v] for v in range(len(kept) // 10)]
     np.random.seed(0)
     out = []
     for idx in range(2300):
-        class_sample = class_ids_ori[idx % n]
-        names = list(anno[class_sample].keys())
-        query_name = np.random.choice(names, 1, replace=False)[0]
-        support_names = []
-        while True:
-            support_name = np.random.choice(names, 1, replace=False)[0]
-            if query_name != support_name and support_name not in support_names:
-                support_names.append(support_name)
-            if len(support_names) == shot:
-                break
-        out.append((idx % n, _stem(query_name), [_stem(s) for s in support_names]))
+        local = idx % len(fold_classes)
+        images = list(anno[fold_classes[local]].keys())
+        query = np.random.choice(images, 1, replace=False)[0]
+        supports = []
+        while len(supports) < shot:
+            s = np.random.choice(images, 1, replace=False)[0]
+            if s != query:
+                supports.append(s)
+        out.append((local, _stem(query), [_stem(s) for s in supports]))
     return out
 
 
@@ -176,7 +177,34 @@ def test_lvis_equals_reference(tmp_path, fold, shot):
     assert _tuples(episodes) == reference_lvis(str(tmp_path / "LVIS/lvis_val.pkl"), fold, shot)
     n = 2 if shot == 1 else 1  # classes per fold of the tiny tree under each filter
     assert [e["class_id"] for e in episodes[:4]] == [i % n for i in range(4)]
-    assert all(len(set(e["supports"])) == shot for e in episodes)
+    assert all(e["query"] not in e["supports"] for e in episodes)
+    if shot == 5:  # 5 draws among 5 other images: most episodes repeat a support, as Matcher's do
+        repeats = sum(len(set(e["supports"])) < shot for e in episodes)
+        assert repeats > 2000
+
+
+def test_lvis_tool_equals_reference_and_regenerates_stale_file(tmp_path, caplog):
+    """tools/make_episodes.py draws LVIS 5-shot episodes as Matcher does, and says when it
+    regenerates a file of an older generator (version 1 kept LVIS supports distinct)."""
+    tool = _tool()
+    write_lvis_tree(str(tmp_path))
+    out = tmp_path / "lvis_f3_5shot.json"
+    old = reference_lvis(str(tmp_path / "LVIS/lvis_val.pkl"), 3, 5)[:3]
+    out.write_text(json.dumps([{"class_id": c, "query": q, "supports": sorted(set(s))[:1] * 5}
+                               for c, q, s in old]))  # a plain list: no generator version
+    argv = ["--benchmark", "lvis", "--fold", "3", "--shot", "5", "--root", str(tmp_path),
+            "--output", str(out)]
+    with caplog.at_level(logging.INFO, logger="diffews.make_episodes"):
+        assert tool.main(argv) == 0
+    assert f"regenerating {out}: it carries no generator version" in caplog.text
+    episodes, header = ep.read_episode_file(str(out))
+    assert header["generator_version"] == ep.GENERATOR_VERSION == 2
+    assert header["benchmark"] == "lvis" and header["shot"] == 5
+    assert _tuples(episodes) == reference_lvis(str(tmp_path / "LVIS/lvis_val.pkl"), 3, 5)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="diffews.make_episodes"):
+        assert tool.main(argv) == 0
+    assert "rewriting" in caplog.text and "regenerating" not in caplog.text
 
 
 def test_deterministic_and_seed_dependent(tmp_path):
@@ -184,9 +212,14 @@ def test_deterministic_and_seed_dependent(tmp_path):
     ep.save_episodes(ep.make_episodes("coco", 1, 1, root=str(tmp_path)), str(a))
     ep.save_episodes(ep.make_episodes("coco", 1, 1, root=str(tmp_path)), str(b))
     assert a.read_bytes() == b.read_bytes()
-    loaded = json.loads(a.read_text())
+    data = json.loads(a.read_text())
+    assert data["generator_version"] == ep.GENERATOR_VERSION
+    loaded = data["episodes"]
     assert isinstance(loaded, list) and set(loaded[0]) == {"episode_id", "class_id", "query",
                                                            "supports"}
+    assert a.read_text().count("\n") == len(loaded) + 2  # one episode per line
+    assert ep.load_episodes(str(a)) == loaded
+    a.write_text(json.dumps(loaded))  # a plain list (hand-written, older versions) still loads
     assert ep.load_episodes(str(a)) == loaded
     other = ep.make_episodes("coco", 1, 1, root=str(tmp_path), seed=1)
     assert _tuples(other) != _tuples(loaded)
@@ -207,6 +240,25 @@ def test_get_episodes_caches(tmp_path, monkeypatch):
     assert ep.get_episodes("pascal5i_fold0_test", 1, 0) == episodes
     with pytest.raises(AssertionError):
         ep.get_episodes("pascal5i_fold0_test", 1, 0, num_episodes=5)
+
+
+@pytest.mark.parametrize("stale", ["plain list", "version 1", "half-written"])
+def test_stale_episode_cache_is_regenerated(tmp_path, monkeypatch, caplog, stale):
+    """A cached list of another generator version is never reused: it is drawn again, with a
+    warning, and rewritten with the current version."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    episodes = ep.get_episodes("pascal5i_fold1_test", 1, 0, num_episodes=6)
+    cache = tmp_path / "episodes" / "pascal5i_fold1_test_1shot_seed0_n6.json"
+    wrong = [dict(e, supports=[e["query"]]) for e in episodes]  # recognisably not the draw
+    text = {"plain list": json.dumps(wrong),
+            "version 1": json.dumps({"generator_version": 1, "episodes": wrong}),
+            "half-written": json.dumps({"generator_version": 2, "episodes": wrong})[:40]}[stale]
+    cache.write_text(text)
+    with caplog.at_level("WARNING", logger="diffews.data.episodes"):
+        again = ep.get_episodes("pascal5i_fold1_test", 1, 0, num_episodes=6)
+    assert again == episodes
+    assert "regenerating the cached episodes" in caplog.text and str(cache) in caplog.text
+    assert ep.read_episode_file(str(cache))[1]["generator_version"] == ep.GENERATOR_VERSION
 
 
 def test_episode_file_checks(tmp_path):
@@ -239,11 +291,16 @@ def test_dataset_names_and_errors():
         ep.make_episodes("coco", 0, 0)
 
 
-def test_make_episodes_tool(tmp_path):
+def _tool():
     spec = importlib.util.spec_from_file_location("make_episodes",
                                                   os.path.join(ROOT, "tools", "make_episodes.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_make_episodes_tool(tmp_path):
+    tool = _tool()
     write_fss_tree(str(tmp_path))
     out = tmp_path / "fss.json"
     assert tool.main(["--benchmark", "fss", "--shot", "1", "--root", str(tmp_path), "--splits",

@@ -166,3 +166,155 @@ def test_two_process_data_parallel_keeps_replicas_identical(tiny_sd, tmp_path):
     assert digests[0] == digests[1]
     initial = torch.load(tmp_path / "model_0000001.pth", weights_only=False)["iteration"]
     assert initial == 1
+
+
+def test_eval_only_needs_weights_or_explicit_permission(tiny_sd, tmp_path):
+    """--eval-only loads MODEL.WEIGHTS; empty weights are an error unless ALLOW_UNTRAINED."""
+    from detectron2.modeling import build_model
+
+    from diffews import DiffewSCheckpointer
+    from diffews.checkpoint import UntrainedModelError
+
+    model = build_model(make_cfg(tiny_sd))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    DiffewSCheckpointer(model, save_dir=str(tmp_path)).save("trained")
+    weights = str(tmp_path / "trained.pth")
+    args = _args(tiny_sd, tmp_path / "eval", "MODEL.WEIGHTS", weights, "TEST.FSS.NUM_EPISODES", "3")
+    args.eval_only = True
+    trained = train_net.main(args)["fss"]
+    assert trained["num_episodes"] == 3
+    args.opts[-3:] = ["", "TEST.FSS.NUM_EPISODES", "3"]  # MODEL.WEIGHTS ""
+    with pytest.raises(UntrainedModelError, match="MODEL.DIFFEWS.ALLOW_UNTRAINED True"):
+        train_net.main(args)
+    args.opts += ["MODEL.DIFFEWS.ALLOW_UNTRAINED", "True"]
+    untrained = train_net.main(args)["fss"]
+    assert untrained["mIoU"] != trained["mIoU"]  # the weights were really loaded above
+
+
+class _Recorder:
+    """Hooks on the UNet's inputs and outputs and on ``vae.encode``, independent of how DiffewS
+    organises its own code: every VAE encode (input, posterior mean and std, every ``sample()`` and
+    ``mode()`` call) and every UNet call (sample, timestep, text context, output)."""
+
+    def __init__(self, model):
+        self.encodes, self.unet_calls = [], []
+        encode = model.vae.encode
+
+        def recording_encode(x, *args, **kwargs):
+            out = encode(x, *args, **kwargs)
+            dist = out.latent_dist
+            rec = {"input": x.detach().clone(), "mean": dist.mean.detach().clone(),
+                   "std": dist.std.detach().clone(), "samples": [], "modes": 0}
+            sample, mode = dist.sample, dist.mode
+
+            def recording_sample(generator=None):
+                z = sample(generator)
+                rec["samples"].append(z.detach().clone())
+                return z
+
+            def recording_mode():
+                rec["modes"] += 1
+                return mode()
+
+            dist.sample, dist.mode = recording_sample, recording_mode
+            self.encodes.append(rec)
+            return out
+
+        model.vae.encode = recording_encode
+
+        def pre(module, args, kwargs):
+            names = ("sample", "timestep", "encoder_hidden_states")
+            values = {n: (args[i] if len(args) > i else kwargs[n]) for i, n in enumerate(names)}
+            self.unet_calls.append({n: torch.as_tensor(v).detach().clone()
+                                    for n, v in values.items()})
+
+        def post(module, args, kwargs, output):
+            out = output.sample if hasattr(output, "sample") else output[0]
+            self.unet_calls[-1]["output"] = out
+
+        model.unet.register_forward_pre_hook(pre, with_kwargs=True)
+        model.unet.register_forward_hook(post, with_kwargs=True)
+
+    def encoded(self, rows: torch.Tensor, what: str):
+        """For each row of ``rows`` (N, 3, H, W), the (encode call, index) that encoded it."""
+        found = []
+        for row in rows:
+            hits = [(c, i) for c, rec in enumerate(self.encodes)
+                    for i in range(len(rec["input"])) if torch.equal(rec["input"][i], row)]
+            assert hits, f"the VAE never encoded {what} as expected"
+            found.append(hits[0])
+        return found
+
+    def unet_input(self, latent: torch.Tensor, what: str):
+        """The UNet call whose input holds ``latent`` (C, h, w) as a row, and the row index."""
+        for call in self.unet_calls:
+            for i, row in enumerate(call["sample"]):
+                if row.shape == latent.shape and torch.equal(row, latent):
+                    return call, i
+        raise AssertionError(f"no UNet call received {what}")
+
+
+def test_training_loss_samples_posterior_with_pm1_masks_77_tokens_and_t1(tiny_sd):
+    """METHOD.md 4, checked from the outside: images enter the VAE in [-1, 1] and masks as -1/+1
+    (255 = ignore counts as background), every training latent is a posterior SAMPLE (not the
+    mean) times the VAE's scaling factor, both UNet passes get t = 1 and the 77-token padded
+    empty prompt, and the loss is the MSE between the query pass's output and minus the sampled
+    query-mask latent."""
+    from detectron2.modeling import build_model
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model = build_model(make_cfg(tiny_sd)).train()
+    rec = _Recorder(model)
+    episode = make_episode(2, seed=21)
+    episode["sem_seg"][:5] = 255
+    torch.manual_seed(0)
+    loss = model([episode])["loss_mask_latent"]
+
+    scale = model.vae.config.scaling_factor
+    as_image = lambda x: x.float() / 127.5 - 1.0  # noqa: E731
+    as_mask = lambda m: ((m > 0).float() * 2 - 1)[:, None].expand(-1, 3, -1, -1)  # noqa: E731
+    query = rec.encoded(as_image(episode["image"])[None], "the query image")
+    supports = rec.encoded(as_image(episode["support_images"]), "the support images")
+    masks = rec.encoded(as_mask(episode["support_masks"]), "the support masks as -1/+1")
+    target = rec.encoded(as_mask((episode["sem_seg"] == 1)[None]), "the query mask as -1/+1")
+    for c, _ in masks + target:
+        assert set(rec.encodes[c]["input"].unique().tolist()) <= {-1.0, 1.0}
+    for r in rec.encodes:  # the posterior is sampled once per encode, its mode never taken
+        assert len(r["samples"]) == 1 and r["modes"] == 0
+
+    def z(where):
+        c, i = where
+        return rec.encodes[c]["samples"][0][i] * scale
+
+    c, i = query[0]
+    assert (rec.encodes[c]["samples"][0][i] - rec.encodes[c]["mean"][i]).abs().max() > 1e-3
+    query_call, qi = rec.unet_input(z(query[0]), "the sampled query latent")
+    for k in range(2):
+        rec.unet_input(torch.cat([z(supports[k]), z(masks[k])]), f"support {k}'s sampled latents")
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder").eval()
+    ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length,
+                    return_tensors="pt").input_ids
+    assert ids.shape == (1, 77)
+    with torch.no_grad():
+        prompt = encoder(ids)[0][0]
+    assert len(rec.unet_calls) >= 2
+    for call in rec.unet_calls:
+        assert call["timestep"].flatten().tolist() == [1] * call["timestep"].numel()
+        assert call["encoder_hidden_states"].shape[1] == 77
+        for ctx in call["encoder_hidden_states"]:
+            torch.testing.assert_close(ctx, prompt, atol=1e-5, rtol=1e-5)
+    expected = torch.mean((query_call["output"][qi].float() + z(target[0]).float()) ** 2)
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-6, rtol=1e-5)
+
+    model.eval()  # inference: the 2-token prompt and no posterior sampling
+    rec.encodes.clear(), rec.unet_calls.clear()
+    with torch.no_grad():
+        model([episode])
+    assert all(not r["samples"] for r in rec.encodes)
+    assert all(call["encoder_hidden_states"].shape[1] == 2 for call in rec.unet_calls)
+

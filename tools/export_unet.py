@@ -5,42 +5,51 @@ folder whose weights hold ``conv_in_ref``), which MODEL.WEIGHTS accepts as it ac
 official releases.
 
   python tools/export_unet.py --config-file CFG --weights output/model_final.pth --output weight/my_fold0
+
+Config overrides are trailing KEY VALUE pairs (``--opts KEY VALUE ...`` is accepted too). The
+folder is written under a temporary name and renamed when complete. Errors are one line (exit
+status 2: command line or config, 1: files); --debug shows the traceback.
 """
 
-import argparse
 import os
 import sys
+import warnings
 
-from detectron2.modeling import build_model
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
 
-from diffews import DiffewSCheckpointer
-from diffews.config import load_config
-from diffews.modeling import save_release_unet
+from detectron2.modeling import build_model  # noqa: E402
+
+from diffews import DiffewSCheckpointer  # noqa: E402
+from diffews.modeling import save_release_unet  # noqa: E402
+from diffews.utils.atomic import atomic_folder  # noqa: E402
+from diffews.utils.cli import (  # noqa: E402
+    OneLineArgumentParser, add_common_arguments, config_overrides, load_config_checked, run_cli)
+from diffews.utils.preflight import check_output_dir, check_weights, preflight  # noqa: E402
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", required=True, help="the training config")
     p.add_argument("--weights", required=True, help="trainer checkpoint (.pth) to export")
     p.add_argument("--output", required=True, help="release folder to write (<output>/unet/)")
     p.add_argument("--bin", action="store_true", help="write .bin instead of .safetensors")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
-    return p
+    return add_common_arguments(p, opts_flag=True)
 
 
 def main(args) -> str:
-    cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
+    cfg = load_config_checked(args.config_file, ["MODEL.DEVICE", "cpu", *config_overrides(args)])
+    preflight(cfg)
+    check_weights(args.weights, allow_untrained=False, key="--weights")
+    check_output_dir(args.output)
     model = build_model(cfg)
     DiffewSCheckpointer(model).load(args.weights)
     folder = os.path.join(args.output, "unet")
-    save_release_unet(model.unet, folder, safe_serialization=not args.bin)
+    with atomic_folder(folder) as tmp:  # never a half-written <output>/unet
+        save_release_unet(model.unet, tmp, safe_serialization=not args.bin)
     print(f"wrote {folder}; use it with MODEL.WEIGHTS {args.output}")
     return folder
 
 
 if __name__ == "__main__":
-    try:
-        main(get_parser().parse_args())
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        sys.exit(1)
+    arguments = get_parser().parse_args()
+    sys.exit(run_cli(lambda: main(arguments), arguments.debug))

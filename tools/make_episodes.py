@@ -1,23 +1,36 @@
 #!/usr/bin/env python
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Write the fixed test episodes of a benchmark fold as a JSON list (one episode per line).
+"""Write the fixed test episodes of a benchmark fold as a JSON episode file (one episode per line).
 
     python tools/make_episodes.py --benchmark coco --fold 0 --shot 1 --output coco_f0_1shot.json
 
 COCO-20i and PASCAL-5i episodes need only the split lists (shipped in datasets/splits/); FSS-1000
 lists the test class folders and LVIS-92i reads LVIS/lvis_val.pkl under --root. The file is what
-``inference_fss/run_fss.py --episodes`` and ``TEST.FSS.EPISODES_FILE`` read.
+``inference_fss/run_fss.py --episodes`` and ``TEST.FSS.EPISODES_FILE`` read. It records the
+episode generator version (``diffews.data.episodes.GENERATOR_VERSION``); rewriting a file of an
+older version says so. Errors are one line (exit status 2: command line, 1: data); --debug shows
+the traceback.
 """
 
-import argparse
 import logging
+import os
 import sys
+import warnings
 
-from diffews.data.episodes import BENCHMARK_FOLDS, make_episodes, save_episodes
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
+
+from diffews.data.episodes import (  # noqa: E402
+    BENCHMARK_FOLDS, GENERATOR_VERSION, make_episodes, read_episode_file, save_episodes,
+    stale_version)
+from diffews.utils.cli import (  # noqa: E402
+    OneLineArgumentParser, UsageError, add_common_arguments, run_cli)
+from diffews.utils.preflight import check_output_dir  # noqa: E402
+
+logger = logging.getLogger("diffews.make_episodes")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def get_parser():
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARK_FOLDS))
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--shot", type=int, default=1)
@@ -31,17 +44,52 @@ def main(argv=None) -> int:
                         "dataset tree's own splits/ folder) or a folder laid out like "
                         "datasets/splits/")
     parser.add_argument("--output", required=True, help="JSON file to write")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        episodes = make_episodes(args.benchmark, args.fold, args.shot, args.root, args.seed,
-                                 args.num_episodes or None, args.splits)
-    except (FileNotFoundError, ValueError) as e:  # missing tree or split list, impossible episode
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    save_episodes(episodes, args.output)
-    logging.getLogger("make_episodes").info("wrote %d episodes to %s", len(episodes), args.output)
+    return add_common_arguments(parser, positional_opts=False)
+
+
+def write(args) -> int:
+    """Draw the episodes and write them, saying whether an existing file is regenerated."""
+    output = args.output
+    if os.path.isdir(output):
+        raise UsageError(f"--output {output} is a folder; give the path of a .json file")
+    check_output_dir(os.path.dirname(os.path.abspath(output)), "--output folder")
+    previous = None
+    if os.path.isfile(output):
+        try:
+            previous = read_episode_file(output)[1]
+        except ValueError as e:
+            raise UsageError(f"--output {output} exists and is not an episode file ({e}); choose "
+                             "another path or delete it") from e
+    episodes = make_episodes(args.benchmark, args.fold, args.shot, args.root, args.seed,
+                             args.num_episodes or None, args.splits)
+    if previous is not None:
+        stale = stale_version(previous)
+        if stale:
+            logger.info("regenerating %s: %s; this is episode generator version %d", output,
+                        stale, GENERATOR_VERSION)
+        else:
+            logger.info("rewriting %s (same episode generator version %d)", output,
+                        GENERATOR_VERSION)
+    save_episodes(episodes, output, benchmark=args.benchmark, fold=args.fold, shot=args.shot,
+                  seed=args.seed, splits=args.splits or "shipped")
+    logger.info("wrote %d episodes to %s (episode generator version %d)", len(episodes), output,
+                GENERATOR_VERSION)
     return 0
+
+
+def main(argv=None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    folds = BENCHMARK_FOLDS[args.benchmark]
+    if args.fold not in range(folds):
+        parser.error(f"--fold {args.fold}: {args.benchmark} has folds 0..{folds - 1}")
+    if args.shot < 1:
+        parser.error(f"--shot must be >= 1, got {args.shot}")
+    if args.num_episodes < 0:
+        parser.error(f"--num-episodes must be >= 0, got {args.num_episodes}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    return run_cli(lambda: write(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ The loader turns a registered test dataset (image records) and its fixed episode
 (``episodes.py``) into detectron2's test loader over episodes, sharded by ``InferenceSampler``:
 process r of N gets a contiguous slice of the same list, so 1 and N processes evaluate exactly
 the same episodes.
+
+Bad data: an episode whose image or label is missing or unreadable stops the evaluation with a
+message naming the file (``records.BadSampleError``), unless ``DATALOADER.SKIP_BAD_SAMPLES``: then
+the episode is skipped, counted and listed in the log, and the evaluation stops once more than
+``DATALOADER.MAX_BAD_FRACTION`` of the episodes (of this process) were skipped.
 """
 
 import logging
@@ -18,11 +23,13 @@ from detectron2.data.samplers import InferenceSampler
 
 from ..utils.image import image_to_tensor, resize_image, resize_mask
 from .episodes import get_episodes
-from .records import LABEL_FORMATS, load_sample
+from .records import LABEL_FORMATS, BadSampleError, load_sample
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EpisodeMapper", "resolve_episodes", "build_fss_test_loader"]
+__all__ = ["EpisodeMapper", "BadSampleFilter", "resolve_episodes", "build_fss_test_loader"]
+
+SKIP_HINT = "set DATALOADER.SKIP_BAD_SAMPLES True to skip bad samples"
 
 
 class EpisodeMapper:
@@ -36,13 +43,16 @@ class EpisodeMapper:
 
     @configurable
     def __init__(self, image_size: int, label_format: str, ignore_boundary: bool,
-                 keep_original: bool = False):
+                 keep_original: bool = False, mark_bad: bool = False):
         """
         Args:
             image_size: working size S (``INPUT.IMAGE_SIZE``).
             label_format: one of ``records.LABEL_FORMATS`` (the dataset's metadata).
             ignore_boundary: query label 255 is kept as ignore (PASCAL-5i); else labels are 0/1.
             keep_original: also return the original-size query label ("sem_seg_original").
+            mark_bad: on a ``BadSampleError`` return ``{"episode_id", "class_id", "bad_sample":
+                message, "bad_file": path}`` instead of raising (``BadSampleFilter`` decides in
+                the main process, so the message stays one line with data-loader workers too).
         """
         if label_format not in LABEL_FORMATS:
             raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
@@ -50,6 +60,7 @@ class EpisodeMapper:
         self.label_format = label_format
         self.ignore_boundary = bool(ignore_boundary)
         self.keep_original = bool(keep_original)
+        self.mark_bad = bool(mark_bad)
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str):
@@ -59,9 +70,21 @@ class EpisodeMapper:
             "label_format": meta.label_format,
             "ignore_boundary": meta.get("ignore_boundary", False),
             "keep_original": cfg.TEST.FSS.ORIGINAL_SIZE,
+            "mark_bad": True,
         }
 
     def __call__(self, episode: Dict) -> Dict:
+        """The model input of ``episode`` (``_map``); with ``mark_bad``, a marker dict instead
+        when one of its images or labels is bad."""
+        if not self.mark_bad:
+            return self._map(episode)
+        try:
+            return self._map(episode)
+        except BadSampleError as e:
+            return {"episode_id": episode["episode_id"], "class_id": int(episode["class_id"]),
+                    "bad_sample": str(e), "bad_file": e.path}
+
+    def _map(self, episode: Dict) -> Dict:
         """
         Args:
             episode: ``{"episode_id", "class_id", "query": record, "supports": [record, ...]}``.
@@ -127,6 +150,54 @@ def resolve_episodes(episodes: List[Dict], records: List[Dict],
     return out
 
 
+class BadSampleFilter:
+    """A test loader without the episodes ``EpisodeMapper(mark_bad=True)`` marked bad.
+
+    Args:
+        loader: iterable of lists of mapped episodes (batch size 1 in practice).
+        skip: False (default config): raise ``BadSampleError`` naming the file at the first bad
+            episode. True: skip it, count it and log it; ``skipped`` lists them afterwards.
+        max_fraction: with ``skip``, raise once more than this fraction of ``total`` is skipped.
+        total: episodes this process evaluates (the denominator of the fraction).
+        dataset_name: for the messages.
+    """
+
+    def __init__(self, loader, skip: bool, max_fraction: float, total: int, dataset_name: str = ""):
+        self.loader, self.skip, self.max_fraction = loader, bool(skip), float(max_fraction)
+        self.total, self.dataset_name = int(total), dataset_name
+        self.skipped: List[Dict] = []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.skipped = []
+        name = self.dataset_name or "the test set"
+        for batch in self.loader:
+            good = [x for x in batch if "bad_sample" not in x]
+            for x in (x for x in batch if "bad_sample" in x):
+                where = f"episode {x['episode_id']} of {name}"
+                if not self.skip:
+                    raise BadSampleError(f"{x['bad_sample']} ({where}); {SKIP_HINT}",
+                                         path=x.get("bad_file", ""))
+                self.skipped.append({"episode_id": x["episode_id"], "file": x.get("bad_file", ""),
+                                     "error": x["bad_sample"]})
+                logger.warning("skipping %s: %s (%d skipped)", where, x["bad_sample"],
+                               len(self.skipped))
+                if len(self.skipped) > self.max_fraction * self.total:
+                    raise BadSampleError(
+                        f"{name}: {len(self.skipped)} of {self.total} episodes have a bad image "
+                        f"or label, more than DATALOADER.MAX_BAD_FRACTION {self.max_fraction} "
+                        f"allows; first: {self.skipped[0]['error']}", path=self.skipped[0]["file"])
+            if good:
+                yield good
+        if self.skipped:
+            logger.warning("%s: skipped %d of %d episodes with bad samples (DATALOADER."
+                           "SKIP_BAD_SAMPLES): %s", name, len(self.skipped), self.total,
+                           "; ".join(f"episode {s['episode_id']}: {s['file']}"
+                                     for s in self.skipped))
+
+
 def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = None):
     """detectron2 test loader over a registered test dataset's fixed episodes.
 
@@ -136,7 +207,9 @@ def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = Non
     ``InferenceSampler``.
 
     Returns:
-        torch DataLoader yielding lists of one ``EpisodeMapper`` dict.
+        ``BadSampleFilter`` over a torch DataLoader, yielding lists of one ``EpisodeMapper`` dict
+        (an episode with a bad image or label stops it, or is skipped with
+        ``DATALOADER.SKIP_BAD_SAMPLES``).
     """
     records = DatasetCatalog.get(dataset_name)
     episodes = get_episodes(dataset_name, cfg.TEST.FSS.SHOT, cfg.TEST.FSS.SEED,
@@ -145,9 +218,12 @@ def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = Non
         raise ValueError(f"{dataset_name}: no test episodes")
     dataset = resolve_episodes(episodes, records, dataset_name)
     logger.info("%s: %d episodes, %d-shot", dataset_name, len(dataset), cfg.TEST.FSS.SHOT)
-    return build_detection_test_loader(
+    sampler = InferenceSampler(len(dataset))
+    loader = build_detection_test_loader(
         dataset=dataset,
         mapper=EpisodeMapper(cfg, dataset_name),
-        sampler=InferenceSampler(len(dataset)),
+        sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
+    return BadSampleFilter(loader, cfg.DATALOADER.SKIP_BAD_SAMPLES, cfg.DATALOADER.MAX_BAD_FRACTION,
+                           len(sampler), dataset_name)

@@ -9,7 +9,7 @@ the episodes equal the reference's when the reference model uses no numpy random
 never depend on our model's randomness or on the number of processes.
 
 Per benchmark (K = shot; "supports loop" = draw a support, keep it if it differs from the query,
-until K are kept; supports may repeat each other except for LVIS):
+until K are kept; supports may repeat each other, LVIS included):
 
 * coco (1000 episodes): class = choice(fold classes); query = choice(class images); supports loop
   over the class images.
@@ -17,20 +17,28 @@ until K are kept; supports may repeat each other except for LVIS):
   supports loop over the class images.
 * fss (one per test image): query = the i-th image; supports loop over ``choice(range(1, 11))``,
   i.e. ``<class>/<s>.jpg``.
-* lvis (2300): class = fold classes[i % n]; query = choice(class images); supports loop, distinct.
+* lvis (2300): class = fold classes[i % n]; query = choice(class images, dict order); supports
+  loop over the same list (Matcher ``lvis.py`` ``load_frame``: only a draw equal to the query is
+  rejected, so a K-shot episode may hold the same support twice).
+* custom (``datasets/custom.py``, 1000 by default): class = choice(test classes); query =
+  choice(class images); supports loop, distinct. Drawn from the dataset's records, not cached.
 
-An episode is ``{"episode_id": int, "class_id": int, "query": ID, "supports": [ID, ...]}``; a
-file of episodes is a plain JSON list of them (one per line).
+An episode is ``{"episode_id": int, "class_id": int, "query": ID, "supports": [ID, ...]}``. A file
+of episodes (``save_episodes``) is a JSON object ``{"generator_version": GENERATOR_VERSION,
+"episodes": [...]}`` with one episode per line; ``load_episodes`` also reads a plain JSON list of
+episodes (files written by hand or by older versions, which carry no generator version).
+Cached lists whose ``generator_version`` is not ``GENERATOR_VERSION`` are regenerated, never reused.
 """
 
 import hashlib
 import json
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.atomic import atomic_open
 from .datasets.coco20i import TEST_EPISODES as COCO_EPISODES
 from .datasets.coco20i import coco20i_class_ids, load_coco20i_classwise
 from .datasets.common import SPLITS_ENV, dataset_root
@@ -42,8 +50,15 @@ from .datasets.pascal5i import load_pascal5i_metadata, pascal5i_classwise
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BENCHMARK_FOLDS", "make_episodes", "save_episodes", "load_episodes", "get_episodes",
+__all__ = ["BENCHMARK_FOLDS", "GENERATOR_VERSION", "make_episodes", "save_episodes",
+           "load_episodes", "read_episode_file", "stale_version", "get_episodes",
            "test_dataset_name"]
+
+# Version of the drawing rules above. Bump it whenever a rule changes what is drawn: cached episode
+# lists carry it, and a list drawn under another version is regenerated (get_episodes) or flagged
+# (load_episodes callers, tools/make_episodes.py). 1: LVIS supports kept distinct (wrong);
+# 2: LVIS supports drawn as Matcher's load_frame draws them (repeats allowed).
+GENERATOR_VERSION = 2
 
 BENCHMARK_FOLDS = {"coco": 4, "pascal": 4, "fss": 1, "lvis": 10, "synthetic": 1}
 # benchmark -> registered test dataset of a fold (LVIS depends on the shot, see lvis92i.py)
@@ -147,11 +162,41 @@ def _lvis(fold, shot, rng, n, root) -> List[Dict]:
     episodes = []
     for i in range(n or LVIS_EPISODES):
         local = i % len(cats)
-        pool = list(annotations[cats[local]].keys())
+        pool = list(annotations[cats[local]].keys())  # dict order, as Matcher's list(keys())
         query = rng.choice(pool, 1, replace=False)[0]
-        _check_pool(len(pool), shot, True, f"LVIS-92i category {cats[local]}")
-        supports = _draw_supports(rng, pool, query, shot, distinct=True)
+        _check_pool(len(pool), shot, False, f"LVIS-92i category {cats[local]}")
+        supports = _draw_supports(rng, pool, query, shot)
         episodes.append(_episode(i, local, _stem(query), [_stem(s) for s in supports]))
+    return episodes
+
+
+def _custom(dataset_name: str, shot: int, seed: int, n: Optional[int]) -> List[Dict]:
+    """Custom datasets (``datasets/custom.py``): class = choice(test classes); query =
+    choice(class images, in record order); supports loop over the class images, distinct."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    records = DatasetCatalog.get(dataset_name)  # sets the metadata class_ids
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("shot_filter") != shot:
+        raise ValueError(f"{dataset_name} was registered for {meta.get('shot_filter')}-shot "
+                         f"episodes; register it for {shot} shots (register_custom_fss(..., "
+                         f"shot={shot}) or DATASETS.CUSTOM.<name>.SHOT {shot})")
+    class_ids = list(meta.class_ids)
+    classwise: Dict[int, List[str]] = {c: [] for c in class_ids}
+    for r in records:
+        for c in r["classes"]:
+            if c in classwise:
+                classwise[c].append(r["image_id"])
+    rng = np.random.RandomState(seed)
+    episodes = []
+    for i in range(n or meta.num_episodes):
+        cls = int(rng.choice(class_ids, 1, replace=False)[0])
+        pool = classwise[cls]
+        query = str(rng.choice(pool, 1, replace=False)[0])
+        _check_pool(len(pool), shot, True, f"{dataset_name} class {cls}")
+        supports = _draw_supports(rng, pool, query, shot, distinct=True, to_name=str)
+        episodes.append(_episode(i, cls, query, supports))
+    logger.info("%s, %d-shot, seed %d: %d episodes", dataset_name, shot, seed, len(episodes))
     return episodes
 
 
@@ -205,17 +250,20 @@ def make_episodes(benchmark: str, fold: int = 0, shot: int = 1, root: Optional[s
     return episodes
 
 
-def save_episodes(episodes: List[Dict], path: str) -> None:
-    """Write episodes as a JSON list, one episode per line (atomically)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("[\n" + ",\n".join(json.dumps(e) for e in episodes) + "\n]\n")
-    os.replace(tmp, path)
+def save_episodes(episodes: List[Dict], path: str, **header) -> None:
+    """Write episodes atomically as ``{"generator_version": GENERATOR_VERSION, <header>,
+    "episodes": [...]}``, one episode per line (``header``: e.g. benchmark, fold, shot, seed)."""
+    head = {"generator_version": GENERATOR_VERSION, **header}
+    text = json.dumps(head)[:-1] + ', "episodes": [\n'
+    text += ",\n".join(json.dumps(e) for e in episodes) + "\n]}\n"
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
-def load_episodes(path: str) -> List[Dict]:
-    """Read and validate an episode file; ``episode_id`` defaults to the position in the list."""
+def read_episode_file(path: str) -> Tuple[List[Dict], Dict]:
+    """Read and validate an episode file: ``(episodes, header)``. ``header`` holds the file's
+    ``generator_version`` and the other keys ``save_episodes`` wrote; it is empty for a plain JSON
+    list. ``episode_id`` defaults to the position in the list."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: episode file not found (write one with "
                                 "tools/make_episodes.py)")
@@ -224,8 +272,13 @@ def load_episodes(path: str) -> List[Dict]:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
+    header: Dict = {}
+    if isinstance(data, dict) and isinstance(data.get("episodes"), list):
+        header = {k: v for k, v in data.items() if k != "episodes"}
+        data = data["episodes"]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of episodes")
+        raise ValueError(f"{path}: expected a JSON list of episodes, or an object with an "
+                         "'episodes' list (tools/make_episodes.py)")
     episodes = []
     for i, e in enumerate(data):
         ok = (isinstance(e, dict) and isinstance(e.get("query"), str)
@@ -239,7 +292,22 @@ def load_episodes(path: str) -> List[Dict]:
     ids = [e["episode_id"] for e in episodes]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: episode_id values are not unique")
-    return episodes
+    return episodes, header
+
+
+def load_episodes(path: str) -> List[Dict]:
+    """The validated episodes of an episode file (``read_episode_file`` without the header)."""
+    return read_episode_file(path)[0]
+
+
+def stale_version(header: Dict) -> Optional[str]:
+    """None if an episode file was drawn by this generator, else why it is stale."""
+    version = header.get("generator_version")
+    if version == GENERATOR_VERSION:
+        return None
+    if version is None:
+        return "it carries no generator version (written before version 2, or by hand)"
+    return f"it was drawn by episode generator version {version}"
 
 
 def _cache_tag() -> str:
@@ -255,7 +323,8 @@ def get_episodes(dataset_name: str, shot: int, seed: int = 0, episodes_file: str
                  num_episodes: int = 0, cache_dir: Optional[str] = None) -> List[Dict]:
     """The episodes of a registered test dataset: from ``episodes_file`` if given, else generated
     once and cached as ``<cache_dir>/<name>_<K>shot_seed<S>[_n<N>].json`` (default cache folder
-    ``$DETECTRON2_DATASETS/episodes``; an unwritable folder only disables the cache).
+    ``$DETECTRON2_DATASETS/episodes``; an unwritable folder only disables the cache). A cached
+    file drawn by another ``GENERATOR_VERSION`` (or by none) is regenerated, with a warning.
 
     Raises:
         ValueError: the file's episodes do not have ``shot`` supports, or an LVIS dataset was
@@ -264,7 +333,11 @@ def get_episodes(dataset_name: str, shot: int, seed: int = 0, episodes_file: str
     from detectron2.data import MetadataCatalog
 
     if episodes_file:
-        episodes = load_episodes(episodes_file)
+        episodes, header = read_episode_file(episodes_file)
+        if header and stale_version(header):
+            logger.warning("%s: %s, not version %d; used as given, rewrite it with "
+                           "tools/make_episodes.py for the current drawing rules",
+                           episodes_file, stale_version(header), GENERATOR_VERSION)
         bad = [e["episode_id"] for e in episodes if len(e["supports"]) != shot]
         if bad:
             raise ValueError(f"{episodes_file}: episode {bad[0]} (and {len(bad) - 1} more) has not "
@@ -272,6 +345,8 @@ def get_episodes(dataset_name: str, shot: int, seed: int = 0, episodes_file: str
         return episodes[:num_episodes] if num_episodes else episodes
     meta = MetadataCatalog.get(dataset_name)
     benchmark = meta.get("benchmark")
+    if benchmark == "custom":  # drawn from the loaded records in milliseconds: no cache
+        return _custom(dataset_name, shot, seed, num_episodes or None)
     if benchmark not in BENCHMARK_FOLDS:
         raise ValueError(f"{dataset_name!r} is not a registered few-shot test dataset "
                          f"(metadata benchmark={benchmark!r})")
@@ -284,12 +359,21 @@ def get_episodes(dataset_name: str, shot: int, seed: int = 0, episodes_file: str
     name = f"{dataset_name}_{shot}shot_seed{seed}{suffix}{_cache_tag()}.json"
     path = os.path.join(cache_dir or os.path.join(dataset_root(), "episodes"), name)
     if os.path.isfile(path):
-        logger.info("reusing episodes %s", path)
-        return load_episodes(path)
+        try:
+            episodes, header = read_episode_file(path)
+            stale = stale_version(header)
+        except ValueError as e:  # e.g. half-written by an old, non-atomic version
+            episodes, stale = [], f"it is unreadable ({e})"
+        if not stale:
+            logger.info("reusing episodes %s (generator version %d)", path, GENERATOR_VERSION)
+            return episodes
+        logger.warning("regenerating the cached episodes %s: %s; this is episode generator "
+                       "version %d", path, stale, GENERATOR_VERSION)
     episodes = make_episodes(benchmark, meta.get("fold", 0), shot, seed=seed,
                              num_episodes=num_episodes or None)
     try:
-        save_episodes(episodes, path)
+        save_episodes(episodes, path, dataset=dataset_name, benchmark=benchmark,
+                      fold=meta.get("fold", 0), shot=shot, seed=seed)
         logger.info("episodes written to %s", path)
     except OSError as e:
         logger.warning("could not cache episodes in %s (%s); they are regenerated next time",

@@ -28,7 +28,6 @@ mask cannot reproduce, so numbers from this mode are not comparable with publish
 """
 
 import itertools
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -40,6 +39,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..utils.atomic import atomic_write_json
 from ..utils.image import resize_mask
 
 logger = logging.getLogger(__name__)
@@ -234,10 +234,8 @@ class FSSEvaluator(DatasetEvaluator):
                 for e, c, n in records
             ],
         }
-        os.makedirs(self._output_dir, exist_ok=True)
         path = os.path.join(self._output_dir, "fss_results.json")
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=1)
+        atomic_write_json(payload, path, indent=1)  # never half-written
         logger.info(f"wrote {path}")
 
 

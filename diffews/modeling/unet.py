@@ -22,7 +22,18 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# UNet weight files diffusers writes, in the order they are looked for: full precision, then the
+# fp16 variant; single files, then sharded ones (an index json naming the shard of every key)
+WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.bin.index.json",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.safetensors.index.fp16.json",
+    "diffusion_pytorch_model.fp16.bin",
+    "diffusion_pytorch_model.bin.index.fp16.json",
+)
 SUPPORT_CONV_KEYS = ("conv_in_ref.weight", "conv_in_ref.bias")
 # config.json keys that change the computation without changing any weight shape
 ARCH_KEYS = (
@@ -105,31 +116,89 @@ def check_shape(key: str, expected, found, source: str) -> None:
 
 
 def find_unet_weights(folder: str) -> str:
+    """The UNet weights of a diffusers folder: a single file or a sharded index json
+    (``WEIGHT_NAMES``, full precision first, then the fp16 variant)."""
     for name in WEIGHT_NAMES:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             return path
     raise FileNotFoundError(
-        f"{folder}: no UNet weights (expected {' or '.join(WEIGHT_NAMES)})"
+        f"{folder}: no UNet weights (expected diffusion_pytorch_model.safetensors or .bin, their "
+        "fp16 variant diffusion_pytorch_model.fp16.*, or a sharded index "
+        "diffusion_pytorch_model.safetensors.index.json)"
     )
 
 
-def read_state_dict(path: str, keys=None) -> Dict[str, torch.Tensor]:
-    """Read a safetensors or pickled ``.bin`` state dict (only ``keys`` if given)."""
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
+def weights_variant(path: str) -> Optional[str]:
+    """"fp16" for diffusers' fp16 variant files (``*.fp16.*``, ``*.index.fp16.json``), else None."""
+    return "fp16" if ".fp16." in os.path.basename(path) else None
 
-        with safe_open(path, framework="pt") as f:
-            names = f.keys() if keys is None else [k for k in keys if k in f.keys()]
-            return {k: f.get_tensor(k) for k in names}
-    state = torch.load(path, map_location="cpu", weights_only=True)
+
+def index_shards(index_path: str, keys=None) -> Dict[str, list]:
+    """Shard file -> the keys it holds (all keys, or only ``keys``), from a sharded index json."""
+    try:
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("'weight_map' is not a dict")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{index_path}: not a readable sharded-weights index ({e}); re-download "
+                         "or re-export the UNet") from e
+    folder = os.path.dirname(index_path)
+    out: Dict[str, list] = {}
+    for key, shard in weight_map.items():
+        if keys is None or key in keys:
+            out.setdefault(os.path.join(folder, shard), []).append(key)
+    for shard in out:
+        if not os.path.isfile(shard):
+            raise FileNotFoundError(f"{shard}: shard named in {index_path} is missing (a partial "
+                                    "download?); re-download or re-export the UNet")
+    return out
+
+
+def _read_file(path: str, keys=None) -> Dict[str, torch.Tensor]:
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                present = set(f.keys())
+                names = present if keys is None else [k for k in keys if k in present]
+                return {k: f.get_tensor(k) for k in names}
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors, pickle and zip errors have many types
+        kind = "safetensors" if path.endswith(".safetensors") else "PyTorch"
+        raise ValueError(f"{path}: not a readable {kind} weights file ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}); it is truncated or corrupt: "
+                         "re-download or re-export it") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state if keys is None else {k: state[k] for k in keys if k in state}
+
+
+def read_state_dict(path: str, keys=None) -> Dict[str, torch.Tensor]:
+    """Read a safetensors or pickled ``.bin`` state dict, or a sharded one through its index json
+    (only ``keys`` if given). A corrupt or truncated file raises ValueError naming it."""
+    if path.endswith(".json"):
+        state: Dict[str, torch.Tensor] = {}
+        for shard, shard_keys in index_shards(path, keys).items():
+            state.update(_read_file(shard, shard_keys))
+        return state
+    return _read_file(path, keys)
+
+
+def describe_dtypes(state: Dict[str, torch.Tensor]) -> str:
+    """"float16", or e.g. "float16, float32" when a state dict mixes dtypes."""
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
+    return ", ".join(dtypes) or "empty"
 
 
 def load_pretrained_unet(pretrained: str) -> UNet2DConditionModel:
     """Load the UNet of a Stable Diffusion folder and give it the support input conv.
 
-    If ``<pretrained>/unet`` already holds ``conv_in_ref`` (e.g. the released
+    The weights may be a single file, sharded (index json) or only the fp16 variant; the model is
+    float32 in every case (diffusers upcasts), and the log says the stored dtype. If
+    ``<pretrained>/unet`` already holds ``conv_in_ref`` (e.g. the released
     ``stable-diffusion-2-1-ref8inchannels-tag4inchannels``) it is loaded; otherwise it is built
     from ``conv_in`` (METHOD.md 1.2).
     """
@@ -139,8 +208,20 @@ def load_pretrained_unet(pretrained: str) -> UNet2DConditionModel:
             f"{folder}/config.json not found: MODEL.DIFFEWS.PRETRAINED must be a Stable Diffusion "
             "folder in diffusers layout (unet/ vae/ text_encoder/ tokenizer/)"
         )
-    support_state = read_state_dict(find_unet_weights(folder), SUPPORT_CONV_KEYS)
-    unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet")
+    weights = find_unet_weights(folder)
+    # one read: the support conv if the folder has it, and conv_in.weight for the stored dtype
+    support_state = read_state_dict(weights, SUPPORT_CONV_KEYS + ("conv_in.weight",))
+    stored = describe_dtypes({"conv_in.weight": support_state.pop("conv_in.weight")}) \
+        if "conv_in.weight" in support_state else "unknown dtype"
+    variant = weights_variant(weights)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", variant=variant)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{folder}: the UNet does not load ({' '.join(str(e).split())[:300]}); "
+                         "re-download MODEL.DIFFEWS.PRETRAINED") from e
+    logger.info("Loaded the UNet of %s from %s (stored as %s%s; the model runs in %s)", pretrained,
+                os.path.basename(weights), stored,
+                ", fp16 variant" if variant else "", str(unet.dtype).replace("torch.", ""))
     if len(support_state) == len(SUPPORT_CONV_KEYS):
         logger.info(f"Loaded the support input conv (conv_in_ref) from {folder}")
         add_support_conv(unet, support_state)
@@ -199,7 +280,9 @@ def load_release_state_dict(path: str, unet_config: Optional[dict] = None) -> Di
                 "conv_in_ref (METHOD.md 8); a plain Stable Diffusion UNet goes in "
                 "MODEL.DIFFEWS.PRETRAINED instead"
             )
-    logger.info("Read released DiffewS UNet weights from %s", weights)
+    logger.info("Read released DiffewS UNet weights from %s (stored as %s%s; loaded into the "
+                "float32 model)", weights, describe_dtypes(state),
+                ", fp16 variant" if weights_variant(weights) else "")
     return state
 
 
