@@ -6,6 +6,9 @@ the split lists are read when a dataset is loaded. See datasets/README.md for th
 """
 
 from . import coco20i, fss1000, lvis92i, pascal5i  # noqa: F401  (register on import)
+from . import custom, incontext  # noqa: F401  (custom: by call or DATASETS.CUSTOM; in-context sets)
+from . import coco_fsod  # noqa: F401  (few-shot instance segmentation, TFA protocol)
+from . import vos  # noqa: F401  (DAVIS 2016/2017, YouTube-VOS 2018)
 from .lvis92i import lvis92i_test_name
 
 try:
