@@ -1,0 +1,184 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""The web demo's page (Gradio Blocks): a view over ``WebDemoSession``, with no model code.
+
+Layout: up to five support slots (an image editor where the object is painted with the brush,
+and an optional mask file that replaces the painting), the queries (uploaded images and/or a
+folder on the server), one button, then the results (each query with its mask overlaid beside
+the decoded prediction, score and time; a table; the zip of all masks) and the examples.
+
+The button's event is also the app's API, ``api_name="segment"``; its parameters are
+``support_1_image .. support_5_image`` (ImageEditor values), ``support_1_mask ..
+support_5_mask`` (mask files), ``queries`` (image files) and ``folder`` (a path on the server).
+"""
+
+import logging
+import os
+from typing import List, Optional, Sequence
+
+import gradio as gr
+
+from ..modeling.support_set import SupportSetError
+from ..utils.cli import format_error
+from ..utils.image import ImageReadError
+from .examples import DemoExample
+from .session import MAX_SUPPORTS, DemoInputError, QueryResult, WebDemoSession, result_panel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_demo", "launch_demo", "TABLE_HEADERS"]
+
+TABLE_HEADERS = ["query", "size (WxH)", "foreground %", "score", "seconds"]
+HOW_TO = """\
+**1.** For each support (1 to 5 tabs), upload an image and mark the object: paint it with the
+brush, or upload a mask file (any image of the same size, non-zero = object).
+**2.** Add query images (or a folder on the server). **3.** Press *Segment*.
+The supports are encoded once and reused for every query, and again on later runs while they do
+not change. Or click an example below.
+"""
+CSS = """
+.gradio-container {max-width: 1400px !important}
+#status {min-height: 3em}
+#gallery .thumbnail-item {aspect-ratio: 2 / 1}
+#gallery .grid-container {padding-top: 2.6em}
+#gallery, #gallery .gallery-container, #gallery .grid-wrap {height: auto !important;
+  max-height: none !important; min-height: 0 !important}
+"""
+
+from gradio.events import Dependency
+
+class SupportEditor(gr.ImageEditor):
+    """``gr.ImageEditor`` (the same page component: ``is_template``) whose unreadable upload is a
+    one-line message in the page instead of Gradio's preprocessing report."""
+
+    is_template = True  # no __init__ of its own: Gradio reads the props from its signature
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files
+            upload = getattr(getattr(payload, "background", None), "orig_name", None)
+            slot = (self.elem_id or "").replace("support_image_", "support ")
+            raise gr.Error(f"{slot}: {upload or 'the upload'}: not a readable image; give a PNG "
+                           "or JPEG file", print_exception=False) from e
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _caption(r: QueryResult) -> str:
+    return f"score {r.score:.2f} · {r.seconds:.3f} s · {r.name}"
+
+
+def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
+               description: str = ""):
+    """Build the page.
+
+    Args:
+        session: what the button runs (predictor, support-set cache, output folder).
+        examples: shown under the results; clicking one fills the inputs and runs it.
+        description: a Markdown line about the model (weights, working size, device).
+    Returns:
+        the ``gr.Blocks`` (not launched; see ``launch_demo``).
+    """
+    def segment(support_1_image, support_2_image, support_3_image, support_4_image,
+                support_5_image, support_1_mask, support_2_mask, support_3_mask, support_4_mask,
+                support_5_mask, queries: Optional[List[str]], folder: Optional[str],
+                progress=gr.Progress()):
+        editors = [support_1_image, support_2_image, support_3_image, support_4_image,
+                   support_5_image]
+        masks = [support_1_mask, support_2_mask, support_3_mask, support_4_mask, support_5_mask]
+        try:
+            out = session.run(editors, masks, queries, folder,
+                              progress=lambda done, n: progress((done, n), desc="queries"))
+        except (DemoInputError, ImageReadError, SupportSetError, ValueError) as e:
+            logger.warning("web demo input error: %s", e)
+            raise gr.Error(str(e), title="Cannot segment", print_exception=False) from e
+        except Exception as e:  # noqa: BLE001 (the page shows it; the server keeps serving)
+            logger.exception("web demo run failed")
+            raise gr.Error(format_error(e), title="Error") from e
+        gallery = [(result_panel(r), _caption(r)) for r in out.results]
+        rows = [[r.name, f"{r.image.shape[1]}x{r.image.shape[0]}",
+                 round(100.0 * float(r.mask.mean()), 1), round(r.score, 3), round(r.seconds, 3)]
+                for r in out.results]
+        return gallery, rows, out.status(), out.zip_path
+
+    with gr.Blocks(title="DiffewS web demo", analytics_enabled=False) as demo:
+        gr.Markdown("## DiffewS: few-shot segmentation with a one-step diffusion UNet")
+        if description:
+            gr.Markdown(description, elem_id="model_info")
+        gr.Markdown(HOW_TO)
+        editors, mask_files = [], []
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    for i in range(1, MAX_SUPPORTS + 1):
+                        with gr.Tab(f"Support {i}", elem_id=f"support_tab_{i}"):
+                            editors.append(SupportEditor(
+                                i, label=f"Support {i}: image; paint the object with the brush",
+                                type="numpy", image_mode="RGBA", sources=("upload", "clipboard"),
+                                transforms=(), layers=False, height=340,
+                                brush=gr.Brush(colors=[("#ff2020", 0.6)], color_mode="fixed"),
+                                elem_id=f"support_image_{i}"))
+                            mask_files.append(gr.File(
+                                label=f"Support {i}: or a mask file (same size, non-zero = "
+                                "object; replaces the painting)", file_types=["image"],
+                                type="filepath", height=110, elem_id=f"support_mask_{i}"))
+            with gr.Column(scale=2):
+                queries = gr.File(label="Query images", file_count="multiple",
+                                  file_types=["image"], type="filepath", elem_id="queries")
+                folder = gr.Textbox(label="and/or a folder of query images on the server",
+                                    placeholder="/path/to/images", visible=session.allow_folders,
+                                    elem_id="folder")
+                run = gr.Button("Segment", variant="primary", elem_id="run")
+                status = gr.Markdown("", elem_id="status")
+        gallery = gr.Gallery(label="Each query with its predicted mask (red, outlined) | decoded "
+                             "prediction", columns=3, height="auto", format="png",
+                             object_fit="contain", elem_id="gallery")
+        with gr.Row(equal_height=False):
+            table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, scale=3,
+                                 elem_id="table")
+            zip_file = gr.File(label="All masks: zip of PNG (0/255, each query's size)",
+                               interactive=False, scale=1, elem_id="masks_zip")
+        inputs = [*editors, *mask_files, queries, folder]
+        outputs = [gallery, table, status, zip_file]
+        run.click(segment, inputs=inputs, outputs=outputs, api_name="segment")
+        if examples:
+            gr.Examples(
+                examples=[_example_row(e) for e in examples], inputs=inputs, outputs=outputs,
+                fn=segment, run_on_click=True, cache_examples=False,
+                example_labels=[e.label for e in examples],
+                label="Examples: synthetic shapes of classes the quick-start model never saw "
+                      "in training (click one to run it)")
+    return demo
+
+
+def _example_row(e: DemoExample) -> list:
+    images = [img for img, _ in e.supports] + [None] * (MAX_SUPPORTS - len(e.supports))
+    masks = [m for _, m in e.supports] + [None] * (MAX_SUPPORTS - len(e.supports))
+    return [*images, *masks, list(e.queries), ""]
+
+
+def launch_demo(demo, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
+                block: bool = True, allowed_paths: Sequence[str] = ()):
+    """Queue (one run at a time: the model is shared) and serve the page.
+
+    Args:
+        host: interface to listen on ("127.0.0.1": this machine only; "0.0.0.0": the network).
+        port: TCP port (None: Gradio's default, 7860, or the next free one).
+        share: also open a public gradio.live link (off by default).
+        block: wait until interrupted; False returns at once (tests, notebooks).
+        allowed_paths: extra folders whose files the page may serve (the examples).
+    Returns:
+        the page's local URL.
+    """
+    demo.queue(default_concurrency_limit=1)
+    _, url, share_url = demo.launch(
+        server_name=host, server_port=port, share=share, prevent_thread_lock=True,
+        show_error=True, quiet=True, allowed_paths=[os.path.abspath(p) for p in allowed_paths],
+        theme=gr.themes.Soft(), css=CSS)
+    logger.info("web demo at %s%s", url, f" (public link {share_url})" if share_url else "")
+    if block:
+        demo.block_thread()
+    return url
