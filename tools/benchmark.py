@@ -4,10 +4,18 @@
 
   python tools/benchmark.py --config-file CFG [--shots 1 5] [--iters 10] [KEY VALUE ...]
   python tools/benchmark.py --tiny            # the tiny random model of the tests, on the CPU
+  python tools/benchmark.py --compare --model tiny mid sd21 --size 256 --shots 1 5 --episodes 10
 
 Training iterations run the real EpisodeTrainer step (accumulation, AMP, clipping) on random
 episodes at INPUT.IMAGE_SIZE; inference episodes run the model in eval mode with the support cache
-off (every episode encodes its supports). Recorded results: tools/BENCHMARKS.md.
+off (every episode encodes its supports).
+
+``--compare`` times three inference paths side by side on random-weight models built in memory
+(``diffews/utils/random_sd.py``: tiny, mid-size SD-shaped, SD 2.1-shaped), paired and
+interleaved episode by episode (``diffews/utils/bench.py``): (a) the original implementation's
+per-episode work, (b) our default path, (c) one SupportSet reused for every query. It reports
+episodes/s, p50/p90 latency, mask agreement with (a), FLOPs per episode (torch's FLOP counter),
+achieved GFLOP/s against the device's peak, and peak memory. Recorded results: tools/BENCHMARKS.md.
 """
 
 import argparse
@@ -17,6 +25,7 @@ import resource
 import tempfile
 import time
 
+import numpy as np
 import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -78,14 +87,62 @@ def bench_inference(cfg, shots: int, episodes: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / episodes
 
 
+def compare(args):
+    from diffews.utils.bench import PATHS, compare_paths, device_peak_gflops
+    from diffews.utils.random_sd import build_random_diffews
+
+    device = torch.device(args.device)
+    peak = device_peak_gflops(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU x {torch.get_num_threads()} threads"
+    print(f"device: {name}; peak {peak:.0f} GFLOP/s (fp32); {args.episodes} episodes per setting, "
+          "paths interleaved")
+    for model_name in args.model:
+        model = build_random_diffews(model_name).to(device)
+        for shots in args.shots:
+            episodes = [random_episode(shots, args.size, 1000 + i) for i in range(args.episodes)]
+            for e in episodes[1:]:  # one support set for all (so that (c) applies)
+                e["support_images"] = episodes[0]["support_images"]
+                e["support_masks"] = episodes[0]["support_masks"]
+            r = compare_paths(model, episodes)
+            rows = []
+            for p in PATHS:
+                lat = np.array(r["latency"][p])
+                gflop = r["flops"][p] / 1e9
+                rows.append([p, f"{1 / lat.mean():.3f}", f"{np.percentile(lat, 50):.3f}",
+                             f"{np.percentile(lat, 90):.3f}", f"{100 * r['agreement'][p]:.3f}%",
+                             f"{gflop:.1f}", f"{gflop / np.median(lat):.1f}",
+                             f"{100 * gflop / np.median(lat) / peak:.1f}%",
+                             f"{1024 * r['memory_gib'][p]:.0f}"])
+            base = 1 / np.mean(r["latency"]["reference"])
+            print(f"\n{model_name}, {args.size} px, {shots}-shot; SupportSet encoded once in "
+                  f"{r['support_set_s']:.3f} s ({r['support_set_flops'] / 1e9:.1f} GFLOP); "
+                  f"speed-up over (a): default "
+                  f"{1 / np.mean(r['latency']['default']) / base:.2f}x, reuse "
+                  f"{1 / np.mean(r['latency']['reuse']) / base:.2f}x; reuse over default "
+                  f"{np.mean(r['latency']['default']) / np.mean(r['latency']['reuse']):.2f}x")
+            print(tabulate(rows, headers=["path", "episodes/s", "p50 s", "p90 s", "mask agreement",
+                                          "GFLOP/episode", "GFLOP/s", "of peak", "peak mem MiB"],
+                           tablefmt="github"))
+        del model
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--compare", action="store_true", help="time the three inference paths")
+    p.add_argument("--model", nargs="+", default=["tiny"], choices=["tiny", "mid", "sd21"],
+                   help="--compare: random-weight models to build")
+    p.add_argument("--size", type=int, default=64, help="--compare: working size (px)")
+    p.add_argument("--episodes", type=int, default=10, help="--compare: timed episodes")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--config-file", default=None)
     p.add_argument("--tiny", action="store_true", help="benchmark the tiny random test model")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args()
+    if args.compare:
+        return compare(args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(args.config_file or os.path.join(
         root, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml"))
