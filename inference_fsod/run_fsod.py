@@ -20,7 +20,6 @@ import warnings
 
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
 
-from detectron2.engine import launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
@@ -28,7 +27,7 @@ from diffews.data.datasets.coco_fsod import SEEDS, SHOTS, TEST_SETS, load_fsod_t
 from diffews.fsod import check_fsod_config, run_seeds, support_records  # noqa: E402
 from diffews.predictor import DiffewSPredictor  # noqa: E402
 from diffews.utils.cli import (OneLineArgumentParser, add_common_arguments,  # noqa: E402
-                               load_config_checked, run_cli)
+                               launch_cli, load_config_checked)
 from diffews.utils.preflight import check_output_dir, preflight  # noqa: E402
 
 
@@ -120,13 +119,7 @@ def main(args):
 def cli(argv=None) -> int:
     """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
     args = parse_args(argv)
-
-    def run():
-        if args.num_gpus > 1:  # fail here, once, before processes are spawned
-            prepare(setup(args, log=False), args)
-        return launch(main, args.num_gpus, dist_url=args.dist_url, args=(args,))
-
-    return run_cli(run, args.debug)
+    return launch_cli(args, main, lambda: prepare(setup(args, log=False), args))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import warnings
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
 
 import torch  # noqa: E402
-from detectron2.engine import launch  # noqa: E402
 from detectron2.evaluation import inference_context  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -43,7 +42,7 @@ from diffews.data import build_fss_test_loader  # noqa: E402
 from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name  # noqa: E402
 from diffews.utils.atomic import atomic_write_json  # noqa: E402
 from diffews.utils.cli import (  # noqa: E402
-    OneLineArgumentParser, UsageError, add_common_arguments, load_config_checked, run_cli)
+    OneLineArgumentParser, UsageError, add_common_arguments, launch_cli, load_config_checked)
 from diffews.utils.preflight import check_output_dir, preflight  # noqa: E402
 from diffews.utils.visualize import save_episode  # noqa: E402
 
@@ -237,13 +236,7 @@ def main(args):
 def cli(argv=None) -> int:
     """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
     args = parse_args(argv)
-
-    def run():
-        if args.num_gpus > 1:  # fail here, once, before processes are spawned
-            prepare(setup(args, log=False), args)
-        return launch(main, args.num_gpus, dist_url=args.dist_url, args=(args,))
-
-    return run_cli(run, args.debug)
+    return launch_cli(args, main, lambda: prepare(setup(args, log=False), args))
 
 
 if __name__ == "__main__":

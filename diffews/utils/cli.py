@@ -225,3 +225,17 @@ def run_cli(fn: Callable[[], object], debug: bool = False) -> int:
         print(f"error: {format_error(e)}", file=sys.stderr)
         return exit_status(e)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def launch_cli(args, main: Callable, precheck: Callable[[], object]) -> int:
+    """``run_cli`` around detectron2's ``launch(main, args.num_gpus, ...)``: with several
+    processes, ``precheck()`` runs once here first, so that a bad input fails with one line
+    before any process is spawned (each process then checks again in ``main``)."""
+    from detectron2.engine import launch
+
+    def run():
+        if args.num_gpus > 1:
+            precheck()
+        return launch(main, args.num_gpus, dist_url=args.dist_url, args=(args,))
+
+    return run_cli(run, args.debug)
