@@ -23,6 +23,7 @@ latent size, timestep, a fingerprint of the weights): using a set with another m
 that names the first field that differs.
 """
 
+import hashlib
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -31,7 +32,7 @@ import torch
 FORMAT = "diffews.SupportSet"
 VERSION = 1
 
-__all__ = ["SupportSet", "SupportSetError"]
+__all__ = ["SupportSet", "SupportSetError", "model_signature"]
 
 
 class SupportSetError(ValueError):
@@ -236,3 +237,38 @@ def signature_difference(a: Optional[Dict], b: Optional[Dict], names=("the set",
                 return f"other weights (fingerprint {va} in {names[0]}, {vb} in {names[1]})"
             return f"{key} is {va!r} in {names[0]}, {vb!r} in {names[1]}"
     return "signatures differ"
+
+
+def model_signature(model) -> Dict:
+    """A DiffewS model's signature: the UNet architecture, the fused layers, the VAE latent space,
+    timestep, prompt length and a fingerprint of the weights that shape the keys/values."""
+    from .unet import ARCH_KEYS
+
+    cfg = model.unet.config
+    return {
+        "unet": {k: _plain(cfg[k]) for k in ARCH_KEYS if k in cfg},
+        "layers": list(model.fused_layers),
+        "vae": {"block_out_channels": _plain(model.vae.config.block_out_channels),
+                "latent_channels": int(model.vae.config.latent_channels),
+                "scaling_factor": model.latent_scale},
+        "timestep": int(model.timestep),
+        "prompt_tokens": int(model.prompt_embeds_test.shape[1]),
+        "weights": weights_fingerprint(model),
+    }
+
+
+@torch.no_grad()
+def weights_fingerprint(model) -> str:
+    """A short hash of a few weight tensors (support conv, first fused layer's key/value
+    projections, VAE encoder input conv): differs between two trainings or releases."""
+    first = model.unet.get_submodule(model.fused_layers[0])
+    tensors = [model.unet.conv_in_ref.weight, first.to_k.weight, first.to_v.weight,
+               model.vae.encoder.conv_in.weight]
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _plain(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
