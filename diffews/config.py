@@ -36,6 +36,21 @@ def add_diffews_config(cfg: CN) -> None:
     # every support image and mask is VAE-encoded in its own call either way, so a latent never
     # depends on which other supports were encoded with it. 0 disables.
     cfg.MODEL.DIFFEWS.SUPPORT_CACHE_SIZE = 256
+    # Supports run through the UNet together in one support pass at inference (the reference runs
+    # an episode's K supports at once). 1 runs each alone, so that a support's keys/values are
+    # the same bit for bit whichever supports it is encoded with (slower for K > 1).
+    cfg.MODEL.DIFFEWS.SUPPORT_PASS_BATCH = 8
+    # Keep the frozen VAE in channels-last memory format: its convolutions run 7-15% faster on
+    # CPUs (tools/BENCHMARKS.md); the same function up to float rounding (masks agree > 99.9%).
+    cfg.MODEL.DIFFEWS.VAE_CHANNELS_LAST = True
+    # Inference precision of the UNet and VAE weights: "float32" (the reference), "float16" or
+    # "bfloat16" (faster on GPUs; masks agree with fp32 to the degree tools/BENCHMARKS.md
+    # records). Inference only: training is fp32 with SOLVER.AMP.
+    cfg.MODEL.DIFFEWS.INFERENCE_DTYPE = "float32"
+    # torch.compile the VAE encoder and decoder for inference (the UNet stays eager: its KV bank
+    # makes dynamo recompile per layer). The first call of each shape compiles;
+    # tools/benchmark.py reports the compile time apart. Inference only.
+    cfg.MODEL.DIFFEWS.COMPILE = False
     # Inference (run_fss.py, train_net.py --eval-only, demo.py, DiffewSPredictor) refuses to run
     # with MODEL.WEIGHTS empty: the UNet would be plain Stable Diffusion, never trained to
     # segment, and its numbers would look plausible. True runs that untrained model on purpose.
@@ -109,6 +124,10 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSS.NUM_EPISODES = 0
     # Score at the query's original resolution instead of the working size (published protocol).
     cfg.TEST.FSS.ORIGINAL_SIZE = False
+    # Episodes per model call in evaluation (run_fss.py, train_net.py --eval-only). 1 is the
+    # reference's batch; more batches the query encodes, query passes and decodes of episodes
+    # with equal K (faster on GPUs; masks equal to batch 1 up to float rounding, tools/BENCHMARKS.md).
+    cfg.TEST.FSS.BATCH_SIZE = 1
     # Episodes shown in TensorBoard every VIS_PERIOD iterations (the first ones of DATASETS.TEST[0]).
     cfg.TEST.FSS.VIS_EPISODES = 4
 

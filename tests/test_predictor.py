@@ -9,7 +9,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from conftest import SIZE, make_cfg
-from diffews import DiffewSPredictor, SupportSet
+from diffews import DiffewSPredictor
 from diffews.checkpoint import UntrainedModelError
 from diffews.modeling import SupportSetError, save_release_unet
 from diffews.utils.image import ImageReadError, image_to_tensor, resize_image, resize_mask
@@ -92,11 +92,16 @@ def test_inputs_as_paths_pil_and_arrays_agree(predictor, tmp_path):
 
 
 def test_supports_encoded_once_are_reused(predictor, tiny_model):
-    """Hooks count UNet passes by input channels (8 = support, 4 = query) and VAE encodes."""
-    calls = {"support": 0, "query": 0, "vae_images": 0, "vae_calls": 0}
+    """Hooks count UNet passes by input channels (8 = support, 4 = query), the supports run
+    through support passes, and VAE encodes."""
+    calls = {"support": 0, "support_rows": 0, "query": 0, "vae_images": 0, "vae_calls": 0}
 
     def on_unet(module, args):
-        calls["support" if args[0].shape[1] == 8 else "query"] += 1
+        if args[0].shape[1] == 8:
+            calls["support"] += 1
+            calls["support_rows"] += args[0].shape[0]
+        else:
+            calls["query"] += 1
 
     def on_vae(module, args):
         calls["vae_calls"] += 1
@@ -107,15 +112,17 @@ def test_supports_encoded_once_are_reused(predictor, tiny_model):
     try:
         images, masks = _images(3, seed=3)
         supports = predictor.encode_supports(images, masks)
-        # one support pass per support; one VAE call per support image and per mask
-        assert calls == {"support": 3, "query": 0, "vae_images": 6, "vae_calls": 6}
+        # one support pass over the 3 supports; one VAE call per support image and per mask
+        assert calls == {"support": 1, "support_rows": 3, "query": 0, "vae_images": 6,
+                         "vae_calls": 6}
         queries, _ = _images(5, seed=4)
         predictor.predict(queries, supports, batch_size=2)
         # later queries: no support pass, no support encode; 5 query images in 3 batches
-        assert calls == {"support": 3, "query": 3, "vae_images": 11, "vae_calls": 9}
+        assert calls == {"support": 1, "support_rows": 3, "query": 3, "vae_images": 11,
+                         "vae_calls": 9}
         predictor.predict_many(queries[0], [supports, supports[:1], supports[1:]], batch_size=8)
         # the query encoded once; sets of 3 and of 1 and 2 supports: three K groups
-        assert calls["vae_images"] == 12 and calls["support"] == 3 and calls["query"] == 6
+        assert calls["vae_images"] == 12 and calls["support"] == 1 and calls["query"] == 6
     finally:
         for h in hooks:
             h.remove()

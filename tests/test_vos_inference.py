@@ -110,8 +110,9 @@ def test_merge_rule_hand_made():
 
 # -- cost per frame ------------------------------------------------------------------------------
 class _Counter:
-    """Forward pre-hooks: UNet passes by input channels (8 = support, 4 = query) and VAE encodes,
-    split into mask images (3 equal channels of exactly -1/+1) and frame images."""
+    """Forward pre-hooks: UNet passes by input channels (8 = support, 4 = query; "support"
+    counts the supports run, since one support pass may run several) and VAE encodes, split into
+    mask images (3 equal channels of exactly -1/+1) and frame images."""
 
     def __init__(self, model):
         self.n = dict(support=0, query=0, image=0, mask=0)
@@ -119,7 +120,10 @@ class _Counter:
                       model.vae.encoder.register_forward_pre_hook(self._vae)]
 
     def _unet(self, module, args):
-        self.n["support" if args[0].shape[1] == 8 else "query"] += 1
+        if args[0].shape[1] == 8:
+            self.n["support"] += args[0].shape[0]
+        else:
+            self.n["query"] += 1
 
     def _vae(self, module, args):
         x = args[0]

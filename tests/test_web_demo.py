@@ -136,7 +136,8 @@ def server(predictor, tmp_path_factory):
 
 
 class PassCounter:
-    """Counts UNet support passes (8 input channels) and query passes (4) while active."""
+    """Counts the supports run through UNet support passes (8 input channels; one pass may run
+    several) and the query passes (4) while active."""
 
     def __init__(self, model):
         self.unet, self.support, self.query = model.unet, 0, 0
@@ -144,7 +145,7 @@ class PassCounter:
     def __enter__(self):
         def hook(_, args):
             channels = args[0].shape[1]
-            self.support += channels == 8
+            self.support += args[0].shape[0] if channels == 8 else 0
             self.query += channels == 4
         self.handle = self.unet.register_forward_pre_hook(hook)
         return self

@@ -203,7 +203,8 @@ def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = Non
 
     Episodes come from ``cfg.TEST.FSS.EPISODES_FILE`` if set, else are generated with
     ``TEST.FSS.SHOT``/``SEED``/``NUM_EPISODES`` and cached (``episodes.get_episodes``; the cache
-    folder is ``cache_dir`` or ``$DETECTRON2_DATASETS/episodes``). Batch size 1, sharded with
+    folder is ``cache_dir`` or ``$DETECTRON2_DATASETS/episodes``). Batches of
+    ``TEST.FSS.BATCH_SIZE`` episodes (1, the reference's, by default), sharded with
     ``InferenceSampler``.
 
     Returns:
@@ -223,6 +224,7 @@ def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = Non
         dataset=dataset,
         mapper=EpisodeMapper(cfg, dataset_name),
         sampler=sampler,
+        batch_size=cfg.TEST.FSS.BATCH_SIZE,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
     return BadSampleFilter(loader, cfg.DATALOADER.SKIP_BAD_SAMPLES, cfg.DATALOADER.MAX_BAD_FRACTION,

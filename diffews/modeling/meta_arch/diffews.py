@@ -12,7 +12,6 @@ The building blocks below (``encode_supports``, ``encode``, ``query_pass``, ``de
 ``DiffewSPredictor``, video object segmentation and instance segmentation all call them.
 """
 
-import hashlib
 import logging
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -23,9 +22,11 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from ..kv_fusion import KVBank, SupportPassDone, fused_layer_names, set_kv_fusion_processors
+from ..speed import compile_for_inference, set_inference_dtype
 from ..support_cache import SupportLatentCache
-from ..support_set import SupportSet
-from ..unet import ARCH_KEYS, load_pretrained_unet
+from ..readout import prediction_score, relative_threshold
+from ..support_set import SupportSet, model_signature
+from ..unet import load_pretrained_unet
 from ..vae import encode_empty_prompt, load_frozen_vae
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class DiffewS(nn.Module):
         rel_threshold: float = 0.25,
         abs_threshold: float = 0.0,
         support_cache_size: int = 0,
+        inference_dtype: str = "float32",
+        compile: bool = False,
+        support_pass_batch: int = 8,
+        vae_channels_last: bool = True,
     ):
         """
         Args:
@@ -63,6 +68,12 @@ class DiffewS(nn.Module):
             abs_threshold: if > 0, mask = mean_RGB(pred) > abs_threshold instead.
             support_cache_size: supports whose latents ``forward`` keeps for later episodes
                 (``SupportLatentCache``; results are identical with or without it); 0 disables.
+            inference_dtype: "float32", "float16" or "bfloat16" weights for inference
+                (``modeling/speed.py``).
+            compile: ``torch.compile`` the VAE encoder and decoder for inference (``speed.py``).
+            support_pass_batch: supports per support-pass call at inference (1: each alone).
+            vae_channels_last: keep the VAE's weights in channels-last memory format (faster
+                convolutions on CPUs; the same function up to float rounding).
         """
         super().__init__()
         self.unet = unet
@@ -81,6 +92,15 @@ class DiffewS(nn.Module):
         self.size_divisibility = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (
             len(unet.config.block_out_channels) - 1
         )
+        if support_pass_batch < 1:
+            raise ValueError(f"MODEL.DIFFEWS.SUPPORT_PASS_BATCH must be >= 1, got {support_pass_batch}")
+        self.support_pass_batch = int(support_pass_batch)
+        if vae_channels_last:
+            self.vae.to(memory_format=torch.channels_last)
+        self.inference_dtype, self.compiled = torch.float32, False
+        set_inference_dtype(self, inference_dtype)
+        if compile:
+            compile_for_inference(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -105,6 +125,10 @@ class DiffewS(nn.Module):
             "rel_threshold": cfg.MODEL.DIFFEWS.REL_THRESHOLD,
             "abs_threshold": cfg.MODEL.DIFFEWS.ABS_THRESHOLD,
             "support_cache_size": cfg.MODEL.DIFFEWS.SUPPORT_CACHE_SIZE,
+            "inference_dtype": cfg.MODEL.DIFFEWS.INFERENCE_DTYPE,
+            "compile": cfg.MODEL.DIFFEWS.COMPILE,
+            "support_pass_batch": cfg.MODEL.DIFFEWS.SUPPORT_PASS_BATCH,
+            "vae_channels_last": cfg.MODEL.DIFFEWS.VAE_CHANNELS_LAST,
         }
 
     @property
@@ -112,6 +136,9 @@ class DiffewS(nn.Module):
         return self.prompt_embeds_test.device
 
     def train(self, mode: bool = True):
+        if mode and (self.inference_dtype != torch.float32 or self.compiled):
+            raise ValueError("MODEL.DIFFEWS.INFERENCE_DTYPE and MODEL.DIFFEWS.COMPILE are inference "
+                             "settings; training runs in float32 eager mode with SOLVER.AMP")
         super().train(mode)
         self.vae.eval()  # frozen, always in eval mode
         return self
@@ -243,9 +270,13 @@ class DiffewS(nn.Module):
         """
         images = images.to(self.vae.dtype)
         if sample:
-            return self.vae.encode(images).latent_dist.sample() * self.latent_scale
-        moments = self.vae._encode(images)  # encoder (+ quant_conv), with diffusers' tiling
-        return moments[:, : self.vae.config.latent_channels] * self.latent_scale
+            z = self.vae.encode(images).latent_dist.sample()
+        else:
+            moments = self.vae._encode(images)  # encoder (+ quant_conv), with diffusers' tiling
+            z = moments[:, : self.vae.config.latent_channels]
+        # contiguous whatever the VAE's memory format, so that the UNet sees one layout (and
+        # computes the same bits) however the latents were batched, cached or sliced
+        return (z * self.latent_scale).contiguous()
 
     def support_latents(self, images: torch.Tensor, masks: torch.Tensor,
                         image_latents: Optional[torch.Tensor] = None,
@@ -310,12 +341,15 @@ class DiffewS(nn.Module):
             info: per-support dicts kept in the set.
             use_cache: see ``support_latents``.
         Returns:
-            the N supports' SupportSet; each support's support pass runs alone (batch 1), so
-            entries are independent of each other bit for bit.
+            the N supports' SupportSet. Latents never depend on the other supports (one VAE call
+            each); the support pass runs ``support_pass_batch`` supports at a time (the
+            reference runs all K of an episode at once), so keys/values of a support encoded
+            alone differ from those encoded with others by float rounding only (about 1e-6).
         """
         latents = self.support_latents(images, masks, image_latents, use_cache)
-        sets = [self.support_pass(latents[i:i + 1], self.prompt_embeds_test, stop_early=True)[0]
-                for i in range(len(latents))]
+        n = self.support_pass_batch
+        sets = [self.support_pass(latents[i:i + n], self.prompt_embeds_test, stop_early=True)[0]
+                for i in range(0, len(latents), n)]
         out = SupportSet.cat(sets)
         return SupportSet(out.latents, out.keys, out.values, signature, info)
 
@@ -337,8 +371,8 @@ class DiffewS(nn.Module):
     def _unet(self, latents, prompt, bank: KVBank) -> torch.Tensor:
         n = latents.shape[0]
         t = torch.full((n,), self.timestep, device=latents.device, dtype=torch.long)
-        context = prompt.expand(n, -1, -1)
-        return self.unet(latents, t, encoder_hidden_states=context,
+        context = prompt.to(self.inference_dtype).expand(n, -1, -1)
+        return self.unet(latents.to(self.inference_dtype), t, encoder_hidden_states=context,
                          cross_attention_kwargs={"kv_bank": bank}).sample
 
     @torch.no_grad()
@@ -350,34 +384,11 @@ class DiffewS(nn.Module):
         return image.clamp(0, 255).to(torch.uint8)
 
     def threshold(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) or (N, 3, H, W) uint8 prediction -> (H, W) or (N, H, W) bool mask.
+        """(3, H, W) or (N, 3, H, W) uint8 prediction -> bool mask (``readout.relative_threshold``
+        with REL_THRESHOLD / ABS_THRESHOLD)."""
+        return relative_threshold(image, self.rel_threshold, self.abs_threshold)
 
-        mean over RGB of the prediction in [0, 1] > REL_THRESHOLD x its max over all pixels and
-        channels (METHOD.md 3.2), or > ABS_THRESHOLD when that is set.
-        """
-        p = image.float() / 255.0
-        mean = p.mean(dim=-3)
-        if self.abs_threshold > 0:
-            return mean > self.abs_threshold
-        peak = p.amax(dim=(-3, -2, -1), keepdim=True)[..., 0, :, :]
-        return mean > self.rel_threshold * peak
-
-    @staticmethod
-    def score(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Confidence of a prediction in [0, 1]: the mean brightness of the decoded prediction
-        inside the mask minus that outside it (both on the RGB mean in [0, 1]; an empty side
-        counts 0). A clean white-on-black mask image scores about 1; a dim or grey prediction,
-        whose relative threshold picks up little contrast, scores near 0; an empty mask scores 0.
-
-        Args:
-            image: (3, H, W) or (N, 3, H, W) uint8; mask: (H, W) or (N, H, W) bool.
-        """
-        p = image.float().mean(dim=-3) / 255.0
-        m = mask.to(p.dtype)
-        inside = (p * m).sum(dim=(-2, -1)) / m.sum(dim=(-2, -1)).clamp(min=1)
-        outside = (p * (1 - m)).sum(dim=(-2, -1)) / (1 - m).sum(dim=(-2, -1)).clamp(min=1)
-        empty = m.sum(dim=(-2, -1)) == 0
-        return torch.where(empty, torch.zeros_like(inside), (inside - outside).clamp(0, 1))
+    score = staticmethod(prediction_score)
 
     def postprocess(self, images: torch.Tensor) -> List[Dict]:
         """(N, 3, H, W) decoded predictions -> per image {"pred_image", "pred_mask", "score"}."""
@@ -387,33 +398,6 @@ class DiffewS(nn.Module):
                 for img, m, s in zip(images, masks, scores)]
 
     def support_signature(self) -> Dict:
-        """What a SupportSet must have been encoded with to be used by this model: the UNet
-        architecture, the fused layers, the VAE latent space, timestep, prompt and a fingerprint
-        of the weights that shape the keys/values."""
-        cfg = self.unet.config
-        return {
-            "unet": {k: _plain(cfg[k]) for k in ARCH_KEYS if k in cfg},
-            "layers": list(self.fused_layers),
-            "vae": {"block_out_channels": _plain(self.vae.config.block_out_channels),
-                    "latent_channels": int(self.vae.config.latent_channels),
-                    "scaling_factor": self.latent_scale},
-            "timestep": int(self.timestep),
-            "prompt_tokens": int(self.prompt_embeds_test.shape[1]),
-            "weights": self.weights_fingerprint(),
-        }
-
-    @torch.no_grad()
-    def weights_fingerprint(self) -> str:
-        """A short hash of a few weight tensors (support conv, first fused layer's key/value
-        projections, VAE encoder input conv): differs between two trainings or releases."""
-        first = self.unet.get_submodule(self.fused_layers[0])
-        tensors = [self.unet.conv_in_ref.weight, first.to_k.weight, first.to_v.weight,
-                   self.vae.encoder.conv_in.weight]
-        h = hashlib.sha1()
-        for t in tensors:
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
-
-
-def _plain(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
+        """What a SupportSet must have been encoded with to be used by this model
+        (``support_set.model_signature``)."""
+        return model_signature(self)

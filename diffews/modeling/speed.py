@@ -1,0 +1,49 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Opt-in inference speed modes (``MODEL.DIFFEWS.INFERENCE_DTYPE``, ``MODEL.DIFFEWS.COMPILE``).
+
+Both change float rounding, so masks are not bit-identical to fp32 eager inference; their measured
+effect (mask agreement, mIoU on the synthetic benchmark) is in tools/BENCHMARKS.md. They are
+inference settings: ``DiffewS.train()`` refuses them (training uses ``SOLVER.AMP``).
+"""
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DTYPES", "set_inference_dtype", "compile_for_inference"]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def set_inference_dtype(model, name: str) -> None:
+    """Cast the UNet and the VAE to ``name`` ("float32", "float16" or "bfloat16"). Latents, keys
+    and values then live in that dtype; decoding still maps to uint8 in fp32."""
+    if name not in DTYPES:
+        raise ValueError(f"MODEL.DIFFEWS.INFERENCE_DTYPE must be one of {sorted(DTYPES)}, got {name!r}")
+    dtype = DTYPES[name]
+    model.inference_dtype = dtype
+    if dtype != torch.float32:
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its "keep modules in float32" note: none here
+        try:
+            model.unet.to(dtype)
+            model.vae.to(dtype)
+        finally:
+            diffusers_logging.set_verbosity(level)
+        logger.info("Inference in %s (MODEL.DIFFEWS.INFERENCE_DTYPE)", name)
+
+
+def compile_for_inference(model) -> None:
+    """``torch.compile`` the VAE encoder and decoder in place (modules, hooks and state-dict keys
+    stay as they are): they hold most of an episode's FLOPs (PROTOCOLS.md 4) and are plain
+    tensor functions. The UNet stays eager: its attention processors read and write the per-call
+    KV bank, which dynamo guards on and recompiles for, layer by layer (measured: it falls back to
+    eager after its recompile limit). The first call of each input shape compiles."""
+    for module in (model.vae.encoder, model.vae.decoder):
+        module.forward = torch.compile(module.forward)
+    model.compiled = True
+    logger.info("torch.compile: VAE encoder and decoder (MODEL.DIFFEWS.COMPILE)")

@@ -1,0 +1,103 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Opt-in inference speed modes: half precision, torch.compile, batched evaluation episodes.
+Each must run and stay close to the fp32 eager batch-1 result (the recorded accuracy effect on
+the trained quick-start model is in tools/BENCHMARKS.md)."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from conftest import SIZE, make_cfg, make_episode
+from diffews.modeling import save_release_unet
+from diffews.utils.random_sd import build_random_diffews
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "inference_fss"))
+import run_fss  # noqa: E402
+
+
+def _agreement(model, reference, shots=2, n=3):
+    out = []
+    for i in range(n):
+        ep = make_episode(shots, seed=40 + i)
+        a, b = model([ep])[0], reference([ep])[0]
+        out.append((a["pred_mask"] == b["pred_mask"]).float().mean().item())
+    return sum(out) / len(out)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_inference(tiny_sd, tiny_model, dtype):
+    model = build_model(make_cfg(tiny_sd, "MODEL.DIFFEWS.INFERENCE_DTYPE", dtype)).eval()
+    assert model.unet.dtype == model.vae.dtype == getattr(torch, dtype)
+    ep = make_episode(1, seed=1)
+    s = model.encode_supports(ep["support_images"], ep["support_masks"])
+    assert s.dtype == getattr(torch, dtype) and s.latents.dtype == getattr(torch, dtype)
+    out = model([ep])[0]
+    assert out["pred_image"].dtype == torch.uint8 and out["pred_mask"].dtype == torch.bool
+    # the tiny random model's masks stay close to fp32 (bfloat16 keeps 8 mantissa bits only)
+    assert _agreement(model, tiny_model) >= (0.99 if dtype == "float16" else 0.9)
+    with pytest.raises(ValueError, match="inference settings"):
+        model.train()
+
+
+def test_compiled_inference_matches_eager():
+    eager = build_random_diffews("tiny")
+    compiled = build_random_diffews("tiny", compile=True)
+    assert compiled.compiled and not eager.compiled
+    assert _agreement(compiled, eager, n=2) >= 0.999
+    with pytest.raises(ValueError, match="inference settings"):
+        compiled.train()
+
+
+def test_batched_evaluation_episodes_equal_batch_one(tiny_sd, tmp_path):
+    release = tmp_path / "release"
+    save_release_unet(build_model(make_cfg(tiny_sd)).unet, str(release / "unet"))
+    cfg_file = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
+    results = {}
+    for batch in (1, 4):
+        out = tmp_path / f"b{batch}"
+        code = run_fss.cli(["--config-file", cfg_file, "--benchmark", "synthetic", "--shot", "2",
+                            "--num-episodes", "8", "--output", str(out),
+                            "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "MODEL.WEIGHTS", str(release),
+                            "INPUT.IMAGE_SIZE", str(SIZE), "TEST.FSS.BATCH_SIZE", str(batch)])
+        assert code == 0
+        results[batch] = json.load(open(out / "results.json"))["mean"]
+    assert results[4]["mIoU"] == pytest.approx(results[1]["mIoU"], abs=0.5)
+    assert results[4]["FB-IoU"] == pytest.approx(results[1]["FB-IoU"], abs=0.5)
+
+
+def test_default_fast_paths_keep_the_masks(tiny_sd, tiny_model):
+    """The on-by-default fast paths that change float rounding (channels-last VAE, supports
+    batched in one support pass) against the plain path: masks agree >= 99.9%."""
+    plain = build_model(make_cfg(tiny_sd, "MODEL.DIFFEWS.VAE_CHANNELS_LAST", "False",
+                                 "MODEL.DIFFEWS.SUPPORT_PASS_BATCH", "1")).eval()
+    assert tiny_model.support_pass_batch == 8
+    assert tiny_model.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.vae.encoder.conv_in.weight.is_contiguous()
+    assert _agreement(tiny_model, plain, shots=5, n=3) >= 0.999
+
+
+def test_gpu_suite_dry_run_on_cpu(tmp_path):
+    """tools/benchmark.py --suite gpu's code on the CPU with the tiny model: every row is timed
+    or says why not, and the rows land in the benchmarks file."""
+    from diffews.utils.bench_suite import append_to_benchmarks, format_rows, run_suite
+
+    rows = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, log=lambda *a: None,
+                     dtypes=("float32",), compile_modes=(False,))
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    assert {(r["shots"], r["batch"]) for r in rows if r["what"] == "inference"} == {
+        (1, 1), (1, 8), (5, 1), (5, 8)}
+    assert all(r["ms_per_episode"] > 0 for r in rows if r["what"] == "inference")
+    assert [r["checkpointing"] for r in rows if r["what"] == "training step"] == [False, True]
+    late = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, budget_s=0, log=lambda *a: None,
+                     dtypes=("float32",), compile_modes=(False,))
+    assert {r["status"] for r in late} == {"not run (time budget)"}
+    path = tmp_path / "BENCHMARKS.md"
+    append_to_benchmarks(str(path), rows, "CPU (dry run)", "python tools/benchmark.py --suite gpu")
+    text = path.read_text()
+    assert "CPU (dry run): GPU suite" in text and text.count("| inference |") == 4
+    assert format_rows(late).count("not run") == 6
