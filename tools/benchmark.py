@@ -5,6 +5,7 @@
   python tools/benchmark.py --config-file CFG [--shots 1 5] [--iters 10] [KEY VALUE ...]
   python tools/benchmark.py --tiny            # the tiny random model of the tests, on the CPU
   python tools/benchmark.py --compare --model tiny mid sd21 --size 256 --shots 1 5 --episodes 10
+  python tools/benchmark.py --suite gpu        # SD 2.1-shaped, 512 px, every speed mode, training
 
 Training iterations run the real EpisodeTrainer step (accumulation, AMP, clipping) on random
 episodes at INPUT.IMAGE_SIZE; inference episodes run the model in eval mode with the support cache
@@ -15,7 +16,13 @@ off (every episode encodes its supports).
 interleaved episode by episode (``diffews/utils/bench.py``): (a) the original implementation's
 per-episode work, (b) our default path, (c) one SupportSet reused for every query. It reports
 episodes/s, p50/p90 latency, mask agreement with (a), FLOPs per episode (torch's FLOP counter),
-achieved GFLOP/s against the device's peak, and peak memory. Recorded results: tools/BENCHMARKS.md.
+achieved GFLOP/s against the device's peak, and peak memory.
+
+``--suite gpu`` (``diffews/utils/bench_suite.py``) runs, on a CUDA device in about 5 minutes,
+SD 2.1-shaped random weights at 512 px: 1/5-shot x fp32/bf16 x compile off/on x batch 1/8
+inference, and training steps with and without gradient checkpointing; it appends its rows,
+with the device's name and the command, to tools/BENCHMARKS.md (``--no-record`` does not).
+Recorded results: tools/BENCHMARKS.md.
 """
 
 import argparse
@@ -97,7 +104,7 @@ def compare(args):
         f"CPU x {torch.get_num_threads()} threads"
     print(f"device: {name}; peak {peak:.0f} GFLOP/s (fp32); {args.episodes} episodes per setting, "
           "paths interleaved")
-    for model_name in args.model:
+    for model_name in args.model or ["tiny"]:
         model = build_random_diffews(model_name).to(device)
         for shots in args.shots:
             episodes = [random_episode(shots, args.size, 1000 + i) for i in range(args.episodes)]
@@ -127,11 +134,61 @@ def compare(args):
         del model
 
 
+def suite(args) -> int:
+    import sys
+
+    from diffews.utils.bench_suite import append_to_benchmarks, format_rows, run_suite
+
+    device = torch.device(args.device)
+    model = (args.model or ["sd21"])[0]
+    if device.type != "cuda" and model != "tiny":
+        print("error: --suite gpu needs a CUDA device; on a CPU only a dry run with --model tiny "
+              "--device cpu is possible", file=sys.stderr)
+        return 2
+    size = 512 if model != "tiny" else args.size
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
+    print(f"device: {name}; model {model}; {size} px")
+    rows = run_suite(device, model, size, reps=args.reps)
+    print(format_rows(rows))
+    if not args.no_record:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "BENCHMARKS.md")
+        append_to_benchmarks(path, rows, name, "python tools/benchmark.py --suite gpu")
+        print(f"rows appended to {path}")
+    return 0
+
+
+def accuracy(args) -> int:
+    """Speed modes on the synthetic benchmark with the quick start's trained model."""
+    from diffews.utils.bench import mode_accuracy
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    weights = os.path.join(root, "output", "quickstart", "train", "model_final.pth")
+    if not os.path.isfile(weights):
+        print(f"error: {weights} not found; run `python tools/quickstart.py` first")
+        return 1
+    cfg = load_config(os.path.join(root, "configs", "quick_schedules",
+                                   "diffews_tiny_synthetic_cpu.yaml"),
+                      ["MODEL.WEIGHTS", weights, "TEST.FSS.SHOT", args.shots[0], *args.opts])
+    rows = mode_accuracy(cfg, "synthetic_fss_test", log=lambda *a: None)
+    print(tabulate([[k, f"{100 * v['agreement']:.3f}%", f"{v['mIoU']:.2f}", f"{v['FB-IoU']:.2f}",
+                     f"{v['s_per_episode']:.3f}"] for k, v in rows.items()],
+                   headers=["mode", "mask agreement", "mIoU", "FB-IoU", "s / episode"],
+                   tablefmt="github"))
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--accuracy", action="store_true", help="speed modes' effect on the synthetic "
+                   "benchmark, with the quick start's trained model")
     p.add_argument("--compare", action="store_true", help="time the three inference paths")
-    p.add_argument("--model", nargs="+", default=["tiny"], choices=["tiny", "mid", "sd21"],
-                   help="--compare: random-weight models to build")
+    p.add_argument("--suite", choices=["gpu"], default=None, help="the GPU suite")
+    p.add_argument("--no-record", action="store_true",
+                   help="--suite: print only, do not append to tools/BENCHMARKS.md")
+    p.add_argument("--model", nargs="+", default=None, choices=["tiny", "mid", "sd21"],
+                   help="--compare: random-weight models to build (default tiny); --suite: the "
+                   "model (default sd21)")
+    p.add_argument("--reps", type=int, default=5, help="--suite: timed calls per setting")
     p.add_argument("--size", type=int, default=64, help="--compare: working size (px)")
     p.add_argument("--episodes", type=int, default=10, help="--compare: timed episodes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -143,6 +200,10 @@ def main():
     args = p.parse_args()
     if args.compare:
         return compare(args)
+    if args.suite:
+        return suite(args)
+    if args.accuracy:
+        return accuracy(args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(args.config_file or os.path.join(
         root, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml"))

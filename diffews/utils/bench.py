@@ -39,10 +39,17 @@ def _sync(device):
 
 
 @torch.no_grad()
-def reference_episode(model, episode: Dict) -> torch.Tensor:
-    """(a): the original's per-episode work; returns the (H, W) bool mask."""
+def reference_episode(model, episode: Dict, vae=None) -> torch.Tensor:
+    """(a): the original's per-episode work; returns the (H, W) bool mask.
+
+    Args:
+        vae: the VAE to use (``plain_vae(model)``: contiguous memory format, as the original
+            keeps it); default the model's own.
+    """
+    vae = vae if vae is not None else model.vae
+
     def enc(x):
-        return model.vae.encode(x.to(model.vae.dtype)).latent_dist.mean * model.latent_scale
+        return vae.encode(x.to(vae.dtype)).latent_dist.mean * model.latent_scale
 
     images, masks = episode["support_images"], episode["support_masks"]
     z_support = torch.cat([torch.cat([enc(model.normalize(images[i:i + 1])),
@@ -53,7 +60,16 @@ def reference_episode(model, episode: Dict) -> torch.Tensor:
     bank = KVBank()
     model._unet(z_support, prompt, bank)  # full support pass on all K supports
     pred = model._unet(z_query, prompt, KVBank(bank.to_support_set(z_support)))
-    return model.threshold(model.decode(-pred)[0])
+    image = vae.decode(-pred.to(vae.dtype) / model.latent_scale).sample
+    image = ((image.float().clamp(-1, 1) * 0.5 + 0.5) * 255.0).clamp(0, 255).to(torch.uint8)
+    return model.threshold(image[0])
+
+
+def plain_vae(model):
+    """A copy of the model's VAE in the default (contiguous) memory format."""
+    import copy
+
+    return copy.deepcopy(model.vae).to(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
@@ -143,7 +159,8 @@ def compare_paths(model, episodes: List[Dict], warmup: int = 1) -> Dict:
     support_set = model.encode_supports(first["support_images"], first["support_masks"])
     _sync(device)
     support_s = time.perf_counter() - start
-    run = {"reference": lambda e: reference_episode(model, e),
+    vae = plain_vae(model)
+    run = {"reference": lambda e: reference_episode(model, e, vae),
            "default": lambda e: default_episode(model, e),
            "reuse": lambda e: reuse_query(model, support_set, e)}
     for e in episodes[:warmup]:
@@ -169,3 +186,132 @@ def compare_paths(model, episodes: List[Dict], warmup: int = 1) -> Dict:
             "flops": flops, "memory_gib": memory,
             "support_set_flops": count_flops(lambda: model.encode_supports(
                 first["support_images"], first["support_masks"]))}
+
+
+class StageTimer:
+    """Wall time per stage of inference: VAE encoder and decoder (forward hooks), UNet support
+    pass (8 input channels) and query pass (``DiffewS._unet`` wrapped, so that a support pass
+    stopped early is timed too); "other" is the rest (pre- and post-processing, Python)."""
+
+    def __init__(self, model):
+        self.model, self.times, self._start, self._hooks = model, {}, {}, []
+        for name, module in (("vae encode", model.vae.encoder), ("vae decode", model.vae.decoder)):
+            self._hooks.append(module.register_forward_pre_hook(self._pre(name)))
+            self._hooks.append(module.register_forward_hook(self._post(name)))
+        plain = model._unet
+
+        def timed(latents, prompt, bank):
+            stage = "unet support pass" if bank.writable else "unet query pass"
+            _sync(model.device)
+            start = time.perf_counter()
+            try:
+                return plain(latents, prompt, bank)
+            finally:
+                _sync(model.device)
+                self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+
+        model._unet = timed
+
+    def _pre(self, name):
+        def hook(module, args):
+            _sync(self.model.device)
+            self._start[name] = time.perf_counter()
+        return hook
+
+    def _post(self, name):
+        def hook(module, args, output):
+            _sync(self.model.device)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
+        return hook
+
+    def remove(self):
+        for h in self._hooks:
+            h.remove()
+        del self.model._unet  # back to the class's method
+
+
+def profile_path(model, fn: Callable[[], object], reps: int = 3) -> Dict[str, float]:
+    """Seconds per call of ``fn`` by stage (``StageTimer``), averaged over ``reps`` calls."""
+    fn()
+    timer = StageTimer(model)
+    try:
+        _sync(model.device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        _sync(model.device)
+        total = (time.perf_counter() - start) / reps
+    finally:
+        timer.remove()
+    out = {k: v / reps for k, v in timer.times.items()}
+    out["other"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
+MODES = {  # name -> (config overrides, K/V storage dtype of the supports)
+    "fp32 eager, batch 1 (reference setting)": ([], None),
+    "fp16 K/V storage (SupportSet.to(dtype=float16))": ([], torch.float16),
+    "bf16 K/V storage": ([], torch.bfloat16),
+    "INFERENCE_DTYPE float16": (["MODEL.DIFFEWS.INFERENCE_DTYPE", "float16"], None),
+    "INFERENCE_DTYPE bfloat16": (["MODEL.DIFFEWS.INFERENCE_DTYPE", "bfloat16"], None),
+    "COMPILE True": (["MODEL.DIFFEWS.COMPILE", True], None),
+    "TEST.FSS.BATCH_SIZE 8": (["TEST.FSS.BATCH_SIZE", 8], None),
+    "plain path (no channels-last VAE, SUPPORT_PASS_BATCH 1)": (
+        ["MODEL.DIFFEWS.VAE_CHANNELS_LAST", False, "MODEL.DIFFEWS.SUPPORT_PASS_BATCH", 1], None),
+}
+
+
+@torch.no_grad()
+def _predict_episodes(model, loader, kv_dtype):
+    """(episode id -> (H, W) bool mask, evaluator "fss" dict) over a test loader."""
+    from ..evaluation import FSSEvaluator
+
+    evaluator = FSSEvaluator(loader.dataset_name, distributed=False)
+    evaluator.reset()
+    masks = {}
+    for batch in loader:
+        if kv_dtype is None:
+            outputs = model(batch)
+        else:  # the same building blocks as forward, with the keys/values stored in kv_dtype
+            outputs = []
+            for x in batch:
+                s = model.encode_supports(x["support_images"], x["support_masks"]).to(dtype=kv_dtype)
+                z = model.encode(model.normalize(x["image"][None]), sample=False)
+                pred = model.query_pass(z, s, model.prompt_embeds_test)
+                outputs += model.postprocess(model.decode(-pred))
+        evaluator.process(batch, outputs)
+        for x, y in zip(batch, outputs):
+            masks[x["episode_id"]] = y["pred_mask"].cpu()
+    return masks, evaluator.evaluate()["fss"]
+
+
+def mode_accuracy(cfg, dataset_name: str, modes=None, log=print) -> Dict[str, Dict]:
+    """Each speed mode of ``MODES`` on a test set's episodes against the reference setting:
+    mean per-episode mask agreement, mIoU and FB-IoU, seconds per episode."""
+    from detectron2.modeling import build_model
+
+    from ..checkpoint import load_inference_weights
+    from ..data.episode_dataset import build_fss_test_loader
+
+    out, reference = {}, None
+    for name in modes or list(MODES):
+        opts, kv_dtype = MODES[name]
+        c = cfg.clone()
+        c.defrost()
+        c.merge_from_list(["MODEL.DIFFEWS.SUPPORT_CACHE_SIZE", 0, *opts])
+        model = build_model(c).eval()
+        load_inference_weights(model, c)
+        loader = build_fss_test_loader(c, dataset_name)
+        loader.dataset_name = dataset_name
+        start = time.perf_counter()
+        masks, fss = _predict_episodes(model, loader, kv_dtype)
+        seconds = (time.perf_counter() - start) / len(masks)
+        if reference is None:
+            reference = masks
+        agree = float(np.mean([(masks[k] == reference[k]).float().mean().item() for k in masks]))
+        out[name] = {"agreement": agree, "mIoU": fss["mIoU"], "FB-IoU": fss["FB-IoU"],
+                     "s_per_episode": seconds}
+        log(f"{name}: agreement {100 * agree:.3f}%, mIoU {fss['mIoU']:.2f}, "
+            f"FB-IoU {fss['FB-IoU']:.2f}, {seconds:.3f} s/episode (incl. compiling, if any)")
+    return out
