@@ -47,6 +47,20 @@ def tiny_model(tiny_sd):
     return model
 
 
+def perturbed_model(tiny_sd, seed: int, episode_seed: int):
+    """A tiny DiffewS in eval mode whose UNet differs from the base one (a "fine-tuned" model:
+    every weight plus N(0, 0.05) noise of ``seed``), a 2-shot episode and its prediction."""
+    from detectron2.modeling import build_model
+
+    model = build_model(make_cfg(tiny_sd)).eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    episode = make_episode(2, seed=episode_seed)
+    return model, episode, model([episode])[0]["pred_image"]
+
+
 def make_episode(shots: int, seed: int, size: int = SIZE):
     from diffews.utils.testing import random_episode
 

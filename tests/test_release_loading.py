@@ -11,7 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from safetensors.torch import load_file, save_file
 
-from conftest import make_cfg, make_episode
+from conftest import make_cfg, perturbed_model
 from diffews import DiffewSCheckpointer
 from diffews.modeling import save_release_unet
 
@@ -19,13 +19,7 @@ from diffews.modeling import save_release_unet
 @pytest.fixture(scope="module")
 def trained(tiny_sd):
     """A tiny DiffewS whose UNet differs from the base one ("fine-tuned"), and its prediction."""
-    model = build_model(make_cfg(tiny_sd)).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    episode = make_episode(2, seed=5)
-    return model, episode, model([episode])[0]["pred_image"]
+    return perturbed_model(tiny_sd, seed=1, episode_seed=5)
 
 
 def _release(tmp_path, model, layout, fmt="safetensors", class_name=None, drop_ref_config=False):

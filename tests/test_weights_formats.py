@@ -13,7 +13,7 @@ import torch
 from detectron2.modeling import build_model
 from diffusers import UNet2DConditionModel
 
-from conftest import make_cfg, make_episode
+from conftest import make_cfg, perturbed_model
 from diffews import DiffewSCheckpointer
 from diffews.modeling import save_release_unet
 from diffews.utils.preflight import check_pretrained, check_weights
@@ -24,13 +24,7 @@ UNET_LOG = "diffews.modeling.unet"
 @pytest.fixture(scope="module")
 def trained(tiny_sd):
     """A tiny DiffewS whose UNet differs from the base one, and its prediction on an episode."""
-    model = build_model(make_cfg(tiny_sd)).eval()
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    episode = make_episode(2, seed=7)
-    return model, episode, model([episode])[0]["pred_image"]
+    return perturbed_model(tiny_sd, seed=3, episode_seed=7)
 
 
 def _unet_state(model):
