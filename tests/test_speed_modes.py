@@ -101,3 +101,33 @@ def test_gpu_suite_dry_run_on_cpu(tmp_path):
     text = path.read_text()
     assert "CPU (dry run): GPU suite" in text and text.count("| inference |") == 4
     assert format_rows(late).count("not run") == 6
+
+
+def test_compare_paths_on_the_tiny_model():
+    """tools/benchmark.py --compare's three paths: the same masks, the reuse path skips the
+    support pass and its FLOPs, and the stage profile accounts for each path's VAE calls
+    (the reference path's own contiguous VAE included)."""
+    from diffews.utils.bench import compare_paths
+    from diffews.utils.testing import random_episode
+
+    torch.manual_seed(0)
+    model = build_random_diffews("tiny")
+    episodes = [random_episode(2, SIZE, 100 + i) for i in range(3)]
+    for e in episodes[1:]:
+        e["support_images"], e["support_masks"] = (episodes[0]["support_images"],
+                                                   episodes[0]["support_masks"])
+    r = compare_paths(model, episodes, profile_reps=1)
+    assert set(r["latency"]) == {"reference", "default", "reuse"}
+    assert all(len(v) == 3 and min(v) > 0 for v in r["latency"].values())
+    assert r["agreement"]["reference"] == 1.0
+    assert r["agreement"]["default"] >= 0.999 and r["agreement"]["reuse"] >= 0.999
+    # reuse: one VAE encode, no support pass; the others: 2K + 1 encodes and a support pass
+    assert r["flops"]["reuse"] < r["flops"]["default"] <= r["flops"]["reference"]
+    assert r["support_set_flops"] > 0
+    prof = r["profile"]
+    assert prof["reuse"].get("unet support pass", 0.0) == 0.0
+    for path in ("reference", "default"):
+        assert prof[path]["vae encode"] > 0 and prof[path]["unet support pass"] > 0
+        assert prof[path]["vae decode"] > 0 and prof[path]["unet query pass"] > 0
+    assert all(p["total"] >= sum(v for k, v in p.items() if k not in ("total", "other")) - 1e-9
+               for p in prof.values())

@@ -4,7 +4,7 @@
 
   python tools/benchmark.py --config-file CFG [--shots 1 5] [--iters 10] [KEY VALUE ...]
   python tools/benchmark.py --tiny            # the tiny random model of the tests, on the CPU
-  python tools/benchmark.py --compare --model tiny mid sd21 --size 256 --shots 1 5 --episodes 10
+  python tools/benchmark.py --compare --model tiny mid sd21 --size 256 --shots 1 5 --episodes 10 [--profile 3]
   python tools/benchmark.py --suite gpu        # SD 2.1-shaped, 512 px, every speed mode, training
 
 Training iterations run the real EpisodeTrainer step (accumulation, AMP, clipping) on random
@@ -111,7 +111,7 @@ def compare(args):
             for e in episodes[1:]:  # one support set for all (so that (c) applies)
                 e["support_images"] = episodes[0]["support_images"]
                 e["support_masks"] = episodes[0]["support_masks"]
-            r = compare_paths(model, episodes)
+            r = compare_paths(model, episodes, profile_reps=args.profile)
             rows = []
             for p in PATHS:
                 lat = np.array(r["latency"][p])
@@ -131,7 +131,22 @@ def compare(args):
             print(tabulate(rows, headers=["path", "episodes/s", "p50 s", "p90 s", "mask agreement",
                                           "GFLOP/episode", "GFLOP/s", "of peak", "peak mem MiB"],
                            tablefmt="github"))
+            if r["profile"]:
+                print(format_profile(r["profile"]))
         del model
+
+
+def format_profile(profile) -> str:
+    """Seconds per episode by stage, one column per path, with each stage's share."""
+    stages = ["vae encode", "unet support pass", "unet query pass", "vae decode", "other"]
+    def cell(times, stage):
+        t = times.get(stage, 0.0)
+        return f"{t:.3f} ({100 * t / times['total']:.0f}%)"
+
+    rows = [[stage] + [cell(profile[p], stage) for p in profile] for stage in stages]
+    rows.append(["total"] + [f"{profile[p]['total']:.3f}" for p in profile])
+    return "stage profile, s per episode (share):\n" + tabulate(
+        rows, headers=["stage", *profile], tablefmt="github")
 
 
 def suite(args) -> int:
@@ -191,6 +206,8 @@ def main():
     p.add_argument("--reps", type=int, default=5, help="--suite: timed calls per setting")
     p.add_argument("--size", type=int, default=64, help="--compare: working size (px)")
     p.add_argument("--episodes", type=int, default=10, help="--compare: timed episodes")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="--compare: also time each path's stages over N calls")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--config-file", default=None)
     p.add_argument("--tiny", action="store_true", help="benchmark the tiny random test model")
