@@ -163,7 +163,10 @@ def load_custom(spec: Dict, split: str, dataset_name: Optional[str] = None) -> L
     if dataset_name:
         update_metadata(dataset_name, class_ids=kept, thing_classes=[names[c] for c in kept],
                         all_class_names=list(names))
-    logger.info("%s: %d classes, %d images", dataset_name or source, len(kept), len(out))
+    summary = f"{dataset_name or source}: {len(kept)} classes, {len(out)} images"
+    if summary not in _WARNED:  # once, however often the records are loaded
+        _WARNED.add(summary)
+        logger.info(summary)
     return out
 
 
