@@ -131,3 +131,22 @@ def test_compare_paths_on_the_tiny_model():
         assert prof[path]["vae decode"] > 0 and prof[path]["unet query pass"] > 0
     assert all(p["total"] >= sum(v for k, v in p.items() if k not in ("total", "other")) - 1e-9
                for p in prof.values())
+
+
+def test_mode_accuracy_reports_agreement_and_first_batch(tiny_sd, tmp_path, monkeypatch):
+    """tools/benchmark.py --accuracy's table on the synthetic benchmark: the reference row agrees
+    100% with itself, K/V storage in fp16 and batched episodes stay >= 99.9%, every row has a
+    first-batch time (the compile time, with COMPILE) apart from its per-episode time."""
+    from diffews.utils.bench import mode_accuracy
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # episode cache out of the tree
+    cfg = make_cfg(tiny_sd, "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True", "TEST.FSS.NUM_EPISODES", "6",
+                   "TEST.FSS.SHOT", "1", "DATALOADER.NUM_WORKERS", "0")
+    modes = ["fp32 eager, batch 1 (reference setting)",
+             "fp16 K/V storage (SupportSet.to(dtype=float16))", "TEST.FSS.BATCH_SIZE 8"]
+    rows = mode_accuracy(cfg, "synthetic_fss_test", modes=modes, log=lambda *a: None)
+    assert list(rows) == modes
+    assert rows[modes[0]]["agreement"] == 1.0
+    assert all(r["agreement"] >= 0.999 for r in rows.values())
+    assert rows[modes[2]]["mIoU"] == pytest.approx(rows[modes[0]]["mIoU"], abs=0.5)
+    assert all(r["first_batch_s"] > 0 and r["s_per_episode"] > 0 for r in rows.values())
