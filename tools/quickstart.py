@@ -43,6 +43,8 @@ def main():
     opts = ["MODEL.DIFFEWS.PRETRAINED", sd, "OUTPUT_DIR", os.path.join(args.output, "train"), *args.opts]
     train_args = default_argument_parser().parse_args(
         ["--config-file", CONFIG, *([] if args.fresh else ["--resume"]), *opts])
+    for handler in list(log.handlers):  # train_net's setup adds its own (console + log file);
+        log.removeHandler(handler)      # two console handlers would print every line twice
     train_main(train_args)
     train_time = time.perf_counter() - start
 
