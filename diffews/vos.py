@@ -20,8 +20,9 @@ pass; the frame's image latent is the query's) is computed once, when it enters 
 memory, never again; an object's support set is ``SupportSet.cat`` of its stored entries. Per
 frame: 1 VAE encode of the frame, 1 query pass per group of objects with the same number of
 supports, and per object whose frame enters its memory 1 mask encode and 1 support pass.
-``reuse_supports=False`` instead re-encodes every support from pixels on every frame (same masks;
-it only measures what the reuse saves).
+``reuse_supports=False`` instead re-encodes every support from pixels on every frame, one
+support per call as the entries are computed with reuse (the same masks bit for bit; it only
+measures what the reuse saves).
 
 Merging objects into one label map: an object's pixels are its predicted mask at the frame's
 size (``predict``'s ``mask``); where masks overlap, the object whose decoded prediction is
@@ -236,8 +237,11 @@ class VOSEngine:
         entries = memory.supports()
         if self.reuse_supports:
             return SupportSet.cat([e.support for e in entries])
-        return self.predictor.encode_supports([e.image for e in entries], [e.mask for e in entries],
-                                              warn_empty=False)
+        # one support per call, as each entry is computed when reuse is on: the same keys/values
+        # bit for bit (a batched support pass differs by float rounding, which a video's memory
+        # feedback can amplify on an untrained model), so only the cost differs
+        return SupportSet.cat([self.predictor.encode_supports([e.image], [e.mask], warn_empty=False)
+                               for e in entries])
 
     @contextmanager
     def _latent_cache_off(self):
