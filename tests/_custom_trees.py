@@ -11,21 +11,16 @@ import os
 from typing import Dict, List
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_util
+
+from _fss_trees import _image as _random_jpeg
+from _fss_trees import _label as _png
 
 H, W = 20, 24
 
 
 def _image(path: str, seed: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    rng = np.random.RandomState(seed)
-    Image.fromarray(rng.randint(0, 256, (H, W, 3), dtype=np.uint8)).save(path, quality=95)
-
-
-def _png(path: str, array: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(array.astype(np.uint8), mode="L").save(path)
+    _random_jpeg(path, seed, H, W)
 
 
 def _box(seed: int) -> np.ndarray:
