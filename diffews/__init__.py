@@ -1,7 +1,13 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """DiffewS: few-shot segmentation with a one-step Stable Diffusion UNet (NeurIPS 2024)."""
 
-from . import data  # noqa: F401  (registers datasets)
+import warnings
+
+# fvcore (imported by detectron2) calls torch.jit.script at import, which recent torch deprecates;
+# filtered here, before detectron2 is first imported, instead of in every entry point
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+
+from . import data  # noqa: E402,F401  (registers datasets)
 from . import modeling  # noqa: F401  (registers the DiffewS meta-architecture)
 from .checkpoint import DiffewSCheckpointer
 from .config import add_diffews_config

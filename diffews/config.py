@@ -143,14 +143,14 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSOD.SAMPLE_SEED = 0
     # "coco": coco_test_novel (5k val2014 images); "voc": VOCSegm_val_novel (COCO-to-VOC).
     cfg.TEST.FSOD.TEST_SET = "coco"
-    # Predicted mask -> instances (diffews/postprocess.py): "mask", "components" or
+    # Predicted mask -> instances (diffews/tasks/instances.py): "mask", "components" or
     # "mask+components" (components plus their union when there are several).
     cfg.TEST.FSOD.INSTANCE_MODE = "mask+components"
     # Connected components smaller than this many pixels (at the original image size) are dropped.
     cfg.TEST.FSOD.MIN_AREA = 16
     # Instances kept per image over all classes, by score (TFA/SINE: 100, no score threshold).
     cfg.TEST.FSOD.TOPK = 100
-    # Per-class confidence multiplying each instance's mean probability (diffews/fsod.py):
+    # Per-class confidence multiplying each instance's mean probability (diffews/tasks/fsod.py):
     # "none" = 1 (score = mean probability over the instance), "contrast" = the prediction's
     # score (mean brightness inside its mask minus outside; lower AP on the synthetic tree).
     cfg.TEST.FSOD.CLASS_SCORE = "none"
@@ -160,7 +160,7 @@ def add_diffews_config(cfg: CN) -> None:
     # COCO and COCO-to-VOC runs of the same shot and seed use the same COCO supports: share it.
     cfg.TEST.FSOD.SUPPORT_DIR = ""
 
-    # Semi-supervised video object segmentation (inference_vos/, diffews/vos.py, METHOD.md 7.3).
+    # Semi-supervised video object segmentation (inference_vos/, diffews/tasks/vos.py, METHOD.md 7.3).
     cfg.TEST.VOS = CN()
     # Supports per object and frame, the fixed first annotated frame included (SINE's --num_frame):
     # 6 for DAVIS 2017 and YouTube-VOS, 2 for DAVIS 2016; 1 = the first frame only.

@@ -24,11 +24,11 @@ from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from diffews.data.datasets.coco_fsod import SEEDS, SHOTS, TEST_SETS, load_fsod_test  # noqa: E402
-from diffews.fsod import check_fsod_config, run_seeds, support_records  # noqa: E402
+from diffews.tasks.fsod import check_fsod_config, run_seeds, support_records  # noqa: E402
 from diffews.predictor import DiffewSPredictor  # noqa: E402
-from diffews.utils.cli import (OneLineArgumentParser, add_common_arguments,  # noqa: E402
+from diffews.cli import (OneLineArgumentParser, add_common_arguments,  # noqa: E402
                                launch_cli, load_config_checked)
-from diffews.utils.preflight import check_output_dir, preflight  # noqa: E402
+from diffews.cli.preflight import check_output_dir, preflight  # noqa: E402
 
 
 def parse_seeds(text: str):

@@ -41,9 +41,9 @@ from diffews.checkpoint import load_inference_weights  # noqa: E402
 from diffews.data import build_fss_test_loader  # noqa: E402
 from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name  # noqa: E402
 from diffews.utils.atomic import atomic_write_json  # noqa: E402
-from diffews.utils.cli import (  # noqa: E402
+from diffews.cli import (  # noqa: E402
     OneLineArgumentParser, UsageError, add_common_arguments, launch_cli, load_config_checked)
-from diffews.utils.preflight import check_output_dir, preflight  # noqa: E402
+from diffews.cli.preflight import check_output_dir, preflight  # noqa: E402
 from diffews.utils.visualize import save_episode  # noqa: E402
 
 logger = logging.getLogger("diffews.run_fss")

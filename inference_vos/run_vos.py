@@ -20,7 +20,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from diffews.checkpoint import require_inference_weights  # noqa: E402
 from diffews.data.datasets.common import dataset_root  # noqa: E402
 from diffews.data.datasets.vos import VOS_DATASETS  # noqa: E402
-from diffews.utils.cli import (  # noqa: E402
+from diffews.cli import (  # noqa: E402
     OneLineArgumentParser, UsageError, add_common_arguments, config_overrides, load_config_checked,
     run_cli,
 )
@@ -29,7 +29,7 @@ EPILOG = """\
 Per object, the first annotated frame with its given mask is a fixed support and up to
 MEM_SIZE - 1 past predicted frames, chosen by score decayed linearly with their distance in time
 (ratio DECAY_RATIO), are added; every frame is one query per object, VAE-encoded once, and each
-memory entry is encoded once (diffews/vos.py). Frames are resized to INPUT.IMAGE_SIZE squared;
+memory entry is encoded once (diffews/tasks/vos.py). Frames are resized to INPUT.IMAGE_SIZE squared;
 masks are written at the frame's size as palette PNGs in the official results layout:
 <output>/<video>/<frame>.png (DAVIS) or <output>/Annotations/<video>/<frame>.png plus
 <output>/submission.zip (YouTube-VOS). DAVIS val is scored at the end (global_results-val.csv,
@@ -82,7 +82,7 @@ def main(args) -> int:
     cfg.freeze()
     require_inference_weights(cfg)  # before reading the dataset and building the model
     from diffews.evaluation.vos_evaluation import format_davis_tables
-    from diffews.vos import run_vos
+    from diffews.tasks.vos import run_vos
 
     output = args.output or f"{cfg.OUTPUT_DIR.rstrip('/')}/{dataset}"
     logging.getLogger("diffews.run_vos").info(

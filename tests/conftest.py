@@ -15,7 +15,7 @@ SIZE = 64  # working size in tests: 8x8 latents with the tiny 4-level VAE
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
-    from diffews.utils.tiny_sd import build_tiny_sd
+    from diffews.quickstart.tiny_sd import build_tiny_sd
 
     return build_tiny_sd(str(tmp_path_factory.mktemp("tiny_sd")), seed=0)
 
@@ -62,6 +62,6 @@ def perturbed_model(tiny_sd, seed: int, episode_seed: int):
 
 
 def make_episode(shots: int, seed: int, size: int = SIZE):
-    from diffews.utils.testing import random_episode
+    from diffews.benchmark.episodes import random_episode
 
     return random_episode(shots, size, seed)

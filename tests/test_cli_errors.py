@@ -211,7 +211,7 @@ def test_one_line_error_and_exit_status(results, name):
 
 # ---- the same machinery in-process (cheap): cases that need no subprocess of their own ----
 def test_debug_shows_the_traceback(capsys):
-    from diffews.utils.cli import UsageError, run_cli
+    from diffews.cli import UsageError, run_cli
 
     def fail():
         raise UsageError("x.yaml: no such config file")
@@ -225,7 +225,7 @@ def test_debug_shows_the_traceback(capsys):
 
 
 def test_config_override_errors(tiny_sd):
-    from diffews.utils.cli import UsageError, load_config_checked
+    from diffews.cli import UsageError, load_config_checked
 
     cfg = load_config_checked(CFG, ["MODEL.DIFFEWS.PRETRAINED", tiny_sd, "SOLVER.MAX_ITER", "7"])
     assert cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.DIFFEWS.PRETRAINED == tiny_sd
@@ -240,7 +240,7 @@ def test_config_override_errors(tiny_sd):
 
 
 def test_opts_flag_and_trailing_pairs_are_one_style(capsys):
-    from diffews.utils.cli import OneLineArgumentParser, add_common_arguments, config_overrides
+    from diffews.cli import OneLineArgumentParser, add_common_arguments, config_overrides
 
     parser = add_common_arguments(OneLineArgumentParser(prog="t"), opts_flag=True)
     trailing = parser.parse_args(["A", "1", "B", "2"])
@@ -272,7 +272,7 @@ def test_make_episodes_refuses_to_overwrite_a_foreign_file(world, capsys):
 
 
 def test_format_error_unwraps_worker_exceptions():
-    from diffews.utils.cli import format_error
+    from diffews.cli import format_error
 
     wrapped = ValueError("Caught BadSampleError in DataLoader worker process 0.\nOriginal "
                          "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import demo  # noqa: E402
 
-from diffews.utils.cli import run_cli  # noqa: E402
+from diffews.cli import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Few-shot instance segmentation inference (diffews/fsod.py, inference_fsod/run_fsod.py) on the
+"""Few-shot instance segmentation inference (diffews/tasks/fsod.py, inference_fsod/run_fsod.py) on the
 synthetic TFA tree: results files and AP equal to pycocotools on the written json, support sets
 saved once and reused (hook counts), stale sets recomputed, seeds aggregated, 2 processes = 1,
 one-line errors, and the instance modes with oracle predictions."""
@@ -29,7 +29,7 @@ from diffews import DiffewSPredictor, SupportSet
 from diffews.data.datasets import coco_fsod
 from diffews.evaluation import FSODEvaluator
 from diffews.modeling import save_release_unet
-from diffews.postprocess import MODES
+from diffews.tasks.instances import MODES
 from diffews.utils.image import read_image, resize_mask
 from tests._fsod_trees import NOVEL, split_path, write_fsod_tree
 
@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "inference_fsod"))
 import run_fsod  # noqa: E402
 
-from diffews import fsod  # noqa: E402
+from diffews.tasks import fsod  # noqa: E402
 
 CFG = os.path.join(ROOT, "configs", "fsod", "coco", "diffews_sd21_fsod_coco_1shot.yaml")
 NOVEL_IDS = [i for i, _ in NOVEL]
@@ -174,7 +174,7 @@ def test_saved_supports_reused_stale_recomputed_and_encoded_once(env, run_a, tmp
     counter, messages = _Counter(predictor.model), []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    logging.getLogger("diffews.fsod").addHandler(handler)
+    logging.getLogger("diffews.tasks.fsod").addHandler(handler)
     try:
         sets = fsod.prepare_support_sets(predictor, by_class, folder)
         # only the stale class is encoded again: 1 support pass, its image and mask encoded
@@ -202,7 +202,7 @@ def test_saved_supports_reused_stale_recomputed_and_encoded_once(env, run_a, tmp
         assert counter.n == {"support": 0, "query": 3, "vae_calls": 1, "vae_images": 1}
     finally:
         counter.remove()
-        logging.getLogger("diffews.fsod").removeHandler(handler)
+        logging.getLogger("diffews.tasks.fsod").removeHandler(handler)
     # saved sets predict what the freshly computed ones predicted, bit for bit
     ids = {r["image_id"] for r in test_records}
     theirs = [d for d in _load(run_a / "coco_instances_results.json") if d["image_id"] in ids]

@@ -194,7 +194,7 @@ def test_errors_are_one_line_and_name_the_problem(predictor, tiny_sd, tmp_path):
         predictor.encode_supports([images[0].astype(np.float32)], masks)
 
     # another model: other weights, then another UNet architecture
-    from diffews.utils.tiny_sd import build_tiny_sd
+    from diffews.quickstart.tiny_sd import build_tiny_sd
 
     other = DiffewSPredictor(build_model(make_cfg(tiny_sd)).eval(), SIZE)
     with torch.no_grad():

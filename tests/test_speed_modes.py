@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 
 from conftest import SIZE, make_cfg, make_episode
 from diffews.modeling import save_release_unet
-from diffews.utils.random_sd import build_random_diffews
+from diffews.benchmark.random_sd import build_random_diffews
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "inference_fss"))
@@ -84,7 +84,7 @@ def test_default_fast_paths_keep_the_masks(tiny_sd, tiny_model):
 def test_gpu_suite_dry_run_on_cpu(tmp_path):
     """tools/benchmark.py --suite gpu's code on the CPU with the tiny model: every row is timed
     or says why not, and the rows land in the benchmarks file."""
-    from diffews.utils.bench_suite import append_to_benchmarks, format_rows, run_suite
+    from diffews.benchmark.suite import append_to_benchmarks, format_rows, run_suite
 
     rows = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, log=lambda *a: None,
                      dtypes=("float32",), compile_modes=(False,))
@@ -107,8 +107,8 @@ def test_compare_paths_on_the_tiny_model():
     """tools/benchmark.py --compare's three paths: the same masks, the reuse path skips the
     support pass and its FLOPs, and the stage profile accounts for each path's VAE calls
     (the reference path's own contiguous VAE included)."""
-    from diffews.utils.bench import compare_paths
-    from diffews.utils.testing import random_episode
+    from diffews.benchmark.paths import compare_paths
+    from diffews.benchmark.episodes import random_episode
 
     torch.manual_seed(0)
     model = build_random_diffews("tiny")
@@ -137,7 +137,7 @@ def test_mode_accuracy_reports_agreement_and_first_batch(tiny_sd, tmp_path, monk
     """tools/benchmark.py --accuracy's table on the synthetic benchmark: the reference row agrees
     100% with itself, K/V storage in fp16 and batched episodes stay >= 99.9%, every row has a
     first-batch time (the compile time, with COMPILE) apart from its per-episode time."""
-    from diffews.utils.bench import mode_accuracy
+    from diffews.benchmark.paths import mode_accuracy
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # episode cache out of the tree
     cfg = make_cfg(tiny_sd, "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True", "TEST.FSS.NUM_EPISODES", "6",

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Video object segmentation with DiffewS (diffews/vos.py, inference_vos/run_vos.py): the memory
+"""Video object segmentation with DiffewS (diffews/tasks/vos.py, inference_vos/run_vos.py): the memory
 rule and the merge rule against hand-worked examples, the cost per frame counted with hooks,
 support reuse on/off, and the whole pipeline on synthetic DAVIS / YouTube-VOS trees in their
 official layouts (tests/_vos_trees.py) with the tiny model."""
@@ -16,8 +16,8 @@ from conftest import SIZE, make_cfg
 from diffews import DiffewSPredictor
 from diffews.evaluation.vos_evaluation import evaluate_davis
 from diffews.modeling import save_release_unet
-from diffews.utils.cli import run_cli
-from diffews.vos import (VOSEngine, decay_factor, load_vos_records, merge_objects, run_vos,
+from diffews.cli import run_cli
+from diffews.tasks.vos import (VOSEngine, decay_factor, load_vos_records, merge_objects, run_vos,
                          select_memory)
 from tests._vos_trees import write_davis_tree, write_ytvos_tree
 

@@ -16,7 +16,7 @@ from diffusers import UNet2DConditionModel
 from conftest import make_cfg, perturbed_model
 from diffews import DiffewSCheckpointer
 from diffews.modeling import save_release_unet
-from diffews.utils.preflight import check_pretrained, check_weights
+from diffews.cli.preflight import check_pretrained, check_weights
 
 UNET_LOG = "diffews.modeling.unet"
 

@@ -12,13 +12,13 @@ episodes at INPUT.IMAGE_SIZE; inference episodes run the model in eval mode with
 off (every episode encodes its supports).
 
 ``--compare`` times three inference paths side by side on random-weight models built in memory
-(``diffews/utils/random_sd.py``: tiny, mid-size SD-shaped, SD 2.1-shaped), paired and
-interleaved episode by episode (``diffews/utils/bench.py``): (a) the original implementation's
+(``diffews/benchmark/random_sd.py``: tiny, mid-size SD-shaped, SD 2.1-shaped), paired and
+interleaved episode by episode (``diffews/benchmark/paths.py``): (a) the original implementation's
 per-episode work, (b) our default path, (c) one SupportSet reused for every query. It reports
 episodes/s, p50/p90 latency, mask agreement with (a), FLOPs per episode (torch's FLOP counter),
 achieved GFLOP/s against the device's peak, and peak memory.
 
-``--suite gpu`` (``diffews/utils/bench_suite.py``) runs, on a CUDA device in about 5 minutes,
+``--suite gpu`` (``diffews/benchmark/suite.py``) runs, on a CUDA device in about 5 minutes,
 SD 2.1-shaped random weights at 512 px: 1/5-shot x fp32/bf16 x compile off/on x batch 1/8
 inference, and training steps with and without gradient checkpointing; it appends its rows,
 with the device's name and the command, to tools/BENCHMARKS.md (``--no-record`` does not).
@@ -41,7 +41,7 @@ from tabulate import tabulate
 from diffews.config import load_config
 from diffews.engine.solver import build_optimizer
 from diffews.engine.train_loop import EpisodeTrainer
-from diffews.utils.testing import random_episode
+from diffews.benchmark.episodes import random_episode
 
 
 def peak_memory_gib(device: torch.device) -> str:
@@ -95,8 +95,8 @@ def bench_inference(cfg, shots: int, episodes: int, warmup: int = 2) -> float:
 
 
 def compare(args):
-    from diffews.utils.bench import PATHS, compare_paths, device_peak_gflops
-    from diffews.utils.random_sd import build_random_diffews
+    from diffews.benchmark.paths import PATHS, compare_paths, device_peak_gflops
+    from diffews.benchmark.random_sd import build_random_diffews
 
     device = torch.device(args.device)
     peak = device_peak_gflops(device)
@@ -152,7 +152,7 @@ def format_profile(profile) -> str:
 def suite(args) -> int:
     import sys
 
-    from diffews.utils.bench_suite import append_to_benchmarks, format_rows, run_suite
+    from diffews.benchmark.suite import append_to_benchmarks, format_rows, run_suite
 
     device = torch.device(args.device)
     model = (args.model or ["sd21"])[0]
@@ -174,7 +174,7 @@ def suite(args) -> int:
 
 def accuracy(args) -> int:
     """Speed modes on the synthetic benchmark with the quick start's trained model."""
-    from diffews.utils.bench import mode_accuracy
+    from diffews.benchmark.paths import mode_accuracy
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     weights = os.path.join(root, "output", "quickstart", "train", "model_final.pth")
@@ -226,7 +226,7 @@ def main():
     cfg = load_config(args.config_file or os.path.join(
         root, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml"))
     if args.tiny:
-        from diffews.utils.tiny_sd import build_tiny_sd
+        from diffews.quickstart.tiny_sd import build_tiny_sd
 
         cfg.MODEL.DIFFEWS.PRETRAINED = build_tiny_sd(tempfile.mkdtemp(prefix="tiny_sd_"))
     cfg.merge_from_list(args.opts)

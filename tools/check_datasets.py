@@ -23,7 +23,7 @@ from diffews.data.datasets.fss1000 import check_fss1000
 from diffews.data.datasets.lvis92i import check_lvis92i
 from diffews.data.datasets.pascal5i import check_pascal5i
 from diffews.data.datasets.vos import check_vos
-from diffews.utils.cli import README_SECTIONS, OneLineArgumentParser, add_common_arguments, run_cli
+from diffews.cli import README_SECTIONS, OneLineArgumentParser, add_common_arguments, run_cli
 
 CHECKS = {
     "coco": lambda root, splits, n: check_coco20i(root, splits, n),
@@ -34,7 +34,7 @@ CHECKS = {
     "davis": lambda root, splits, n: check_vos(root, "davis", n),  # DAVIS 2016/2017 (VOS)
     "ytvos": lambda root, splits, n: check_vos(root, "ytvos", n),  # YouTube-VOS 2018 valid
 }
-# datasets/README.md section of each benchmark (diffews.utils.cli.README_SECTIONS is per folder)
+# datasets/README.md section of each benchmark (diffews.cli.README_SECTIONS is per folder)
 _FOLDERS = {"COCO2014": "coco", "VOC2012": "pascal", "FSS-1000": "fss", "LVIS": "lvis"}
 
 

@@ -18,9 +18,9 @@ warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarn
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from diffews.demo import support_panels, write_outputs  # noqa: E402
+from diffews.tasks.demo import support_panels, write_outputs  # noqa: E402
 from diffews.predictor import DiffewSPredictor, list_images  # noqa: E402
-from diffews.utils.cli import (OneLineArgumentParser, add_common_arguments,  # noqa: E402
+from diffews.cli import (OneLineArgumentParser, add_common_arguments,  # noqa: E402
                                config_overrides, load_config_checked, run_cli)
 from diffews.utils.image import check_image_file  # noqa: E402
 
@@ -55,7 +55,7 @@ def get_parser():
 
 def main(args) -> int:
     setup_logger(name="diffews", abbrev_name="diffews")
-    log = logging.getLogger("diffews.demo")
+    log = logging.getLogger("diffews.tasks.demo")
     cfg = load_config_checked(args.config_file, config_overrides(args))
     cfg.freeze()
     queries = list_images(args.query)

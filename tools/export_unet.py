@@ -22,9 +22,9 @@ from detectron2.modeling import build_model  # noqa: E402
 from diffews import DiffewSCheckpointer  # noqa: E402
 from diffews.modeling import save_release_unet  # noqa: E402
 from diffews.utils.atomic import atomic_folder  # noqa: E402
-from diffews.utils.cli import (  # noqa: E402
+from diffews.cli import (  # noqa: E402
     OneLineArgumentParser, add_common_arguments, config_overrides, load_config_checked, run_cli)
-from diffews.utils.preflight import check_output_dir, check_weights, preflight  # noqa: E402
+from diffews.cli.preflight import check_output_dir, check_weights, preflight  # noqa: E402
 
 
 def get_parser():

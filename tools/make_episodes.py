@@ -22,9 +22,9 @@ warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarn
 from diffews.data.episodes import (  # noqa: E402
     BENCHMARK_FOLDS, GENERATOR_VERSION, make_episodes, read_episode_file, save_episodes,
     stale_version)
-from diffews.utils.cli import (  # noqa: E402
+from diffews.cli import (  # noqa: E402
     OneLineArgumentParser, UsageError, add_common_arguments, run_cli)
-from diffews.utils.preflight import check_output_dir  # noqa: E402
+from diffews.cli.preflight import check_output_dir  # noqa: E402
 
 logger = logging.getLogger("diffews.make_episodes")
 

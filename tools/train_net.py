@@ -27,9 +27,9 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from diffews import DiffewSCheckpointer  # noqa: E402
 from diffews.checkpoint import load_inference_weights  # noqa: E402
 from diffews.engine import DiffewSTrainer  # noqa: E402
-from diffews.utils.cli import (  # noqa: E402
+from diffews.cli import (  # noqa: E402
     add_common_arguments, load_config_checked, one_line_errors, run_cli)
-from diffews.utils.preflight import check_datasets, preflight  # noqa: E402
+from diffews.cli.preflight import check_datasets, preflight  # noqa: E402
 
 
 def get_parser():

@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarn
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from diffews.predictor import DiffewSPredictor  # noqa: E402
-from diffews.utils.cli import (OneLineArgumentParser, add_common_arguments,  # noqa: E402
+from diffews.cli import (OneLineArgumentParser, add_common_arguments,  # noqa: E402
                                config_overrides, load_config_checked, run_cli)
 from diffews.web_demo import (QUICKSTART_DIR, WebDemoSession, build_demo,  # noqa: E402
                               launch_demo, quickstart_overrides, write_synthetic_examples)

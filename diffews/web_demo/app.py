@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 import gradio as gr
 
 from ..modeling.support_set import SupportSetError
-from ..utils.cli import format_error
+from ..cli import format_error
 from ..utils.image import ImageReadError
 from .examples import DemoExample
 from .session import MAX_SUPPORTS, DemoInputError, QueryResult, WebDemoSession, result_panel

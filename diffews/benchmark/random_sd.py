@@ -16,7 +16,7 @@ from typing import Dict
 
 import torch
 
-from .tiny_sd import TINY_UNET, TINY_VAE
+from ..quickstart.tiny_sd import TINY_UNET, TINY_VAE
 
 __all__ = ["SD21_UNET", "SD21_VAE", "MODEL_CONFIGS", "build_random_diffews"]
 

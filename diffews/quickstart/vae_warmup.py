@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def _batches(records, label_format, size, batch, rng):
     from ..data.records import load_sample
-    from .image import resize_image, resize_mask
+    from ..utils.image import resize_image, resize_mask
 
     while True:
         images, masks = [], []

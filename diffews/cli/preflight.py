@@ -4,7 +4,7 @@ seconds with one line naming it, not after minutes of loading Stable Diffusion.
 
 Each check raises ``UsageError`` (exit status 2: the config is wrong) or ``FileNotFoundError`` /
 ``ValueError`` / ``OSError`` (exit status 1: something on disk is missing or broken), with a
-message that names the key or file and says what to do (``diffews.utils.cli.run_cli``).
+message that names the key or file and says what to do (``diffews.cli.run_cli``).
 """
 
 import json
@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 from typing import Dict, Iterable, List, Optional
 
-from .cli import UsageError
+from ..utils.errors import UsageError
 
 __all__ = ["check_output_dir", "check_pretrained", "check_image_size", "check_weights",
            "check_datasets", "check_config_values", "preflight"]

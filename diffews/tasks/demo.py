@@ -8,8 +8,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
-from .utils.image import ImageReadError, read_image, read_mask
-from .utils.overlay import PRED_COLOR, SUPPORT_COLOR, overlay_mask, side_by_side
+from ..utils.image import ImageReadError, read_image, read_mask
+from ..utils.overlay import PRED_COLOR, SUPPORT_COLOR, overlay_mask, side_by_side
 
 __all__ = ["support_panels", "write_outputs"]
 

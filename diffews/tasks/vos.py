@@ -46,13 +46,13 @@ from detectron2.data import MetadataCatalog
 from PIL import Image
 from tqdm import tqdm
 
-from .data.datasets.common import dataset_root
-from .data.datasets.vos import (DAVIS_PALETTE, VOS_DATASETS, load_davis, load_ytvos,
+from ..data.datasets.common import dataset_root
+from ..data.datasets.vos import (DAVIS_PALETTE, VOS_DATASETS, load_davis, load_ytvos,
                                 read_annotation, write_result, zip_ytvos_submission)
-from .modeling.support_set import SupportSet
-from .predictor import DiffewSPredictor, EncodedImage
-from .utils.image import read_image, resize_mask
-from .utils.overlay import overlay_mask, side_by_side
+from ..modeling.support_set import SupportSet
+from ..predictor import DiffewSPredictor, EncodedImage
+from ..utils.image import read_image, resize_mask
+from ..utils.overlay import overlay_mask, side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
         "scores" (a ``DAVISScores``, DAVIS val with ``evaluate``), "memory_entries" (frames that
         entered an object's memory, first frames included)}.
     """
-    from .evaluation.vos_evaluation import evaluate_davis, write_davis_csvs
+    from ..evaluation.vos_evaluation import evaluate_davis, write_davis_csvs
 
     records = load_vos_records(dataset, root, videos)
     meta = MetadataCatalog.get(dataset)

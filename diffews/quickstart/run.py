@@ -16,7 +16,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import inference_on_dataset
 from torch import nn
 
-from .utils.tiny_sd import TINY_UNET, TINY_VAE, build_tiny_sd
+from .tiny_sd import TINY_UNET, TINY_VAE, build_tiny_sd
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def prepare_tiny_sd(folder: str, image_size: int = 64, vae_steps: int = 300, see
         return folder
     from diffusers import AutoencoderKL
 
-    from .utils.vae_warmup import warmup_vae
+    from .vae_warmup import warmup_vae
 
     build_tiny_sd(folder, seed=seed, unet=QUICK_UNET, vae=QUICK_VAE)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")

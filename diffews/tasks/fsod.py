@@ -13,7 +13,7 @@ DiffewS segments one class given its supports; instance segmentation is built on
 2. **Test images, once each.** Every test image is VAE-encoded once (``EncodedImage``) and
    predicted against the 20 sets with ``predict_many``, ``TEST.FSOD.BATCH_SIZE`` sets per query
    pass. Each class's predicted mask (at the image's original size) becomes instances with
-   ``diffews.postprocess.masks_to_instances`` (``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``), scored
+   ``diffews.tasks.instances.masks_to_instances`` (``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``), scored
    by their mean predicted probability (times the prediction's own score with ``CLASS_SCORE
    contrast``), boxed by their mask's tight box; each image keeps its ``TOPK`` best.
 3. **Evaluation.** detectron2 ``Instances`` go to ``FSODEvaluator`` (COCO bbox and segm AP on the
@@ -44,13 +44,13 @@ from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from .data.datasets.coco_fsod import (NOVEL_CLASSES, annotation_mask, fsod_dataset_names,
+from ..data.datasets.coco_fsod import (NOVEL_CLASSES, annotation_mask, fsod_dataset_names,
                                       load_fsod_support, load_fsod_test, support_split_file)
-from .data.datasets.common import README, dataset_root
-from .modeling.support_set import SupportSet, SupportSetError
-from .postprocess import MODES, masks_to_instances
-from .utils.atomic import atomic_write_json
-from .utils.image import check_image_file, read_image, resize_mask
+from ..data.datasets.common import README, dataset_root
+from ..modeling.support_set import SupportSet, SupportSetError
+from .instances import MODES, masks_to_instances
+from ..utils.atomic import atomic_write_json
+from ..utils.image import check_image_file, read_image, resize_mask
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ SEEDS_JSON = "results_seeds.json"
 
 def check_fsod_config(cfg) -> None:
     """``TEST.FSOD`` values that nothing should discover after the model is built."""
-    from .utils.cli import UsageError
+    from ..utils.errors import UsageError
 
     f = cfg.TEST.FSOD
     try:
@@ -283,7 +283,7 @@ def evaluate_fsod(cfg, predictor, output_dir: str, root: Optional[str] = None,
         detectron2's evaluator dict ``{"bbox": {"AP", "AP50", ...}, "segm": {...}}`` on the novel
         classes in the main process, ``{}`` in the others.
     """
-    from .evaluation.instance_evaluation import FSODEvaluator
+    from ..evaluation.instance_evaluation import FSODEvaluator
 
     check_fsod_config(cfg)
     split, test_name = fsod_dataset_names(cfg)
@@ -315,7 +315,7 @@ def run_seeds(cfg, predictor, output_dir: str, seeds: Optional[Sequence[int]] = 
         the evaluator dict (one seed) or ``{"seeds": {S: dict}, "aggregate": {...}}`` in the main
         process; ``{}`` in the others.
     """
-    from .evaluation.instance_evaluation import aggregate_seeds, format_seed_table
+    from ..evaluation.instance_evaluation import aggregate_seeds, format_seed_table
 
     if seeds is None:
         return evaluate_fsod(cfg, predictor, output_dir, root)

@@ -19,7 +19,7 @@ from typing import Dict, List
 import torch
 
 from .random_sd import build_random_diffews
-from .testing import random_episode
+from .episodes import random_episode
 
 __all__ = ["run_suite", "format_rows", "append_to_benchmarks"]
 
