@@ -1,19 +1,19 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The DiffewS meta-architecture: few-shot segmentation with one step of a Stable Diffusion UNet.
 
-METHOD.md sections 0-5. Per episode: the supports' image and mask latents go through the UNet once
+docs/METHOD.md sections 0-5. Per episode: the supports' image and mask latents go through the UNet once
 (support pass), which yields a ``SupportSet`` (their keys/values in every self-attention layer);
 the query image latent goes through it once more (query pass), every self-attention attending to
 its own and the supports' keys/values. The output, negated, is the VAE latent of the query mask,
 which the VAE decodes and a relative threshold binarises.
 
-The building blocks below (``encode_supports``, ``encode``, ``query_pass``, ``decode``,
-``postprocess``) are the one implementation of the method: ``forward`` (training and benchmarks),
+The building blocks (``encode_supports``, ``encode``, ``query_pass``, ``decode``, ``postprocess``,
+in ``blocks.py``) are the one implementation of the method: ``forward`` (training and benchmarks),
 ``DiffewSPredictor``, video object segmentation and instance segmentation all call them.
 """
 
 import logging
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,12 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from ..kv_fusion import KVBank, SupportPassDone, fused_layer_names, set_kv_fusion_processors
+from ..kv_fusion import fused_layer_names, set_kv_fusion_processors
 from ..speed import compile_for_inference, set_inference_dtype
 from ..support_cache import SupportLatentCache
-from ..readout import prediction_score, relative_threshold
-from ..support_set import SupportSet, model_signature
 from ..unet import load_pretrained_unet
 from ..vae import encode_empty_prompt, load_frozen_vae
+from .blocks import DiffewSBlocks
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ __all__ = ["DiffewS"]
 
 
 @META_ARCH_REGISTRY.register()
-class DiffewS(nn.Module):
+class DiffewS(DiffewSBlocks, nn.Module):
     """Stable Diffusion UNet as a one-step few-shot segmenter with KV fusion."""
 
     @configurable
@@ -249,155 +248,3 @@ class DiffewS(nn.Module):
         z_query = self.encode(self.normalize(query), sample=False)
         pred = self.query_pass(z_query, sets, self.prompt_embeds_test)
         return self.postprocess(self.decode(-pred))
-
-    # ---- the method's building blocks --------------------------------------------------------
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 255] -> [-1, 1] (ToTensor then Normalize(0.5, 0.5) in the reference)."""
-        return images.to(self.device, torch.float32) / 127.5 - 1.0
-
-    def mask_to_image(self, masks: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) mask, non-zero = foreground -> (N, 3, H, W) image, -1 background / +1 foreground."""
-        m = (torch.as_tensor(masks).to(self.device) > 0).to(torch.float32) * 2.0 - 1.0
-        return m[:, None].expand(-1, 3, -1, -1)
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, sample: bool) -> torch.Tensor:
-        """VAE-encode (N, 3, H, W) images in [-1, 1] to scaled latents (N, C, H/f, W/f), in one
-        VAE call. ``sample=True`` draws from the posterior (training); False takes its mean.
-
-        The mean is read straight from the encoder's moments (what ``latent_dist.mean`` holds,
-        bit for bit), without building the distribution (its std and variance are never used).
-        """
-        images = images.to(self.vae.dtype)
-        if sample:
-            z = self.vae.encode(images).latent_dist.sample()
-        else:
-            moments = self.vae._encode(images)  # encoder (+ quant_conv), with diffusers' tiling
-            z = moments[:, : self.vae.config.latent_channels]
-        # contiguous whatever the VAE's memory format, so that the UNet sees one layout (and
-        # computes the same bits) however the latents were batched, cached or sliced
-        return (z * self.latent_scale).contiguous()
-
-    def support_latents(self, images: torch.Tensor, masks: torch.Tensor,
-                        image_latents: Optional[torch.Tensor] = None,
-                        use_cache: bool = True) -> torch.Tensor:
-        """Posterior-mean support latents, image latent then mask latent: (N, 2C, h, w).
-
-        Each image and each mask is VAE-encoded in its own call (as the reference does), so a
-        support's latent never depends on which other supports are encoded with it: a SupportSet
-        built one support at a time equals one built at once, and the latent cache changes no bit.
-
-        Args:
-            images: (N, 3, H, W) in [0, 255]; ignored where ``image_latents`` is given.
-            masks: (N, H, W), non-zero = foreground.
-            image_latents: optional (N, C, h, w) image latents already computed (e.g. a video
-                frame encoded as a query), so that only the masks are encoded.
-            use_cache: look the supports up in the model's ``SupportLatentCache`` (episodes of a
-                benchmark); the predictor keeps whole SupportSets instead and passes False.
-        """
-        def encode_all(imgs, ms, lat=None):
-            out = []
-            for i in range(len(ms)):
-                z_img = (lat[i:i + 1].to(self.device) if lat is not None
-                         else self.encode(self.normalize(imgs[i:i + 1]), sample=False))
-                z_mask = self.encode(self.mask_to_image(ms[i:i + 1]), sample=False)
-                out.append(torch.cat([z_img, z_mask], dim=1))
-            return torch.cat(out)
-
-        if self.support_cache is None or image_latents is not None or not use_cache:
-            return encode_all(images, masks, image_latents)
-        return self.support_cache.encode(list(images), [torch.as_tensor(m) for m in masks],
-                                         encode_all)
-
-    def support_pass(self, latents: torch.Tensor, prompt: torch.Tensor, signature=None, info=None,
-                     stop_early: bool = False):
-        """Run the UNet on support latents (N, 2C, h, w), each attending to itself only.
-
-        Args:
-            stop_early: stop right after the last fused self-attention layer has stored its
-                keys/values (inference: the rest of the UNet only computes the support pass's
-                output, which the method never uses); the output is then None.
-        Returns:
-            (SupportSet of the N supports, UNet output (N, C, h, w) or None).
-        """
-        bank = KVBank(stop_after=self.fused_layers[-1] if stop_early else None)
-        try:
-            out = self._unet(latents, prompt, bank)
-        except SupportPassDone:
-            out = None
-        return bank.to_support_set(latents, signature, info), out
-
-    @torch.no_grad()
-    def encode_supports(self, images: Optional[torch.Tensor], masks: torch.Tensor,
-                        image_latents: Optional[torch.Tensor] = None, signature=None,
-                        info=None, use_cache: bool = True) -> SupportSet:
-        """Inference: supports at the working size -> ``SupportSet``.
-
-        Args:
-            images: (N, 3, S, S) support images in [0, 255] (None if ``image_latents`` given).
-            masks: (N, S, S) support masks, non-zero = foreground.
-            image_latents: optional (N, C, s, s) precomputed image latents (``support_latents``).
-            signature: the model signature to stamp on the set (``support_signature()``).
-            info: per-support dicts kept in the set.
-            use_cache: see ``support_latents``.
-        Returns:
-            the N supports' SupportSet. Latents never depend on the other supports (one VAE call
-            each); the support pass runs ``support_pass_batch`` supports at a time (the
-            reference runs all K of an episode at once), so keys/values of a support encoded
-            alone differ from those encoded with others by float rounding only (about 1e-6).
-        """
-        latents = self.support_latents(images, masks, image_latents, use_cache)
-        n = self.support_pass_batch
-        sets = [self.support_pass(latents[i:i + n], self.prompt_embeds_test, stop_early=True)[0]
-                for i in range(0, len(latents), n)]
-        out = SupportSet.cat(sets)
-        return SupportSet(out.latents, out.keys, out.values, signature, info)
-
-    def query_pass(self, query_latents: torch.Tensor,
-                   supports: Union[SupportSet, Sequence[SupportSet]], prompt: torch.Tensor
-                   ) -> torch.Tensor:
-        """The query pass: every fused self-attention attends to [own ; supports' K/V].
-
-        Args:
-            query_latents: (B, C, h, w) query image latents.
-            supports: one SupportSet shared by all B queries, or a list of B SupportSets with the
-                same K (one per query).
-            prompt: (1, T, D) empty-prompt embedding.
-        Returns:
-            (B, C, h, w): the UNet output, read as minus the query-mask latent.
-        """
-        return self._unet(query_latents, prompt, KVBank(supports))
-
-    def _unet(self, latents, prompt, bank: KVBank) -> torch.Tensor:
-        n = latents.shape[0]
-        t = torch.full((n,), self.timestep, device=latents.device, dtype=torch.long)
-        context = prompt.to(self.inference_dtype).expand(n, -1, -1)
-        return self.unet(latents.to(self.inference_dtype), t, encoder_hidden_states=context,
-                         cross_attention_kwargs={"kv_bank": bank}).sample
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> (N, 3, H, W) uint8 prediction, exactly as the reference maps it:
-        clip to [-1, 1], to [0, 255], truncate (not round) to uint8."""
-        image = self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
-        image = (image.float().clamp(-1, 1) * 0.5 + 0.5) * 255.0
-        return image.clamp(0, 255).to(torch.uint8)
-
-    def threshold(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) or (N, 3, H, W) uint8 prediction -> bool mask (``readout.relative_threshold``
-        with REL_THRESHOLD / ABS_THRESHOLD)."""
-        return relative_threshold(image, self.rel_threshold, self.abs_threshold)
-
-    score = staticmethod(prediction_score)
-
-    def postprocess(self, images: torch.Tensor) -> List[Dict]:
-        """(N, 3, H, W) decoded predictions -> per image {"pred_image", "pred_mask", "score"}."""
-        masks = self.threshold(images)
-        scores = self.score(images, masks)
-        return [{"pred_image": img, "pred_mask": m, "score": s}
-                for img, m, s in zip(images, masks, scores)]
-
-    def support_signature(self) -> Dict:
-        """What a SupportSet must have been encoded with to be used by this model
-        (``support_set.model_signature``)."""
-        return model_signature(self)
