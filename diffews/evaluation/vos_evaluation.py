@@ -23,7 +23,7 @@ Rules (davisvideochallenge/davis2017-evaluation; reimplemented from the reading,
   nanmean(value > 0.5), Decay = nanmean(bin 0) - nanmean(bin 3) with the 4 overlapping bins
   ``v[i_b : i_{b+1} + 1]``, ``i = round(linspace(1, N, 5) + 1e-10) - 1``.
 * Global (``evaluation_method.py``): every column is the mean over all objects of all sequences;
-  J&F-Mean = (J-Mean + F-Mean) / 2. CSVs are written with ``float_format="%.3f"``.
+  J&F-Mean = (J-Mean + F-Mean) / 2 (``DAVISScores``; the CSVs and tables: ``davis_report.py``).
 * DAVIS 2016 (no upstream mode; the patch of davis2017-evaluation issue #4 that SINE vendors):
   the sequences of ``ImageSets/2016/<set>.txt`` with all objects merged into one (label > 0);
   we merge the result's ids the same way (the patch leaves the result reader unchanged, which
@@ -33,15 +33,12 @@ Our deviations are errors where the official code exits with status 0, crashes, 
 too many objects, a missing result file or folder, frames of different sizes, fewer than 3 frames.
 """
 
-import csv
-import io
 import itertools
 import logging
-import math
 import os
 from collections import OrderedDict
 from glob import glob
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,51 +51,23 @@ from .davis_metrics import (
     BOUND_TH, VOSEvaluationError, boundary_tolerance, db_eval_iou, db_statistics, disk,
     f_measure, read_label_png, seg2bmap,
 )
+from .davis_report import (  # noqa: F401  (re-exported: the reports are imported from here)
+    GLOBAL_COLUMNS, SEQUENCE_COLUMNS, DAVISScores, format_davis_tables, write_davis_csvs,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "VOSEvaluator", "VOSEvaluationError", "DAVISScores", "boundary_tolerance", "disk", "seg2bmap",
-    "db_eval_iou", "f_measure", "db_statistics", "read_label_png", "evaluate_davis",
-    "write_davis_csvs", "format_davis_tables", "GLOBAL_COLUMNS", "SEQUENCE_COLUMNS", "BOUND_TH",
-]
+__all__ = ["VOSEvaluator", "VOSEvaluationError", "DAVISScores", "boundary_tolerance", "disk",
+           "seg2bmap", "db_eval_iou", "f_measure", "db_statistics", "read_label_png",
+           "evaluate_davis", "write_davis_csvs", "format_davis_tables", "GLOBAL_COLUMNS",
+           "SEQUENCE_COLUMNS", "BOUND_TH"]
 
 VOID_LABEL = 255
-GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
-SEQUENCE_COLUMNS = ["Sequence", "J-Mean", "F-Mean"]
 README = "datasets/README.md"
 
 
 def _to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-class DAVISScores:
-    """Per-object rows and the global means of one evaluation.
-
-    Attributes:
-        rows: ``(name, J-M, J-R, J-D, F-M, F-R, F-D)`` per object, ``name = <sequence>_<k>``.
-        global_: OrderedDict over ``GLOBAL_COLUMNS`` (values in [0, 1], as the official CSV).
-        num_videos: sequences scored (a sequence whose first frame is empty adds no row).
-    """
-
-    def __init__(self, rows: List[tuple], num_videos: int):
-        if not rows:
-            raise VOSEvaluationError("no object was scored (every first frame is empty)")
-        self.rows, self.num_videos = rows, num_videos
-        cols = np.array([r[1:] for r in rows], dtype=np.float64)  # (objects, 6)
-        means = cols.mean(axis=0)
-        values = [(means[0] + means[3]) / 2, *means]
-        self.global_ = OrderedDict((c, float(v)) for c, v in zip(GLOBAL_COLUMNS, values))
-
-    def as_percent(self) -> "OrderedDict[str, float]":
-        """detectron2-style results (x100): J&F, J, J-Recall, J-Decay, F, F-Recall, F-Decay."""
-        g = self.global_
-        names = ["J&F", "J", "J-Recall", "J-Decay", "F", "F-Recall", "F-Decay"]
-        res = OrderedDict((n, 100.0 * float(g[c])) for n, c in zip(names, GLOBAL_COLUMNS))
-        res["num_objects"] = len(self.rows)
-        res["num_videos"] = self.num_videos
-        return res
 
 
 class VOSEvaluator(DatasetEvaluator):
@@ -328,63 +297,3 @@ def evaluate_davis(davis_root: str, results_dir: str, subset: str = "val", year:
             ev.process([{"video": seq, "frame": frame, "frame_index": t,
                          "num_frames": len(gts), "gt_file": gt}], [out])
     return ev.summarize()
-
-
-def _csv_text(header: List[str], rows: List[list]) -> str:
-    """CSV as pandas ``to_csv(index=False, float_format="%.3f")`` writes it (NaN as empty)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([v if isinstance(v, str) else ("" if math.isnan(v) else "%.3f" % v)
-                         for v in row])
-    return buf.getvalue()
-
-
-def write_davis_csvs(scores: DAVISScores, folder: str, subset: str = "val") -> Tuple[str, str]:
-    """Write ``global_results-<subset>.csv`` and ``per-sequence_results-<subset>.csv`` into
-    ``folder`` atomically (replacing earlier ones; the official script would instead reuse them).
-
-    Returns:
-        the two paths.
-    """
-    texts = {
-        f"global_results-{subset}.csv": _csv_text(GLOBAL_COLUMNS, [list(scores.global_.values())]),
-        f"per-sequence_results-{subset}.csv": _csv_text(
-            SEQUENCE_COLUMNS, [[r[0], r[1], r[4]] for r in scores.rows]),
-    }
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for name, text in texts.items():
-        path = os.path.join(folder, name)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths[0], paths[1]
-
-
-def _table(header: List[str], rows: List[list]) -> str:
-    """Right-aligned columns like pandas ``to_string(index=False)``: floats with 6 decimals and
-    the trailing zeros every value of the column shares removed."""
-    cols = []
-    for i, name in enumerate(header):
-        vals = [r[i] for r in rows]
-        if vals and not isinstance(vals[0], str):
-            text = ["%.6f" % v for v in vals]
-            while all(s.endswith("0") and not s.endswith(".0") for s in text):
-                text = [s[:-1] for s in text]
-            vals = text
-        width = max([len(name)] + [len(v) for v in vals])
-        cols.append([name.rjust(width)] + [v.rjust(width) for v in vals])
-    return "\n".join(" ".join(c[i] for c in cols) for i in range(len(rows) + 1))
-
-
-def format_davis_tables(scores: DAVISScores, subset: str = "val") -> str:
-    """The global and per-sequence tables as evaluation_method.py prints them."""
-    return (f"--------------------------- Global results for {subset} "
-            "---------------------------\n"
-            + _table(GLOBAL_COLUMNS, [list(scores.global_.values())])
-            + f"\n\n---------- Per sequence results for {subset} ----------\n"
-            + _table(SEQUENCE_COLUMNS, [[r[0], r[1], r[4]] for r in scores.rows]))

@@ -29,6 +29,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from ..utils.atomic import atomic_path
+
 FORMAT = "diffews.SupportSet"
 VERSION = 1
 
@@ -176,17 +178,14 @@ class SupportSet:
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write the set (CPU tensors) to ``path`` atomically (see the module docstring)."""
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         state = {
             "format": FORMAT, "version": VERSION, "signature": self.signature, "info": self.info,
             "latents": self.latents.detach().cpu(),
             "keys": {k: v.detach().cpu() for k, v in self.keys.items()},
             "values": {k: v.detach().cpu() for k, v in self.values.items()},
         }
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # a killed save never leaves half a set under ``path``
+            torch.save(state, tmp)
 
     @staticmethod
     def load(path: str, map_location="cpu") -> "SupportSet":

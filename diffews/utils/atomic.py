@@ -14,7 +14,37 @@ import shutil
 import tempfile
 from typing import Any, Iterator
 
-__all__ = ["atomic_open", "atomic_write_json", "atomic_folder"]
+__all__ = ["atomic_path", "atomic_open", "atomic_write", "atomic_write_json", "atomic_folder"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary file path beside ``path`` for writers that take a path (``torch.save``,
+    ``zipfile.ZipFile``, ``PIL.Image.save``); when the block ends without an exception the file
+    written there is flushed to disk and replaces ``path``, otherwise it is removed and ``path`` is
+    untouched. ``suffix`` is appended to the temporary name ``.<name>.<random>.tmp`` (e.g.
+    ``".png"`` for a writer that picks the format from the extension). The parent folder is
+    created."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp" + suffix,
+                               dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        # fsync before the rename: otherwise a crash after it may leave an empty file under the
+        # final name (the rename can reach the disk before the data)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 @contextlib.contextmanager
@@ -23,21 +53,15 @@ def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator:
     an exception (the temporary file is removed otherwise). The parent folder is created."""
     if not any(m in mode for m in "wx"):
         raise ValueError(f"atomic_open writes; got mode {mode!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, mode.replace("x", "w"), **kwargs) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+
+
+def atomic_write(path: str, data, mode: str = "w", **kwargs) -> None:
+    """Write ``data`` (``str`` with mode "w", ``bytes`` with "wb") to ``path`` atomically."""
+    with atomic_open(path, mode, **kwargs) as f:
+        f.write(data)
 
 
 def atomic_write_json(obj: Any, path: str, **dump_kwargs) -> None:

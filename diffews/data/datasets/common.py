@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...utils.atomic import atomic_open
+
 logger = logging.getLogger(__name__)
 
 README = "datasets/README.md"
@@ -141,18 +143,15 @@ def load_json(path: str) -> Any:
 
 def save_json(obj: Any, path: str) -> None:
     """Write ``.json`` or ``.json.gz`` (gzip with mtime 0, so equal content gives equal bytes),
-    atomically (a temporary file renamed), so concurrent writers never leave half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    atomically (``utils.atomic``), so concurrent writers never leave half a file."""
     text = json.dumps(obj, separators=(",", ":")).encode("utf-8")
-    if path.endswith(".gz"):
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                  compresslevel=9, mtime=0) as f:
-            f.write(text)
-    else:
-        with open(tmp, "wb") as f:
-            f.write(text)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as raw:
+        if path.endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9,
+                               mtime=0) as f:
+                f.write(text)
+        else:
+            raw.write(text)
 
 
 def read_lines(path: str) -> List[str]:

@@ -22,20 +22,23 @@ One record per video::
 DAVIS val gives the first frame only (the other annotations are for scoring); DAVIS test-dev and
 YouTube-VOS give every annotation on disk, so objects may start later. YouTube-VOS reads every
 frame but writes only the frames ``meta.json`` lists (the server's frames). Annotation value 255
-(void) counts as background, as in the scorer.
+(void) counts as background, as in the scorer. Writing results (palette PNGs, the YouTube-VOS
+zip): ``vos_results.py``, whose names are re-exported here.
 """
 
 import logging
 import os
-import zipfile
 from glob import glob
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from .common import MissingDataError, dataset_root, load_json, require
+from .vos_results import (  # noqa: F401  (re-exported: written results are imported from here)
+    DAVIS_PALETTE, missing_results, result_file, save_label_png, write_result, zip_ytvos_submission,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,23 +54,6 @@ VOS_DATASETS = {
     "davis16_val": ("davis", {"year": "2016", "split": "val"}),
     "ytvos18_valid": ("ytvos", {"split": "valid"}),
 }
-
-
-def _voc_palette() -> np.ndarray:
-    """(256, 3) uint8 PASCAL VOC colour map, the palette of DAVIS and YouTube-VOS annotations:
-    the bits of index i are spread over the high bits of R, G, B (i's bit 3k+c -> bit 7-k of c)."""
-    pal = np.zeros((256, 3), np.uint8)
-    for i in range(256):
-        c, rgb = i, [0, 0, 0]
-        for k in range(8):
-            for ch in range(3):
-                rgb[ch] |= ((c >> ch) & 1) << (7 - k)
-            c >>= 3
-        pal[i] = rgb
-    return pal
-
-
-DAVIS_PALETTE = _voc_palette()
 
 
 def _davis_dir(root: Optional[str], split: str) -> str:
@@ -186,72 +172,6 @@ def load_ytvos(split: str = "valid", root: Optional[str] = None) -> List[Dict]:
         records.append(r)
     logger.info("YouTube-VOS 2018 %s: %d videos", split, len(records))
     return records
-
-
-def save_label_png(label_map: np.ndarray, path: str) -> None:
-    """Write an (H, W) object-id map as a palette PNG with the DAVIS palette, atomically."""
-    label_map = np.asarray(label_map)
-    if label_map.ndim != 2:
-        raise ValueError(f"{path}: a label map must be HxW, got shape {label_map.shape}")
-    if label_map.size and (label_map.min() < 0 or label_map.max() > 255):
-        raise ValueError(f"{path}: object ids must be in 0..255, got {label_map.min()}.."
-                         f"{label_map.max()}")
-    img = Image.fromarray(label_map.astype(np.uint8))  # mode "L"; the palette makes it "P"
-    img.putpalette(DAVIS_PALETTE.flatten().tolist())
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    img.save(tmp)
-    os.replace(tmp, path)
-
-
-def result_file(out_dir: str, layout: str, video: str, frame: str) -> str:
-    """The result PNG of a frame: ``<out>/<video>/<frame>.png`` (DAVIS) or
-    ``<out>/Annotations/<video>/<frame>.png`` (YouTube-VOS)."""
-    if layout == "davis":
-        return os.path.join(out_dir, video, frame + ".png")
-    if layout == "ytvos":
-        return os.path.join(out_dir, "Annotations", video, frame + ".png")
-    raise ValueError(f"results layout must be 'davis' or 'ytvos', got {layout!r}")
-
-
-def write_result(record: Dict, index: int, label_map: np.ndarray, out_dir: str,
-                 layout: str) -> Optional[str]:
-    """Write frame ``index``'s label map if the protocol keeps it; returns the path or None."""
-    if index not in set(record["save_frames"]):
-        return None
-    path = result_file(out_dir, layout, record["video"], record["frames"][index])
-    save_label_png(label_map, path)
-    return path
-
-
-def missing_results(records: Iterable[Dict], out_dir: str, layout: str) -> List[str]:
-    """Result files the protocol needs that are not in ``out_dir``."""
-    return [p for r in records for t in r["save_frames"]
-            for p in [result_file(out_dir, layout, r["video"], r["frames"][t])]
-            if not os.path.isfile(p)]
-
-
-def zip_ytvos_submission(out_dir: str, records: Optional[List[Dict]] = None,
-                         zip_path: Optional[str] = None) -> str:
-    """Zip ``<out_dir>/Annotations`` as the YouTube-VOS server expects (entries
-    ``Annotations/<video>/<frame>.png``), atomically; with ``records``, first check that every
-    required frame is there. Returns the zip path (default ``<out_dir>/submission.zip``)."""
-    ann = os.path.join(out_dir, "Annotations")
-    if not os.path.isdir(ann):
-        raise FileNotFoundError(f"{ann}: no results to zip")
-    if records is not None:
-        missing = missing_results(records, out_dir, "ytvos")
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} result files missing, e.g. {missing[0]}")
-    zip_path = zip_path or os.path.join(out_dir, "submission.zip")
-    tmp = f"{zip_path}.tmp{os.getpid()}"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for video in sorted(os.listdir(ann)):
-            for name in sorted(os.listdir(os.path.join(ann, video))):
-                if name.endswith(".png"):
-                    zf.write(os.path.join(ann, video, name), f"Annotations/{video}/{name}")
-    os.replace(tmp, zip_path)
-    return zip_path
 
 
 def _listed_videos(kind: str, kwargs: Dict, root: Optional[str]):
