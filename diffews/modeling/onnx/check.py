@@ -54,5 +54,10 @@ def check_export(model, folder: str, manifest: Dict, providers: Optional[List] =
                                      model.query_pass(z, shared, prompt))
     logger.info("ONNX export check, max abs difference vs torch: %s",
                 ", ".join(f"{k} {v:.2e}" for k, v in out.items()))
+    # fp32 graphs of the same functions differ by float rounding only (about 1e-5 at most);
+    # much more means the graph computes something else
+    bad = {k: v for k, v in out.items() if k != "vae_decoder_uint8" and v > 1e-3}
+    if bad:
+        logger.warning("ONNX export in %s differs from torch by more than 1e-3: %s", folder, bad)
     return out
 

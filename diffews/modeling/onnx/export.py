@@ -105,6 +105,9 @@ def _export(module, args, path, input_names, output_names, dynamic_axes) -> None
         # note is harmless: silenced so that an export prints what matters
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding")
+        # dynamo=False on purpose (asked for opset 17 graphs from the TorchScript tracer, which
+        # follows the Python control flow that stops the support pass); its notice is known
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(module, args, path, input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
                           do_constant_folding=True)
