@@ -137,7 +137,7 @@ def test_mode_accuracy_reports_agreement_and_first_batch(tiny_sd, tmp_path, monk
     """tools/benchmark.py --accuracy's table on the synthetic benchmark: the reference row agrees
     100% with itself, K/V storage in fp16 and batched episodes stay >= 99.9%, every row has a
     first-batch time (the compile time, with COMPILE) apart from its per-episode time."""
-    from diffews.benchmark.paths import mode_accuracy
+    from diffews.benchmark.modes import mode_accuracy
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # episode cache out of the tree
     cfg = make_cfg(tiny_sd, "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True", "TEST.FSS.NUM_EPISODES", "6",

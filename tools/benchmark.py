@@ -174,7 +174,7 @@ def suite(args) -> int:
 
 def accuracy(args) -> int:
     """Speed modes on the synthetic benchmark with the quick start's trained model."""
-    from diffews.benchmark.paths import mode_accuracy
+    from diffews.benchmark.modes import mode_accuracy
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     weights = os.path.join(root, "output", "quickstart", "train", "model_final.pth")

@@ -1,0 +1,144 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Measuring instruments of the benchmark: FLOPs of a call, the device's peak rate, peak memory of
+a call, and wall time per inference stage (VAE encode/decode, UNet support/query pass)."""
+
+import time
+from typing import Callable, Dict
+
+import torch
+
+__all__ = ["count_flops", "device_peak_gflops", "peak_memory_of", "StageTimer", "profile_path",
+           "sync"]
+
+# dense peak TFLOP/s of common GPUs, for "% of peak" (fp32 without TF32 / bf16 tensor cores)
+GPU_PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0),
+                   "L40S": (91.6, 362.0), "4090": (82.6, 165.0), "A6000": (38.7, 155.0)}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call, by torch's FLOP counter (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def device_peak_gflops(device: torch.device, dtype=torch.float32) -> float:
+    """The device's peak GFLOP/s: a GPU's datasheet figure if known, else (CPU, unknown GPU) the
+    measured throughput of a large matrix product in ``dtype``."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, (fp32, bf16) in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return 1000.0 * (fp32 if dtype == torch.float32 else bf16)
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    a @ a
+    best = float("inf")
+    for _ in range(8):  # the fastest of several products: a peak, not a mean under noise
+        sync(device)
+        start = time.perf_counter()
+        a @ a
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {key}")
+
+
+def peak_memory_of(fn: Callable[[], object], device: torch.device) -> float:
+    """GiB above the baseline while ``fn`` runs: CUDA's allocator peak, or on the CPU (Linux) the
+    process's peak resident set (VmHWM, reset first through /proc/self/clear_refs) above its
+    resident set before the call; NaN where neither is available."""
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 30
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set to the current one
+        base = _status_kib("VmRSS")
+        fn()
+        return (_status_kib("VmHWM") - base) / 2 ** 20
+    except OSError:
+        fn()
+        return float("nan")
+
+
+class StageTimer:
+    """Wall time per stage of inference: VAE encoder and decoder (forward hooks), UNet support
+    pass (8 input channels) and query pass (``DiffewS._unet`` wrapped, so that a support pass
+    stopped early is timed too); "other" is the rest (pre- and post-processing, Python)."""
+
+    def __init__(self, model, vaes=()):
+        """``vaes``: further VAEs to time as the model's (e.g. ``plain_vae(model)``)."""
+        self.model, self.times, self._start, self._hooks = model, {}, {}, []
+        for vae in (model.vae, *vaes):
+            for name, module in (("vae encode", vae.encoder), ("vae decode", vae.decoder)):
+                self._hooks.append(module.register_forward_pre_hook(self._pre(name)))
+                self._hooks.append(module.register_forward_hook(self._post(name)))
+        plain = model._unet
+
+        def timed(latents, prompt, bank):
+            stage = "unet support pass" if bank.writable else "unet query pass"
+            sync(model.device)
+            start = time.perf_counter()
+            try:
+                return plain(latents, prompt, bank)
+            finally:
+                sync(model.device)
+                self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+
+        model._unet = timed
+
+    def _pre(self, name):
+        def hook(module, args):
+            sync(self.model.device)
+            self._start[name] = time.perf_counter()
+        return hook
+
+    def _post(self, name):
+        def hook(module, args, output):
+            sync(self.model.device)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
+        return hook
+
+    def remove(self):
+        for h in self._hooks:
+            h.remove()
+        del self.model._unet  # back to the class's method
+
+
+def profile_path(model, fn: Callable[[], object], reps: int = 3, vaes=()) -> Dict[str, float]:
+    """Seconds per call of ``fn`` by stage (``StageTimer``), averaged over ``reps`` calls."""
+    fn()
+    timer = StageTimer(model, vaes)
+    try:
+        sync(model.device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(model.device)
+        total = (time.perf_counter() - start) / reps
+    finally:
+        timer.remove()
+    out = {k: v / reps for k, v in timer.times.items()}
+    out["other"] = total - sum(out.values())
+    out["total"] = total
+    return out
