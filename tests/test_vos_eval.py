@@ -130,7 +130,7 @@ def test_db_statistics_by_hand():
 def _rules_tree(tmp_path):
     """alpha (6x6, 5 frames, K = 3 from the first frame: ids 1 and 3, id 2 absent) and beta
     (10x8, 3 frames, one object). Returns (davis_root, results) with the hand numbers below."""
-    root, res = tmp_path / "DAVIS", tmp_path / "res"
+    root, res = tmp_path / "DAVIS17" / "trainval", tmp_path / "res"  # under a datasets root
     sq = (2, 3), (2, 3)
     gt = []
     for t in range(5):
@@ -279,7 +279,7 @@ def test_streaming_evaluator_matches_disk_and_any_order(tmp_path):
 
 def test_cli_writes_csvs_and_prints_table(tmp_path, capsys):
     root, res = _rules_tree(tmp_path)
-    assert eval_davis.main(["--davis-root", root, "--results", res, "--set", "val",
+    assert eval_davis.main(["--dataset-root", str(tmp_path), "--results", res, "--set", "val",
                             "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "Global results for val" in out and "Per sequence results for val" in out
@@ -301,7 +301,7 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path, capsys, breakage, m
 
     from PIL import Image
 
-    args = ["--davis-root", root, "--results", res, "--no-progress"]
+    args = ["--dataset-root", str(tmp_path), "--results", res, "--no-progress"]
     if breakage == "no_results":
         args[3] = str(tmp_path / "nowhere")
     elif breakage == "no_sequence":
@@ -323,7 +323,7 @@ def test_cli_subprocess_exit_status(tmp_path):
     root, res = _rules_tree(tmp_path)
     os.remove(os.path.join(res, "alpha", "00002.png"))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "inference_vos", "eval_davis.py"),
-                           "--davis-root", root, "--results", res, "--no-progress"],
+                           "--dataset-root", str(tmp_path), "--results", res, "--no-progress"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 1
     assert "alpha/00002.png: no such file" in proc.stderr.strip().splitlines()[-1]

@@ -144,7 +144,8 @@ def entry_parser(description: str, *, epilog: Optional[str] = None, config: str 
                  dataset_root: bool = False, output: Optional[str] = "required",
                  output_help: str = "results folder", device: bool = False,
                  batch_size: Optional[str] = None, distributed: bool = False,
-                 overrides: bool = True) -> OneLineArgumentParser:
+                 overrides: bool = True, dataset_root_help: Optional[str] = None,
+                 deprecated_roots: tuple = ("--root", "--davis-root")) -> OneLineArgumentParser:
     """The parser of an entry point with the shared flags it uses (module docstring).
 
     Args:
@@ -153,6 +154,10 @@ def entry_parser(description: str, *, epilog: Optional[str] = None, config: str 
         batch_size: the help text of ``--batch-size`` (its default is ``None``: the config's
             key, named in the help), or ``None`` for no such flag.
         overrides: trailing ``KEY VALUE`` pairs and ``--opts`` (tools without a config have none).
+        dataset_root_help: the help of ``--dataset-root`` where the tool reads it differently.
+        deprecated_roots: old spellings of ``--dataset-root`` accepted with a warning (a tool
+            whose old flag meant something else registers it itself, e.g. eval_davis's
+            ``--davis-root``, the DAVIS folder).
     """
     p = OneLineArgumentParser(description=description, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,9 +166,9 @@ def entry_parser(description: str, *, epilog: Optional[str] = None, config: str 
                        metavar="CFG", help="the YAML config")
     if dataset_root:
         p.add_argument("--dataset-root", default=None, metavar="DIR",
-                       help="datasets root (default $DETECTRON2_DATASETS, else ./datasets); "
-                       "see datasets/README.md")
-        for old in ("--root", "--davis-root"):
+                       help=dataset_root_help or "datasets root (default $DETECTRON2_DATASETS, "
+                       "else ./datasets); see datasets/README.md")
+        for old in deprecated_roots:
             p.add_argument(old, dest="dataset_root", action=_DeprecatedAlias, new="--dataset-root",
                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     if output:
