@@ -23,7 +23,8 @@ present in it. Records are sorted by ``image_id``, so episodes drawn from them a
   whose maximum is 1 is a 0/1 mask; any other mask is foreground where >= 128 (FSS-1000's rule).
   Label format "binary".
 
-Bad layouts raise a one-line ``CustomLayoutError`` naming the file at fault.
+Bad layouts raise a one-line ``CustomLayoutError`` naming the file at fault. The label of a class
+is read from a record when a sample is loaded: ``custom_labels.py`` (re-exported here).
 """
 
 import hashlib
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from ...utils.image import read_label
 from .common import dataset_root, load_json, require, save_json
+from .custom_labels import IGNORE, custom_label  # noqa: F401  (re-exported: custom.py imports it)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ __all__ = ["CustomLayoutError", "IMAGE_EXTS", "read_coco_layout", "read_semseg_l
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SEMSEG_IMAGE_EXTS = IMAGE_EXTS + (".png",)
-IGNORE = 255
 
 
 class CustomLayoutError(ValueError):
@@ -124,21 +125,6 @@ def read_coco_layout(coco_json: str, image_dir: str) -> Tuple[List[str], List[Di
         out.append(record)
     _check_unique_ids(out, coco_json)
     return [str(c["name"]) for c in cats], sorted(out, key=lambda r: r["image_id"])
-
-
-def _decode(segms: Sequence, h: int, w: int) -> np.ndarray:
-    """(h, w) bool union of COCO segmentations (polygon lists, RLE or uncompressed RLE)."""
-    from pycocotools import mask as mask_util
-
-    out = np.zeros((h, w), bool)
-    for segm in segms:
-        if isinstance(segm, list) or isinstance(segm.get("counts"), list):
-            rle = mask_util.frPyObjects(segm, h, w)
-        else:
-            rle = segm
-        rle = mask_util.merge(rle) if isinstance(rle, list) else rle
-        out |= mask_util.decode(rle).astype(bool)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,42 +269,6 @@ def _check_unique_ids(records: List[Dict], source: str) -> None:
             raise CustomLayoutError(f"{source}: two images share the ID {r['image_id']} "
                                     f"({seen[r['image_id']]}, {r['file_name']})")
         seen[r["image_id"]] = r["file_name"]
-
-
-# ---------------------------------------------------------------------------------------------
-# labels
-
-
-def custom_label(record: Dict, class_id: int, label_format: str, shape: Tuple[int, int],
-                 ignore: bool) -> np.ndarray:
-    """Binary label of one class for a custom record (``records.load_sample``).
-
-    Args:
-        record: image record of a custom layout.
-        class_id: the episode class.
-        label_format: "class_index", "binary" or "coco_instances".
-        shape: (H, W) of the image (COCO polygons and RLEs are decoded at the json's size).
-        ignore: mark ignore pixels 255 (query labels); else they are background.
-    Returns:
-        (H, W) uint8, 1 = class, 0 = other, 255 = ignore.
-    """
-    if label_format == "class_index":
-        raw = read_label(record["mask_file"])
-        label = (raw == class_id + record.get("label_offset", 0)).astype(np.uint8)
-        if ignore:
-            label[raw == record.get("ignore_label", IGNORE)] = IGNORE
-        return label
-    if label_format == "binary":
-        raw = read_label(record["mask_file"])
-        return (raw == 1 if raw.max() <= 1 else raw >= 128).astype(np.uint8)
-    if label_format == "coco_instances":
-        h, w = record.get("height", shape[0]), record.get("width", shape[1])
-        fg = _decode(record["segmentations"].get(class_id, []), h, w)
-        label = fg.astype(np.uint8)
-        if ignore and class_id in record.get("crowd", {}):
-            label[_decode(record["crowd"][class_id], h, w) & ~fg] = IGNORE
-        return label
-    raise ValueError(f"unknown custom label format {label_format!r}")
 
 
 def resolve_path(path: Optional[str], root: str, default: str) -> str:
