@@ -20,6 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .modeling.unet import check_shape, load_release_state_dict
 from .utils.atomic import atomic_open
+from .utils.hub import resolve_hub_path
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def load_inference_weights(model, cfg) -> str:
 
 class DiffewSCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args, **kwargs):
+        path = resolve_hub_path(path, "MODEL.WEIGHTS")  # a per-fold hub id (run_fss {fold})
         if path and not os.path.exists(path):
             raise FileNotFoundError(
                 f"MODEL.WEIGHTS: {path} does not exist (expected a trainer checkpoint .pth or a "

@@ -13,6 +13,8 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.MODEL.META_ARCHITECTURE = "DiffewS"
     # MODEL.WEIGHTS (detectron2's own key) may name a checkpoint written by our trainer (.pth) or a
     # released DiffewS UNet in diffusers layout: `<name>/`, `<name>/unet/` or `<name>/unet/unet/`.
+    # Both MODEL.WEIGHTS and MODEL.DIFFEWS.PRETRAINED also take a hub id, `hf://ORG/NAME[/SUB][@REV]`
+    # or `modelscope://ORG/NAME[/SUB]` (diffews/utils/hub.py, MODEL_ZOO.md); load_config resolves it.
 
     cfg.MODEL.DIFFEWS = CN()
     # Local Stable Diffusion folder in diffusers layout, with unet/ vae/ text_encoder/ tokenizer/.
@@ -179,13 +181,21 @@ def add_diffews_config(cfg: CN) -> None:
 
 def load_config(config_file: str, opts=()) -> CN:
     """detectron2's defaults plus every DiffewS key, then ``config_file``, then ``opts``
-    (``[KEY, VALUE, ...]``); registers the ``DATASETS.CUSTOM`` datasets. Returned unfrozen."""
+    (``[KEY, VALUE, ...]``); hub ids in ``MODEL.WEIGHTS`` / ``MODEL.DIFFEWS.PRETRAINED`` resolved
+    to local folders (``diffews.utils.hub``); registers the ``DATASETS.CUSTOM`` datasets.
+    Returned unfrozen."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_diffews_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    # hub ids (hf://, modelscope://) become local folders here, so that every later step (the
+    # preflight, build_model, the checkpointer) sees a path; MODEL.WEIGHTS with {fold} waits
+    # for its fold (checked and loaded through resolve_hub_path as well)
+    from .utils.hub import resolve_config_paths
+
+    resolve_config_paths(cfg)
     if cfg.DATASETS.CUSTOM:
         from .data.datasets.custom import register_custom_from_config
 

@@ -100,11 +100,11 @@ class DiffewSPredictor:
                         opts: Sequence = ()) -> "DiffewSPredictor":
         """
         Args:
-            pretrained_dir: local Stable Diffusion folder (diffusers layout: unet/ vae/
-                text_encoder/ tokenizer/), e.g. the release's
-                ``weight/stable-diffusion-2-1-ref8inchannels-tag4inchannels``.
-            weights: a released DiffewS UNet (``weight/coco_fold0``) or a trainer checkpoint
-                (``.pth``). None only with ``allow_untrained=True``.
+            pretrained_dir: local Stable Diffusion folder (diffusers layout), e.g. the release's
+                ``weight/stable-diffusion-2-1-ref8inchannels-tag4inchannels``, or a hub id
+                (``hf://ORG/NAME[/SUB][@REV]``, ``modelscope://...``: ``diffews/utils/hub.py``).
+            weights: a released DiffewS UNet (``weight/coco_fold0``), a trainer ``.pth`` or a
+                hub id. None only with ``allow_untrained=True``.
             device: "cuda", "cuda:1", "cpu", ...
             image_size: working size S.
             opts: further config overrides, ``[KEY, VALUE, ...]``.
@@ -112,6 +112,7 @@ class DiffewSPredictor:
         from detectron2.config import get_cfg
 
         from .config import add_diffews_config
+        from .utils.hub import resolve_config_paths
 
         cfg = get_cfg()
         add_diffews_config(cfg)
@@ -119,6 +120,7 @@ class DiffewSPredictor:
                              weights or "", "MODEL.DEVICE", device, "INPUT.IMAGE_SIZE",
                              int(image_size), "MODEL.DIFFEWS.ALLOW_UNTRAINED",
                              bool(allow_untrained), *opts])
+        resolve_config_paths(cfg)  # hub ids -> local snapshot folders, as load_config does
         return cls.from_config(cfg)
 
     @property

@@ -122,11 +122,13 @@ def check_weights(weights: str, allow_untrained: bool, key: str = "MODEL.WEIGHTS
     from ..checkpoint import UNTRAINED_MESSAGE, UntrainedModelError
     from ..modeling.unet import find_unet_weights, index_shards, read_state_dict, \
         resolve_release_folder
+    from ..utils.hub import resolve_hub_path
 
     if not weights:
         if allow_untrained:
             return
         raise UntrainedModelError(UNTRAINED_MESSAGE)
+    weights = resolve_hub_path(weights, key)  # a per-fold hub id (run_fss {fold}): local now
     if not os.path.exists(weights):
         raise FileNotFoundError(f"{key}: {weights} does not exist (expected a trainer "
                                 "checkpoint .pth or a released DiffewS UNet folder)")
