@@ -15,6 +15,7 @@ import pytest
 
 import diffews  # noqa: F401  (registers the datasets)
 from diffews.data import episodes as ep
+from diffews.data.datasets import synthetic
 from diffews.data.datasets.common import shipped_splits_dir
 from tests._fss_trees import register_all, write_fss_tree, write_lvis_tree, write_pascal_tree
 
@@ -310,7 +311,6 @@ def test_make_episodes_tool(tmp_path):
 
 
 def test_synthetic_episodes_not_cached(tmp_path, monkeypatch):
-    synthetic = pytest.importorskip("diffews.data.datasets.synthetic")
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     episodes = ep.get_episodes("synthetic_fss_test", 2, 0, num_episodes=5)
     drawn = synthetic.make_synthetic_episodes("test", 2, 0, 5)

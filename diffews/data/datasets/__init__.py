@@ -9,11 +9,7 @@ from . import coco20i, fss1000, lvis92i, pascal5i  # noqa: F401  (register on im
 from . import custom, incontext  # noqa: F401  (custom: by call or DATASETS.CUSTOM; in-context sets)
 from . import coco_fsod  # noqa: F401  (few-shot instance segmentation, TFA protocol)
 from . import vos  # noqa: F401  (DAVIS 2016/2017, YouTube-VOS 2018)
+from . import synthetic  # noqa: F401  (the generated benchmark of the tests and the quick start)
 from .lvis92i import lvis92i_test_name
-
-try:
-    from . import synthetic  # noqa: F401
-except ImportError:  # written separately; the real benchmarks do not need it
-    pass
 
 __all__ = ["lvis92i_test_name"]
