@@ -60,7 +60,6 @@ def add_diffews_config(cfg: CN) -> None:
 
     # Square working size: images are resized (bilinear) and masks (nearest) to IMAGE_SIZE^2.
     cfg.INPUT.IMAGE_SIZE = 512
-    cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.FEW_SHOT = CN()
     # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (METHOD.md 4).
     cfg.INPUT.FEW_SHOT.MAX_SHOT = 2
