@@ -12,8 +12,9 @@ from . import modeling  # noqa: F401  (registers the DiffewS meta-architecture)
 from .checkpoint import DiffewSCheckpointer
 from .config import add_diffews_config
 from .modeling import DiffewS, SupportSet
+from .modeling.readout import prediction_score_array as prediction_score
 from .predictor import DiffewSPredictor, EncodedImage
 
 __all__ = ["DiffewS", "DiffewSCheckpointer", "DiffewSPredictor", "EncodedImage", "SupportSet",
-           "add_diffews_config"]
+           "add_diffews_config", "prediction_score"]
 __version__ = "0.1.0"

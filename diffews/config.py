@@ -57,6 +57,14 @@ def add_diffews_config(cfg: CN) -> None:
     # with MODEL.WEIGHTS empty: the UNet would be plain Stable Diffusion, never trained to
     # segment, and its numbers would look plausible. True runs that untrained model on purpose.
     cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED = False
+    # Presence (is the support's object in the query at all?): the signal read from each
+    # prediction, higher = more likely present (diffews/modeling/readout.py: "score", "peak" or
+    # "attention"; tools/BENCHMARKS.md has their AUROC), and the threshold below which a query is
+    # judged absent (empty mask, result "present" False). < 0 = no decision: every mask is the
+    # relative threshold's, as the published FSS protocols assume (the object is present).
+    # tools/calibrate_presence.py measures the threshold on the training classes.
+    cfg.MODEL.DIFFEWS.PRESENCE_SIGNAL = "score"
+    cfg.MODEL.DIFFEWS.PRESENCE_THRESHOLD = -1.0
 
     # Square working size: images are resized (bilinear) and masks (nearest) to IMAGE_SIZE^2.
     cfg.INPUT.IMAGE_SIZE = 512
@@ -131,6 +139,11 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSS.BATCH_SIZE = 1
     # Episodes shown in TensorBoard every VIS_PERIOD iterations (the first ones of DATASETS.TEST[0]).
     cfg.TEST.FSS.VIS_EPISODES = 4
+    # Absent-target episodes added per protocol episode (diffews/data/negatives.py): the same
+    # class and supports with a query that does not hold the class, fixed by TEST.FSS.SEED. The
+    # evaluator then also reports presence AUROC, precision, recall and the mIoU of the present
+    # episodes. 0 = the published protocol, unchanged.
+    cfg.TEST.FSS.NEGATIVE_RATIO = 0.0
 
     # Few-shot instance segmentation, TFA protocol (inference_fsod/, METHOD.md 7.2). The support
     # split and the test set follow from these keys (coco_fsod.fsod_dataset_names), not DATASETS.
@@ -151,9 +164,13 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSOD.MIN_AREA = 16
     # Instances kept per image over all classes, by score (TFA/SINE: 100, no score threshold).
     cfg.TEST.FSOD.TOPK = 100
+    # The evaluator's maximum detections per image, the AP definition (COCO: 100). Separate from
+    # TOPK, so that keeping fewer or more instances never changes what AP means.
+    cfg.TEST.FSOD.MAX_DETS = 100
     # Per-class confidence multiplying each instance's mean probability (diffews/tasks/fsod.py):
     # "none" = 1 (score = mean probability over the instance), "contrast" = the prediction's
-    # score (mean brightness inside its mask minus outside; lower AP on the synthetic tree).
+    # score (readout.prediction_score), "presence" = its presence signal, "contrast*presence"
+    # both (tools/BENCHMARKS.md: AP of each on the synthetic tree).
     cfg.TEST.FSOD.CLASS_SCORE = "none"
     # Support sets (classes) per UNet query pass and VAE decode call for each test image.
     cfg.TEST.FSOD.BATCH_SIZE = 10

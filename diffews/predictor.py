@@ -19,7 +19,6 @@ each query's original size with nearest.
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,36 +26,15 @@ import torch
 
 from .modeling.support_set import SupportSet, SupportSetError
 from .utils.image import ImageReadError, as_mask, as_rgb, resize_image, resize_mask
+from .utils.inputs import IMAGE_EXTENSIONS, EncodedImage, list_images  # noqa: F401 (re-exported)
+from .utils.inputs import as_list as _as_list
+from .utils.inputs import chunks as _chunks
+from .utils.inputs import chunks_iter as _chunks_iter
+from .utils.inputs import input_name as _name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiffewSPredictor", "EncodedImage"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-@dataclass
-class EncodedImage:
-    """An image VAE-encoded once at the working size, reusable as a query (``predict``,
-    ``predict_many``) and as a support image (``encode_supports``: only its mask is encoded).
-
-    Attributes:
-        latent: (C, s, s) posterior-mean latent on the model's device.
-        size: the image's original (height, width).
-        name: its file path, or a description such as "query 3 (array)".
-    """
-
-    latent: torch.Tensor
-    size: Tuple[int, int]
-    name: str
-
-
-def _name(x, what: str, i: int) -> str:
-    if isinstance(x, (str, os.PathLike)):
-        return os.fspath(x)
-    if isinstance(x, EncodedImage):
-        return x.name
-    return f"{what} {i} ({type(x).__name__})"
+__all__ = ["DiffewSPredictor", "EncodedImage", "list_images"]
 
 
 class DiffewSPredictor:
@@ -229,23 +207,29 @@ class DiffewSPredictor:
         return supports if supports.device == self.device else supports.to(self.device)
 
     # -- queries -------------------------------------------------------------------------------
-    def predict(self, queries: Iterable, supports: SupportSet, batch_size: int = 8) -> List[Dict]:
+    def predict(self, queries: Iterable, supports: SupportSet, batch_size: int = 8,
+                presence_threshold: Optional[float] = None) -> List[Dict]:
         """Segment each query with the same supports (``iter_predict`` as a list).
+
+        ``presence_threshold``: judge a query absent below it (None: the model's
+        MODEL.DIFFEWS.PRESENCE_THRESHOLD; < 0: no decision, every mask kept as it is).
 
         Returns:
             one dict per query:
                 * "mask": (H, W) bool at the query's original size;
                 * "mask_working": (S, S) bool at the working size;
                 * "pred_image": (S, S, 3) uint8, the decoded prediction;
-                * "score": float in [0, 1], mean brightness of the prediction inside the mask
-                  minus outside (``DiffewS.score``);
+                * "score": float in [0, 1], the contrast of the prediction between its mask
+                  and the rest (``diffews.prediction_score``; 0 for an empty mask);
+                * "presence": float, higher = more likely present (MODEL.DIFFEWS.PRESENCE_SIGNAL);
+                * "present": bool, False when judged absent (then "mask" is empty);
                 * "name": the query's path or description.
         """
-        return list(self.iter_predict(queries, supports, batch_size))
+        return list(self.iter_predict(queries, supports, batch_size, presence_threshold))
 
     @torch.no_grad()
-    def iter_predict(self, queries: Iterable, supports: SupportSet, batch_size: int = 8
-                     ) -> Iterator[Dict]:
+    def iter_predict(self, queries: Iterable, supports: SupportSet, batch_size: int = 8,
+                     presence_threshold: Optional[float] = None) -> Iterator[Dict]:
         """``predict`` one batch at a time (for folders of thousands of queries)."""
         supports = self._check_supports(supports)
         queries = _as_list(queries)
@@ -256,12 +240,11 @@ class DiffewSPredictor:
             encoded = self._encode_chunk(chunk, start)
             start += len(chunk)
             z = torch.stack([e.latent for e in encoded])
-            pred = self.model.query_pass(z, supports, self.model.prompt_embeds_test)
-            yield from self._results(pred, encoded)
+            yield from self._results(z, supports, encoded, presence_threshold)
 
     @torch.no_grad()
-    def predict_many(self, query, support_sets: Sequence[SupportSet], batch_size: int = 8
-                     ) -> List[Dict]:
+    def predict_many(self, query, support_sets: Sequence[SupportSet], batch_size: int = 8,
+                     presence_threshold: Optional[float] = None) -> List[Dict]:
         """One query against several support sets (e.g. one per class): the query is encoded
         once; sets with the same number of supports share a query pass of up to ``batch_size``.
 
@@ -277,14 +260,21 @@ class DiffewSPredictor:
         for idx in by_shots.values():
             for chunk in _chunks(idx, batch_size):
                 z = encoded.latent[None].expand(len(chunk), -1, -1, -1)
-                pred = self.model.query_pass(z, [sets[i] for i in chunk],
-                                             self.model.prompt_embeds_test)
-                for i, r in zip(chunk, self._results(pred, [encoded] * len(chunk))):
+                for i, r in zip(chunk, self._results(z, [sets[i] for i in chunk],
+                                                     [encoded] * len(chunk), presence_threshold)):
                     results[i] = r
         return results
 
-    def _results(self, pred: torch.Tensor, encoded: List[EncodedImage]) -> Iterator[Dict]:
-        outputs = self.model.postprocess(self.model.decode(-pred))
+    def _results(self, z: torch.Tensor, supports, encoded: List[EncodedImage],
+                 presence_threshold: Optional[float]) -> Iterator[Dict]:
+        """Query pass (measuring the attention signal only when it decides presence), decode,
+        readout, and the masks back at each query's size."""
+        model, share = self.model, None
+        if model.needs_attention:
+            pred, share = model.query_pass_measured(z, supports, model.prompt_embeds_test)
+        else:
+            pred = model.query_pass(z, supports, model.prompt_embeds_test)
+        outputs = model.postprocess(model.decode(-pred), share, presence_threshold)
         for e, out in zip(encoded, outputs):
             working = out["pred_mask"].cpu().numpy()
             yield {
@@ -292,46 +282,9 @@ class DiffewSPredictor:
                 "mask_working": working,
                 "pred_image": out["pred_image"].permute(1, 2, 0).cpu().numpy(),
                 "score": float(out["score"]),
+                "presence": out["presence"],
+                "present": out["present"],
+                "signals": out["signals"],
                 "name": e.name,
             }
 
-
-def list_images(paths: Iterable[str]) -> List[str]:
-    """Files as given, folders expanded to their image files (sorted by name)."""
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise ImageReadError(f"{p}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def _as_list(items) -> Iterable:
-    """A single image (path, array, PIL image, EncodedImage) as a list of one; other iterables
-    as they are."""
-    from PIL import Image
-
-    if isinstance(items, (str, os.PathLike, np.ndarray, Image.Image, EncodedImage)):
-        return [items]
-    return items if not isinstance(items, (list, tuple)) else list(items)
-
-
-def _chunks(items: List, n: int) -> Iterator[List]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-def _chunks_iter(items: Iterable, n: int) -> Iterator[List]:
-    chunk = []
-    for x in items:
-        chunk.append(x)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -23,6 +23,7 @@ from detectron2.data.samplers import InferenceSampler
 
 from ..utils.image import image_to_tensor, resize_image, resize_mask
 from .episodes import get_episodes
+from .negatives import add_negative_episodes
 from .records import LABEL_FORMATS, BadSampleError, load_sample
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ class EpisodeMapper:
             "height": int(label.shape[0]),
             "width": int(label.shape[1]),
         }
+        if episode.get("negative"):  # absent-target episode (negatives.py), for the evaluator
+            out["negative"] = True
         if self.keep_original:
             out["sem_seg_original"] = torch.from_numpy(np.ascontiguousarray(label))
         return out
@@ -218,6 +221,7 @@ def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = Non
     if not episodes:
         raise ValueError(f"{dataset_name}: no test episodes")
     dataset = resolve_episodes(episodes, records, dataset_name)
+    dataset = add_negative_episodes(dataset, records, cfg.TEST.FSS.NEGATIVE_RATIO, cfg.TEST.FSS.SEED)
     logger.info("%s: %d episodes, %d-shot", dataset_name, len(dataset), cfg.TEST.FSS.SHOT)
     sampler = InferenceSampler(len(dataset))
     loader = build_detection_test_loader(

@@ -41,6 +41,7 @@ from detectron2.utils import comm
 
 from ..utils.atomic import atomic_write_json
 from ..utils.image import resize_mask
+from .presence import presence_report
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class FSSEvaluator(DatasetEvaluator):
         # one (episode_id, class_id, (2, 2) counts) per processed episode on this process
         self._records: List[tuple] = []
         self._running: Dict[int, np.ndarray] = {}
+        # (episode_id, object in the query, presence, decided present, absent-target episode)
+        self._presence: List[tuple] = []
 
     def process(self, inputs: List[Dict], outputs: List[Dict]):
         """Count intersections and unions of a batch of episodes.
@@ -158,6 +161,9 @@ class FSSEvaluator(DatasetEvaluator):
             if isinstance(episode_id, torch.Tensor):
                 episode_id = episode_id.item()
             self._records.append((episode_id, class_id, counts))
+            self._presence.append((episode_id, bool((gt == 1).any()),
+                                   float(out.get("presence", float("nan"))),
+                                   bool(out.get("present", True)), bool(inp.get("negative"))))
             if class_id in self._running:
                 self._running[class_id] += counts
             else:
@@ -175,16 +181,20 @@ class FSSEvaluator(DatasetEvaluator):
 
         Returns:
             ``{"fss": {"mIoU", "FB-IoU", "num_episodes", "IoU-<class_id>" ...}}`` on the main
-            process (floats, ×100, except ``num_episodes``), None on the other processes.
+            process (floats, ×100, except ``num_episodes``), None on the other processes. With
+            absent-target episodes (inputs "negative") also "presence-AUROC", "-precision",
+            "-recall" (``presence.presence_report``), "num_absent" and "mIoU-present" (the
+            episodes whose query holds the object).
         """
         if self._distributed:
             comm.synchronize()
-            gathered = comm.gather(self._records, dst=0)
+            gathered = comm.gather((self._records, self._presence), dst=0)
             if not comm.is_main_process():
                 return None
-            records = list(itertools.chain(*gathered))
+            records = list(itertools.chain(*[g[0] for g in gathered]))
+            presence = dict(itertools.chain(*[[(p[0], p) for p in g[1]] for g in gathered]))
         else:
-            records = self._records
+            records, presence = self._records, {p[0]: p for p in self._presence}
         records = _deduplicate(records)
         if not records:
             logger.warning("FSSEvaluator received no episodes")
@@ -202,6 +212,15 @@ class FSSEvaluator(DatasetEvaluator):
         res["num_episodes"] = len(records)
         for c in self.class_ids:
             res[f"IoU-{c}"] = metrics["per_class_iou"][c]
+        if any(p[4] for p in presence.values()):  # absent-target episodes (TEST.FSS.NEGATIVE_RATIO)
+            rows = [presence[e] for e, _, _ in records]
+            res.update(presence_report([p[1] for p in rows], [p[2] for p in rows],
+                                       [p[3] for p in rows]))
+            present = [r for r, p in zip(records, rows) if p[1]]
+            per_present = {c: np.zeros((2, 2), np.int64) for c in self.class_ids}
+            for _, class_id, counts in present:
+                per_present[class_id] += counts
+            res["mIoU-present"] = compute_metrics(per_present, self.class_ids)["mIoU"]
         never = [c for c in self.class_ids if num_per_class[c] == 0]
         if never and records:
             logger.warning(f"{len(never)} fold classes never sampled, counted as IoU 0: {never}")
@@ -217,7 +236,7 @@ class FSSEvaluator(DatasetEvaluator):
         payload = {
             "dataset": self.dataset_name,
             "original_size": self._original_size,
-            "metrics": {k: res[k] for k in ("mIoU", "FB-IoU", "num_episodes")},
+            "metrics": {k: v for k, v in res.items() if not k.startswith("IoU-")},
             "class_ids": self.class_ids,
             "per_class": {
                 str(c): {

@@ -7,7 +7,9 @@ Per video, per object:
 
 * its first annotated frame with the given mask is a fixed support;
 * a memory of up to ``mem_size - 1`` past predicted frames adds supports. After each frame the
-  object's new prediction is offered to its memory with its score (``DiffewS.score``); every
+  object's region of the merged label map is offered to its memory with the score of that same
+  region (``diffews.prediction_score`` of the object's decoded prediction and its merged mask
+  at the working size, so that a region the merge emptied scores 0); every
   entry's score is decayed by its distance ``dt`` to the new frame,
   ``score * max(0, 1 - dt / decay_ratio)`` (linear, ratio 20), and while the memory is too full
   the entry with the smallest ``(decayed score, score, frame index)`` leaves it (the minimum of
@@ -32,104 +34,34 @@ SINE's ``argmax(id * mask)`` does on overlaps). On a frame with a given annotati
 frame; DAVIS test-dev and YouTube-VOS also give the frames where objects first appear) the given
 pixels override the predictions, and objects start at their first annotated frame. An object's
 memory entry is its region of the merged label map (the given mask on a given frame, score 1).
+
+Absent objects: an object the predictor judges absent (``present`` False, with
+MODEL.DIFFEWS.PRESENCE_THRESHOLD set) has an empty mask, so no pixels in that frame, and it is not
+offered to its memory; nor is an object whose merged region is empty. It is still tracked on the
+next frames with the memory it has, so it can come back.
+
+The memory rule and the merge are in ``vos_memory``, the dataset run in ``vos_run``.
 """
 
 import logging
-import os
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional
 
 import numpy as np
-from detectron2.data import MetadataCatalog
-from PIL import Image
-from tqdm import tqdm
 
-from ..data.datasets.common import dataset_root
-from ..data.datasets.vos import (DAVIS_PALETTE, VOS_DATASETS, load_davis, load_ytvos,
-                                read_annotation, write_result, zip_ytvos_submission)
+from ..data.datasets.vos import read_annotation
+from ..modeling.readout import confidence_map, prediction_score_array
 from ..modeling.support_set import SupportSet
 from ..predictor import DiffewSPredictor, EncodedImage
 from ..utils.image import read_image, resize_mask
-from ..utils.overlay import overlay_mask, side_by_side
+from .vos_memory import (MemoryEntry, ObjectMemory, decay_factor, merge_objects,  # noqa: F401
+                         select_memory)
+from .vos_run import VIS_FRAMES, load_vos_records, overlay_labels, run_vos  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VOSEngine", "decay_factor", "select_memory", "confidence_map", "merge_objects",
            "load_vos_records", "run_vos"]
-
-VIS_FRAMES = 8  # frames per video in a --save-vis strip
-
-
-def decay_factor(dt: int, ratio: float) -> float:
-    """Linear decay of a memory frame ``dt`` frames older than the newest: ``max(0, 1 - dt /
-    ratio)``; ``ratio <= 0`` disables the decay (factor 1)."""
-    return 1.0 if ratio <= 0 else max(0.0, 1.0 - dt / ratio)
-
-
-def select_memory(entries: Sequence[Tuple[int, float]], new: Tuple[int, float], capacity: int,
-                  ratio: float) -> List[int]:
-    """The past frames an object's memory keeps after ``new`` is offered.
-
-    Args:
-        entries: (frame index, score) of the frames in memory (the fixed first frame excluded).
-        new: (frame index, score) of the newest prediction.
-        capacity: past frames kept (``mem_size - 1``).
-        ratio: decay ratio (``decay_factor``).
-    Returns:
-        the kept frame indices, in time order (``new``'s index among them if it stays).
-    """
-    t_new = new[0]
-    keys = [(s * decay_factor(t_new - t, ratio), s, t) for t, s in [*entries, new]]
-    keys.sort()  # a min-heap's pop order: smallest decayed score, then score, then older frame
-    return sorted(t for _, _, t in keys[max(0, len(keys) - max(capacity, 0)):])
-
-
-def confidence_map(pred_image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """(S, S, 3) uint8 decoded prediction -> (H, W) float32 per-pixel confidence in [0, 1]
-    (channel mean / 255), nearest-resized like the predicted mask."""
-    return resize_mask(pred_image.astype(np.float32).mean(axis=2) / 255.0, size)
-
-
-def merge_objects(masks: Dict[int, np.ndarray], confidence: Dict[int, np.ndarray],
-                  size: Tuple[int, int]) -> np.ndarray:
-    """One (H, W) int64 label map from per-object (H, W) bool masks: a pixel belongs to the object
-    with the highest confidence among those whose mask covers it (a tie: the higher id); 0 where
-    no mask is on."""
-    label = np.zeros(size, np.int64)
-    ids = sorted(masks)
-    if not ids:
-        return label
-    on = np.stack([masks[o].astype(bool) for o in ids])  # (N, H, W)
-    conf = np.stack([np.asarray(confidence[o], np.float64) for o in ids])
-    if on.shape[1:] != tuple(size) or conf.shape != on.shape:
-        raise ValueError(f"merge_objects: masks {on.shape[1:]} / confidences {conf.shape[1:]} "
-                         f"are not of the frame's size {tuple(size)}")
-    conf = np.where(on, conf, -np.inf)[::-1]  # highest id first, so argmax's first max is it
-    winner = np.asarray(ids)[::-1][np.argmax(conf, axis=0)]
-    return np.where(on.any(axis=0), winner, 0).astype(np.int64)
-
-
-@dataclass
-class _Entry:
-    """One support of an object: its frame, score, and either its encoded entry (reuse) or the
-    pixels to encode it from on every frame (no reuse)."""
-
-    t: int
-    score: float
-    support: Optional[SupportSet] = None
-    image: Optional[np.ndarray] = None
-    mask: Optional[np.ndarray] = None
-
-
-@dataclass
-class _Memory:
-    first: _Entry
-    past: List[_Entry]
-
-    def supports(self) -> List[_Entry]:
-        return [self.first, *sorted(self.past, key=lambda e: e.t)]
 
 
 class VOSEngine:
@@ -169,12 +101,13 @@ class VOSEngine:
 
         * "index", "frame": the frame's index and name; "image": (H, W, 3) uint8 frame;
         * "label_map": (H, W) int64 object ids at the frame's size;
-        * "scores": {object id: score} and "shots": {object id: supports used} of the objects
-          predicted on this frame; "given": ids whose mask was given on it;
+        * "scores": {object id: score of its merged region} and "shots": {object id: supports
+          used} of the objects predicted on this frame; "given": ids whose mask was given on it;
+        * "present" / "presence": {object id: the predictor's decision / signal} of those objects;
         * "entered": ids whose entry for this frame joined their memory (encoded now);
         * "memory": {object id: frame indices of its supports after this frame}.
         """
-        memories: Dict[int, _Memory] = {}
+        memories: Dict[int, ObjectMemory] = {}
         given_frames = set(record["given_frames"])
         with self._latent_cache_off():
             for t, path in enumerate(record["file_names"]):
@@ -190,32 +123,47 @@ class VOSEngine:
                 frame = _LazyFrame(self.predictor, image, path)
                 out = {"index": t, "frame": record["frames"][t], "image": image, "given": given,
                        "scores": {}, "shots": {}, "entered": []}
-                label = np.zeros(size, np.int64)
+                label, results = np.zeros(size, np.int64), {}
                 if tracked:
                     sets = [self._support_set(memories[o]) for o in tracked]
-                    results = self.predictor.predict_many(frame.encoded(), sets, self.batch_size)
-                    label = merge_objects({o: r["mask"] for o, r in zip(tracked, results)},
+                    found = self.predictor.predict_many(frame.encoded(), sets, self.batch_size)
+                    results = dict(zip(tracked, found))
+                    # an absent object's mask is empty (the predictor's presence decision)
+                    label = merge_objects({o: r["mask"] for o, r in results.items()},
                                           {o: confidence_map(r["pred_image"], size)
-                                           for o, r in zip(tracked, results)}, size)
-                    out["scores"] = {o: r["score"] for o, r in zip(tracked, results)}
+                                           for o, r in results.items()}, size)
                     out["shots"] = {o: len(s) for o, s in zip(tracked, sets)}
+                    out["present"] = {o: r["present"] for o, r in results.items()}
+                    out["presence"] = {o: r["presence"] for o, r in results.items()}
                 if ann is not None:
                     label = np.where(ann > 0, ann, label)
+                # the memory's score and mask come from the same (merged) region
+                out["scores"] = {o: self._merged_score(r["pred_image"], label == o)
+                                 for o, r in results.items()}
                 for o in given:
                     if o not in memories:  # first appearance: the fixed support, encoded once
-                        memories[o] = _Memory(self._entry(frame, t, 1.0, ann == o), [])
+                        memories[o] = ObjectMemory(self._entry(frame, t, 1.0, ann == o), [])
                         out["entered"].append(o)
                     elif self._offer(memories[o], frame, t, 1.0, ann == o):
                         out["entered"].append(o)
                 for o in tracked:
-                    if self._offer(memories[o], frame, t, out["scores"][o], label == o):
+                    region = label == o
+                    if not (results[o]["present"] and region.any()):
+                        continue  # absent here: no memory entry
+                    if self._offer(memories[o], frame, t, out["scores"][o], region):
                         out["entered"].append(o)
                 out["label_map"] = label
                 out["memory"] = {o: [e.t for e in m.supports()] for o, m in memories.items()}
                 yield out
 
+    def _merged_score(self, pred_image: np.ndarray, region: np.ndarray) -> float:
+        """``prediction_score`` of an object's decoded prediction and its merged region, the
+        region nearest-resized to the working size as the benchmarks resize masks."""
+        working = resize_mask(region.astype(np.uint8), pred_image.shape[:2]).astype(bool)
+        return prediction_score_array(pred_image, working)
+
     # -- memory ----------------------------------------------------------------------------------
-    def _offer(self, memory: _Memory, frame: "_LazyFrame", t: int, score: float,
+    def _offer(self, memory: ObjectMemory, frame: "_LazyFrame", t: int, score: float,
                mask: np.ndarray) -> bool:
         """Offer frame ``t`` to an object's memory; encode its entry only if it is kept."""
         kept = set(select_memory([(e.t, e.score) for e in memory.past], (t, score),
@@ -226,14 +174,14 @@ class VOSEngine:
         memory.past.append(self._entry(frame, t, score, mask))
         return True
 
-    def _entry(self, frame: "_LazyFrame", t: int, score: float, mask: np.ndarray) -> _Entry:
+    def _entry(self, frame: "_LazyFrame", t: int, score: float, mask: np.ndarray) -> MemoryEntry:
         if not self.reuse_supports:
-            return _Entry(t, score, image=frame.image, mask=mask)
+            return MemoryEntry(t, score, image=frame.image, mask=mask)
         # the frame's latent is the query's: only the mask is VAE-encoded, plus one support pass
-        return _Entry(t, score, support=self.predictor.encode_supports([frame.encoded()], [mask],
+        return MemoryEntry(t, score, support=self.predictor.encode_supports([frame.encoded()], [mask],
                                                                         warn_empty=False))
 
-    def _support_set(self, memory: _Memory) -> SupportSet:
+    def _support_set(self, memory: ObjectMemory) -> SupportSet:
         entries = memory.supports()
         if self.reuse_supports:
             return SupportSet.cat([e.support for e in entries])
@@ -271,90 +219,3 @@ class _LazyFrame:
             (self._encoded,) = self.predictor.encode_images([self.image], batch_size=1)
             self._encoded.name = self.name
         return self._encoded
-
-
-# -- datasets and the whole run ------------------------------------------------------------------
-def load_vos_records(dataset: str, root: Optional[str] = None,
-                     videos: Optional[Sequence[str]] = None) -> List[Dict]:
-    """The records of a registered VOS dataset read under ``root`` (default
-    ``$DETECTRON2_DATASETS``), optionally only ``videos`` (in the dataset's order)."""
-    if dataset not in VOS_DATASETS:
-        raise ValueError(f"unknown VOS dataset {dataset!r}; choose from {', '.join(VOS_DATASETS)}")
-    kind, kw = VOS_DATASETS[dataset]
-    records = (load_davis(kw["year"], kw["split"], root) if kind == "davis"
-               else load_ytvos(kw["split"], root))
-    if videos:
-        names = [r["video"] for r in records]
-        unknown = [v for v in videos if v not in names]
-        if unknown:
-            raise ValueError(f"--videos {' '.join(unknown)}: not in {dataset} (it has "
-                             f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''})")
-        records = [r for r in records if r["video"] in set(videos)]
-    return records
-
-
-def overlay_labels(image: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Tint each object's pixels of an (H, W, 3) frame with its DAVIS palette colour."""
-    out = image
-    for o in np.unique(label):
-        if o != 0:
-            out = overlay_mask(out, label == o, tuple(int(c) for c in DAVIS_PALETTE[o % 256]))
-    return out
-
-
-def _save_strip(panels: List[Tuple[np.ndarray, str]], path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.jpg"
-    Image.fromarray(side_by_side([p for p, _ in panels], [n for _, n in panels])).save(tmp,
-                                                                                       quality=90)
-    os.replace(tmp, path)
-
-
-def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
-            videos: Optional[Sequence[str]] = None, save_vis: bool = False,
-            evaluate: bool = True, progress: bool = True) -> Dict:
-    """Segment every video of ``dataset`` and write the official results layout in ``output``
-    (DAVIS: ``<video>/<frame>.png``; YouTube-VOS: ``Annotations/<video>/<frame>.png`` of the
-    frames meta.json lists, and ``submission.zip``); DAVIS val (public ground truth) is scored.
-
-    Returns:
-        {"dataset", "videos", "frames", "seconds", "fps", "output", "zip" (YouTube-VOS),
-        "scores" (a ``DAVISScores``, DAVIS val with ``evaluate``), "memory_entries" (frames that
-        entered an object's memory, first frames included)}.
-    """
-    from ..evaluation.vos_evaluation import evaluate_davis, write_davis_csvs
-
-    records = load_vos_records(dataset, root, videos)
-    meta = MetadataCatalog.get(dataset)
-    engine = VOSEngine.from_config(cfg)
-    os.makedirs(output, exist_ok=True)
-    frames, entered, start = 0, 0, time.perf_counter()
-    for record in records:
-        n = len(record["frames"])
-        show = set(np.linspace(0, n - 1, min(n, VIS_FRAMES)).round().astype(int)) if save_vis \
-            else set()
-        panels = []
-        with tqdm(total=n, desc=record["video"], unit="frame", disable=not progress) as bar:
-            for out in engine.segment_video(record):
-                write_result(record, out["index"], out["label_map"], output, meta.results_layout)
-                if out["index"] in show:
-                    panels.append((overlay_labels(out["image"], out["label_map"]), out["frame"]))
-                entered += len(out["entered"])
-                bar.update(1)
-        if panels:
-            _save_strip(panels, os.path.join(output, "vis", record["video"] + ".jpg"))
-        frames += n
-    seconds = time.perf_counter() - start
-    summary = {"dataset": dataset, "videos": len(records), "frames": frames, "seconds": seconds,
-               "fps": frames / max(seconds, 1e-9), "output": output, "memory_entries": entered}
-    logger.info("%s: %d videos, %d frames in %.1f s (%.2f frames/s), %d memory entries",
-                dataset, len(records), frames, seconds, summary["fps"], entered)
-    if meta.results_layout == "ytvos":
-        summary["zip"] = zip_ytvos_submission(output, records)
-    if meta.has_full_gt and evaluate:
-        davis_root = os.path.join(dataset_root(root), "DAVIS17", "trainval")
-        scores = evaluate_davis(davis_root, output, meta.split, meta.year,
-                                [r["video"] for r in records], progress=progress)
-        write_davis_csvs(scores, output, meta.split)
-        summary["scores"] = scores
-    return summary

@@ -53,6 +53,8 @@ class DiffewS(DiffewSBlocks, nn.Module):
         compile: bool = False,
         support_pass_batch: int = 8,
         vae_channels_last: bool = True,
+        presence_signal: str = "score",
+        presence_threshold: float = -1.0,
     ):
         """
         Args:
@@ -100,6 +102,7 @@ class DiffewS(DiffewSBlocks, nn.Module):
         set_inference_dtype(self, inference_dtype)
         if compile:
             compile_for_inference(self)
+        self.set_presence(presence_signal, presence_threshold)  # blocks.py: readout
 
     @classmethod
     def from_config(cls, cfg):
@@ -128,6 +131,8 @@ class DiffewS(DiffewSBlocks, nn.Module):
             "compile": cfg.MODEL.DIFFEWS.COMPILE,
             "support_pass_batch": cfg.MODEL.DIFFEWS.SUPPORT_PASS_BATCH,
             "vae_channels_last": cfg.MODEL.DIFFEWS.VAE_CHANNELS_LAST,
+            "presence_signal": cfg.MODEL.DIFFEWS.PRESENCE_SIGNAL,
+            "presence_threshold": cfg.MODEL.DIFFEWS.PRESENCE_THRESHOLD,
         }
 
     @property
@@ -246,5 +251,8 @@ class DiffewS(DiffewSBlocks, nn.Module):
         sets = [self.encode_supports(x["support_images"], x["support_masks"])
                 for x in batched_inputs]
         z_query = self.encode(self.normalize(query), sample=False)
+        if self.needs_attention:  # the "attention" presence signal, measured in this pass
+            pred, share = self.query_pass_measured(z_query, sets, self.prompt_embeds_test)
+            return self.postprocess(self.decode(-pred), share)
         pred = self.query_pass(z_query, sets, self.prompt_embeds_test)
         return self.postprocess(self.decode(-pred))
