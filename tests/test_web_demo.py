@@ -89,7 +89,8 @@ def _reference(predictor, files, supports):
     images = [np.asarray(Image.open(files[s]).convert("RGB")) for s in supports]
     masks = [files[s.replace("s", "m") + "_array"] for s in supports]
     queries = [files[q] for q in ("q1", "q2", "q3")]
-    results = predictor.predict(queries, predictor.encode_supports(images, masks), batch_size=1)
+    # the page's batching (4 queries per pass): the same passes, so the same rounding
+    results = predictor.predict(queries, predictor.encode_supports(images, masks), batch_size=4)
     return {os.path.basename(q): r for q, r in zip(queries, results)}
 
 
@@ -123,11 +124,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(predictor, tmp_path_factory):
+def server(predictor, files, tmp_path_factory):
     from diffews.web_demo import write_synthetic_examples
 
     d = tmp_path_factory.mktemp("web_server")
-    session = WebDemoSession(predictor, output_dir=str(d / "runs"))
+    session = WebDemoSession(predictor, output_dir=str(d / "runs"),
+                             allowed_roots=[os.path.dirname(files["folder"])])
     examples = write_synthetic_examples(str(d / "examples"), size=64)
     demo = build_demo(session, examples, "Model: the tests' tiny random DiffewS")
     url = launch_demo(demo, port=_free_port(), block=False, allowed_paths=[str(d / "examples")])
@@ -186,7 +188,7 @@ def test_client_gets_the_predictors_masks(server, files, predictor):
         gallery, table, status, zip_path = client.predict(**_api_args(files, supports, queries),
                                                           api_name="/segment")
     client_seconds = (time.perf_counter() - start) / 3
-    assert (first.support, first.query) == (2, 3)
+    assert (first.support, first.query) == (2, 1)  # 3 queries, one batch of 4
     assert "Support set encoded" in status and "2 support(s)" in status
     with open(zip_path, "rb") as fh:
         _check_zip(fh.read(), reference)
@@ -213,7 +215,9 @@ def test_client_gets_the_predictors_masks(server, files, predictor):
         ([("broken", None, None)], queries, "", "^support 1: broken.png: not a readable image"),
         ([("s1", "m1", None)], (), "", "no query"),
         ([("s1", "m1", None)], ("broken",), "", "^query broken.png: not a readable image"),
-        ([("s1", "m1", None)], (), files["folder"] + "_missing", "no such folder"),
+        ([("s1", "m1", None)], (), files["folder"] + "_missing", "_missing: not an allowed "
+                                                                  "folder"),
+        ([("s1", "m1", None)], (), os.path.dirname(ROOT), "not an allowed folder"),
     ]
     for sup, qs, folder, message in bad:
         with pytest.raises(AppError, match=message):
@@ -224,7 +228,7 @@ def test_client_gets_the_predictors_masks(server, files, predictor):
     with PassCounter(predictor.model) as again:
         _, table, status, zip_path = client.predict(
             **_api_args(files, supports, (), files["folder"]), api_name="/segment")
-    assert (again.support, again.query) == (0, 3)
+    assert (again.support, again.query) == (0, 1)
     assert "Support set reused" in status and [row[0] for row in table["data"]] == list(reference)
     with open(zip_path, "rb") as fh:
         _check_zip(fh.read(), reference)
@@ -362,36 +366,63 @@ def _screenshot(driver, path):
 # ---- the launcher -------------------------------------------------------------------------------
 def test_launcher_quickstart_and_config(tiny_sd, tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(web_demo_tool, "setup_logger", lambda **kwargs: None)
-    launched = {}
+    launched, demo_sessions = {}, []
 
-    def fake_launch(demo, host, port, share, block, allowed_paths):
-        launched.update(demo=demo, host=host, port=port, share=share)
+    def fake_launch(demo, host, port, share, block, allowed_paths, auth, max_file_bytes):
+        launched.update(demo=demo, host=host, port=port, share=share, auth=auth,
+                        folders=demo_sessions[-1].folders.roots,
+                        batch_size=demo_sessions[-1].batch_size, max_file_bytes=max_file_bytes)
         return "http://fake"
 
+    def recorded_session(*args, **kwargs):
+        demo_sessions.append(WebDemoSession(*args, **kwargs))
+        return demo_sessions[-1]
+
     monkeypatch.setattr(web_demo_tool, "launch_demo", fake_launch)
+    monkeypatch.setattr(web_demo_tool, "WebDemoSession", recorded_session)
     monkeypatch.setattr("gradio.Blocks.block_thread", lambda self: None)
-    parser = web_demo_tool.get_parser()
+    monkeypatch.chdir(tmp_path)
 
     # the quick start was not run: one line naming the command, exit status 1
     missing = tmp_path / "no_quickstart"
-    assert run_cli(lambda: web_demo_tool.main(parser.parse_args(
-        ["--quickstart-dir", str(missing)]))) == 1
+    assert web_demo_tool.cli(["--quickstart-dir", str(missing)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"python tools/quickstart.py --output {missing}" in err
 
-    # a quick start folder (tiny SD + trainer checkpoint): the defaults
+    # a quick start folder (tiny SD + trainer checkpoint): the defaults; on loopback, query
+    # folders under the current folder only
     qs = tmp_path / "quickstart"
     shutil.copytree(tiny_sd, qs / "tiny_sd")
     (qs / "tiny_sd" / "quickstart.json").write_text("{}")
     DiffewSCheckpointer(tiny_model, save_dir=str(qs / "train")).save("model_final")
-    assert run_cli(lambda: web_demo_tool.main(parser.parse_args(
-        ["--quickstart-dir", str(qs), "INPUT.IMAGE_SIZE", str(SIZE)]))) == 0
-    assert (launched["host"], launched["port"], launched["share"]) == ("127.0.0.1", 7860, False)
+    assert web_demo_tool.cli(["--quickstart-dir", str(qs), "INPUT.IMAGE_SIZE", str(SIZE)]) == 0
+    assert (launched["host"], launched["port"], launched["share"], launched["auth"]) == \
+        ("127.0.0.1", 7860, False, None)
+    assert launched["folders"] == [os.path.realpath(tmp_path)] and launched["batch_size"] == 4
+    assert launched["max_file_bytes"] == 50 * 2**20
 
-    # --config-file with trailing overrides, --device, --share
+    # --config-file with trailing overrides, --device, --share (no folders), logins
     config = os.path.join(ROOT, "configs", "Base-DiffewS.yaml")
-    assert run_cli(lambda: web_demo_tool.main(parser.parse_args(
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# the lab\nbob:s3:cret\n")
+    assert web_demo_tool.cli(
         ["--config-file", config, "--device", "cpu", "--port", "7999", "--share",
-         "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "INPUT.IMAGE_SIZE", str(SIZE),
-         "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True"]))) == 0
-    assert (launched["port"], launched["share"]) == (7999, True)
+         "--auth", "alice:pw", "--auth-file", str(logins), "--batch-size", "2",
+         "--max-file-mb", "3", "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "INPUT.IMAGE_SIZE",
+         str(SIZE), "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True"]) == 0
+    assert (launched["port"], launched["share"], launched["folders"]) == (7999, True, [])
+    assert launched["auth"] == [("alice", "pw"), ("bob", "s3:cret")]
+    assert (launched["batch_size"], launched["max_file_bytes"]) == (2, 3 * 2**20)
+
+    # flags that are wrong stop before any model is built: one line, exit status 2
+    capsys.readouterr()
+    for argv, message in (
+            (["--auth", "alice"], "--auth: expected USER:PASS"),
+            (["--allowed-root", str(tmp_path / "nowhere")], "--allowed-root"),
+            (["--cache-mb", "0"], "--cache-mb must be > 0"),
+            (["--max-pixels", "0"], "--max-pixels must be >= 1")):
+        n = len(demo_sessions)
+        assert web_demo_tool.cli(["--config-file", config, *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert len(demo_sessions) == n

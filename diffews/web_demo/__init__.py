@@ -1,20 +1,25 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The web demo (``tools/web_demo.py``): a Gradio page over ``DiffewSPredictor``.
 
-``WebDemoSession`` (no Gradio) reads the uploads, caches encoded support sets and runs the
-predictor; ``build_demo`` lays the page out over it; ``launch_demo`` serves it. Gradio is imported
-only when the page is built.
+``WebDemoSession`` (no Gradio) reads the uploads within ``InputLimits``, caches encoded support
+sets within a byte bound (``SupportCache``), reads server folders only under allowed roots
+(``FolderPolicy``) and runs the predictor; ``build_demo`` lays the page out over it;
+``launch_demo`` serves it. Gradio is imported only when the page is built.
 """
 
 import os
 from typing import List
 
+from .access import FolderPolicy, exposure_warning, folder_roots, is_loopback
+from .cache import SupportCache, default_cache_bytes
 from .examples import DemoExample, write_synthetic_examples
-from .session import DemoInputError, WebDemoSession
+from .inputs import DemoInputError, InputLimits
+from .session import WebDemoSession
 
-__all__ = ["DemoExample", "DemoInputError", "WebDemoSession", "build_demo", "launch_demo",
-           "write_synthetic_examples", "quickstart_overrides", "QUICKSTART_COMMAND",
-           "QUICKSTART_DIR"]
+__all__ = ["DemoExample", "DemoInputError", "FolderPolicy", "InputLimits", "SupportCache",
+           "WebDemoSession", "build_demo", "launch_demo", "default_cache_bytes",
+           "exposure_warning", "folder_roots", "is_loopback", "write_synthetic_examples",
+           "quickstart_overrides", "QUICKSTART_COMMAND", "QUICKSTART_DIR"]
 
 QUICKSTART_COMMAND = "python tools/quickstart.py"
 QUICKSTART_DIR = "output/quickstart"

@@ -13,21 +13,25 @@ support_5_mask`` (mask files), ``queries`` (image files) and ``folder`` (a path 
 
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import gradio as gr
+from gradio.components.base import server
 
 from ..modeling.support_set import SupportSetError
 from ..cli import format_error
 from ..utils.image import ImageReadError
+from .access import exposure_warning
 from .examples import DemoExample
-from .session import MAX_SUPPORTS, DemoInputError, QueryResult, WebDemoSession, result_panel
+from .inputs import MAX_SUPPORTS, NOT_AN_IMAGE, DemoInputError, InputLimits, open_checked
+from .results import QueryResult
+from .session import WebDemoSession
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_demo", "launch_demo", "TABLE_HEADERS"]
 
-TABLE_HEADERS = ["query", "size (WxH)", "foreground %", "score", "seconds"]
+TABLE_HEADERS = ["query", "size (WxH)", "foreground %", "score", "seconds", "found"]
 HOW_TO = """\
 **1.** For each support (1 to 5 tabs), upload an image and mark the object: paint it with the
 brush, or upload a mask file (any image of the same size, non-zero = object).
@@ -45,24 +49,67 @@ CSS = """
 """
 
 
+MAX_PENDING_EDITS = 64  # editor uploads awaiting their run, kept by Gradio per component
+
+
 class SupportEditor(gr.ImageEditor):
-    """``gr.ImageEditor`` (the same page component: ``is_template``) whose unreadable upload is a
-    one-line message in the page instead of Gradio's preprocessing report."""
+    """``gr.ImageEditor`` (the same page component: ``is_template``) that checks its files against
+    ``limits`` (pixels from the header, bytes) *before* Gradio decodes them, and whose refused or
+    unreadable upload is a one-line message in the page instead of Gradio's preprocessing report.
+    ``limits`` is set by ``build_demo`` after construction."""
 
     is_template = True  # no __init__ of its own: Gradio reads the props from its signature
+    limits = InputLimits()
+
+    def _slot(self) -> str:
+        return (self.elem_id or "").replace("support_image_", "support ")
+
+    def _check(self, payload) -> None:
+        files = payload
+        if getattr(payload, "id", None) is not None:  # the browser sent its canvas as blobs
+            files = self.blob_storage.get(payload.id) or payload
+        items = [("", getattr(files, "background", None))]
+        items += [(" (painted layer)", x) for x in getattr(files, "layers", None) or []]
+        items += [(" (composite)", getattr(files, "composite", None))]
+        for part, item in items:
+            if item is None:
+                continue
+            name = getattr(item, "orig_name", None) or "the upload"
+            source = item if isinstance(item, (bytes, bytearray)) else getattr(item, "path", None)
+            if source is None:
+                continue
+            if isinstance(source, bytearray):
+                source = bytes(source)
+            open_checked(source, f"{self._slot()}: {name}{part}", self.limits).close()
 
     def preprocess(self, payload):
+        if payload is None:
+            return None
+        try:
+            self._check(payload)
+        except DemoInputError as e:
+            if getattr(payload, "id", None) is not None:
+                self.blob_storage.pop(payload.id, None)
+            raise gr.Error(str(e), print_exception=False) from e
         try:
             return super().preprocess(payload)
         except OSError as e:  # PIL's UnidentifiedImageError and truncated files
             upload = getattr(getattr(payload, "background", None), "orig_name", None)
-            slot = (self.elem_id or "").replace("support_image_", "support ")
-            raise gr.Error(f"{slot}: {upload or 'the upload'}: not a readable image; give a PNG "
-                           "or JPEG file", print_exception=False) from e
+            raise gr.Error(f"{self._slot()}: {upload or 'the upload'}: {NOT_AN_IMAGE}",
+                           print_exception=False) from e
+
+    @server
+    def accept_blobs(self, data):
+        # Gradio keeps each pending canvas upload until its run; a client that never runs would
+        # grow that store without end: the oldest pending uploads are dropped past the bound
+        while len(self.blob_storage) >= MAX_PENDING_EDITS:
+            self.blob_storage.pop(next(iter(self.blob_storage)))
+        return super().accept_blobs(data)
 
 
 def _caption(r: QueryResult) -> str:
-    return f"score {r.score:.2f} · {r.seconds:.3f} s · {r.name}"
+    found = "" if r.present else "not found · "
+    return f"{found}score {r.score:.2f} · {r.seconds:.3f} s · {r.name}"
 
 
 def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
@@ -92,9 +139,9 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
         except Exception as e:  # noqa: BLE001 (the page shows it; the server keeps serving)
             logger.exception("web demo run failed")
             raise gr.Error(format_error(e), title="Error") from e
-        gallery = [(result_panel(r), _caption(r)) for r in out.results]
-        rows = [[r.name, f"{r.image.shape[1]}x{r.image.shape[0]}",
-                 round(100.0 * float(r.mask.mean()), 1), round(r.score, 3), round(r.seconds, 3)]
+        gallery = [(r.panel, _caption(r)) for r in out.results]
+        rows = [[r.name, f"{r.size[0]}x{r.size[1]}", round(100.0 * r.fraction, 1),
+                 round(r.score, 3), round(r.seconds, 3), "yes" if r.present else "not found"]
                 for r in out.results]
         return gallery, rows, out.status(), out.zip_path
 
@@ -109,12 +156,13 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
                 with gr.Tabs():
                     for i in range(1, MAX_SUPPORTS + 1):
                         with gr.Tab(f"Support {i}", elem_id=f"support_tab_{i}"):
-                            editors.append(SupportEditor(
+                            editors.append(editor := SupportEditor(
                                 label=f"Support {i}: image; paint the object with the brush",
                                 type="numpy", image_mode="RGBA", sources=("upload", "clipboard"),
                                 transforms=(), layers=False, height=340,
                                 brush=gr.Brush(colors=[("#ff2020", 0.6)], color_mode="fixed"),
                                 elem_id=f"support_image_{i}"))
+                            editor.limits = session.limits
                             mask_files.append(gr.File(
                                 label=f"Support {i}: or a mask file (same size, non-zero = "
                                 "object; replaces the painting)", file_types=["image"],
@@ -122,7 +170,8 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
             with gr.Column(scale=2):
                 queries = gr.File(label="Query images", file_count="multiple",
                                   file_types=["image"], type="filepath", elem_id="queries")
-                folder = gr.Textbox(label="and/or a folder of query images on the server",
+                folder = gr.Textbox(label="and/or a folder of query images on the server "
+                                    "(under the folders the server allows)",
                                     placeholder="/path/to/images", visible=session.allow_folders,
                                     elem_id="folder")
                 run = gr.Button("Segment", variant="primary", elem_id="run")
@@ -155,22 +204,31 @@ def _example_row(e: DemoExample) -> list:
 
 
 def launch_demo(demo, host: str = "127.0.0.1", port: Optional[int] = None, share: bool = False,
-                block: bool = True, allowed_paths: Sequence[str] = ()):
+                block: bool = True, allowed_paths: Sequence[str] = (),
+                auth: Optional[Sequence[Tuple[str, str]]] = None,
+                max_file_bytes: Optional[int] = InputLimits().max_file_bytes):
     """Queue (one run at a time: the model is shared) and serve the page.
 
     Args:
-        host: interface to listen on ("127.0.0.1": this machine only; "0.0.0.0": the network).
+        host: interface to listen on ("127.0.0.1": this machine only; "0.0.0.0": the network,
+            logged as a warning without ``auth``).
         port: TCP port (None: Gradio's default, 7860, or the next free one).
         share: also open a public gradio.live link (off by default).
         block: wait until interrupted; False returns at once (tests, notebooks).
         allowed_paths: extra folders whose files the page may serve (the examples).
+        auth: (user, password) pairs of Gradio's login page; None: no login.
+        max_file_bytes: Gradio refuses a larger upload before it is written to disk.
     Returns:
         the page's local URL.
     """
+    warning = exposure_warning(host, auth)
+    if warning:
+        logger.warning(warning)
     demo.queue(default_concurrency_limit=1)
     _, url, share_url = demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=True,
         show_error=True, quiet=True, allowed_paths=[os.path.abspath(p) for p in allowed_paths],
+        auth=list(auth) if auth else None, max_file_size=max_file_bytes,
         theme=gr.themes.Soft(), css=CSS)
     logger.info("web demo at %s%s", url, f" (public link {share_url})" if share_url else "")
     if block:

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.datasets.synthetic import SYNTHETIC_CLASS_NAMES, render, synthetic_records
+from ..utils.atomic import atomic_open
 
 __all__ = ["DemoExample", "write_synthetic_examples"]
 
@@ -63,7 +64,6 @@ def write_synthetic_examples(folder: str, size: int = 128) -> List[DemoExample]:
 
 def _save(folder: str, name: str, array: np.ndarray) -> str:
     path = os.path.join(folder, name)
-    tmp = path + ".tmp.png"
-    Image.fromarray(array.astype(np.uint8)).save(tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:  # a page never shows a half-written example
+        Image.fromarray(array.astype(np.uint8)).save(f, format="PNG")
     return path
