@@ -5,6 +5,7 @@ sampler and the in-context training sets, on small synthetic trees in the real f
 References are written from the documented rules (custom.py / custom_layouts.py docstrings, COCO's
 crowd-as-ignore rule), with the tree writers' own knowledge of what they wrote."""
 
+import itertools
 import json
 import logging
 import math
@@ -261,6 +262,16 @@ def test_training_iterations_on_a_weighted_mixture(tiny_sd, tmp_path):
                    "SOLVER.CHECKPOINT_PERIOD", 100, "TEST.EVAL_PERIOD", 0, "VIS_PERIOD", 0,
                    "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "out"))
     trainer = DiffewSTrainer(cfg)
+    # the loader training iterates draws its datasets 3:1 (DATASETS.TRAIN_WEIGHTS): a fresh pass
+    # over it (same seed) counts where 600 episodes come from; a uniform draw (weights dropped on
+    # the way from the config) gives 1/2, 14 binomial sds away from 3/4
+    n, from_a, p_a = 600, 0, 0.75
+    for batch in itertools.islice(iter(trainer._trainer.data_loader), n):
+        (episode,) = batch
+        folders = {i.split("/")[0] for i in [episode["query_id"], *episode["support_ids"]]}
+        assert len(folders) == 1
+        from_a += folders.pop().startswith("a_")
+    assert abs(from_a - n * p_a) < 4 * math.sqrt(n * p_a * (1 - p_a)), f"{from_a}/{n} from A"
     before = {k: v.clone() for k, v in trainer.model.unet.state_dict().items()}
     trainer.train()
     assert trainer.iter == 2
