@@ -254,3 +254,31 @@ def test_fold_template_resolves_per_fold_at_check_and_load(filled_cache, folds):
         assert _unet_equal(model, folds[fold]) and not _unet_equal(model, folds[1 - fold])
     with pytest.raises(HubError, match="coco_fold7"):
         check_weights(template.replace("{fold}", "7"), allow_untrained=False)
+
+
+def test_run_fss_takes_a_per_fold_hub_id(filled_cache, tmp_path):
+    """The command line end to end: MODEL.WEIGHTS with {fold} as a hub id gives the scores of
+    the same weights given as a local folder; a fold missing from the snapshot exits 1."""
+    import json
+
+    sys.path.insert(0, os.path.join(ROOT, "inference_fss"))
+    import run_fss
+
+    config = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
+    local = os.path.join(filled_cache, "models--org--diffews", "snapshots", COMMIT, "weight",
+                         "coco_fold0")
+
+    def run(out, weights):
+        return run_fss.cli(["--config-file", config, "--benchmark", "synthetic", "--shot", "1",
+                            "--num-episodes", "3", "--output", str(tmp_path / out),
+                            "MODEL.DIFFEWS.PRETRAINED", "hf://org/tiny-sd", "INPUT.IMAGE_SIZE",
+                            str(SIZE), "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights])
+
+    def mean(out):
+        with open(tmp_path / out / "results.json") as f:
+            return json.load(f)["mean"]
+
+    assert run("hub", "hf://org/diffews/weight/coco_fold{fold}") == 0  # synthetic: fold 0
+    assert run("local", local) == 0
+    assert mean("hub") == mean("local")
+    assert run("missing", "hf://org/diffews/weight/fold{fold}") == 1
