@@ -8,6 +8,8 @@ import io
 import json
 import math
 import os
+import resource
+import signal
 
 import numpy as np
 import pytest
@@ -186,12 +188,40 @@ def test_aggregate_seeds_uses_population_std():
     assert "14.00 ± 3.74" in table and "4 seeds" in table
 
 
+@contextlib.contextmanager
+def _file_size_limit(limit):
+    """Writes past ``limit`` bytes fail with OSError (EFBIG), as on a full disk; undone after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
 def test_write_coco_results_is_atomic(tmp_path):
-    path = str(tmp_path / "sub" / "coco_instances_results.json")
-    write_coco_results([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}],
-                       path)
+    """A write that fails midway (serialisation, or the disk filling up) leaves the previous
+    results file as it was and no temporary file: a plain ``open(path, "w")`` write truncates it."""
+    folder = tmp_path / "sub"
+    path = str(folder / "coco_instances_results.json")
+    det = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}
+    write_coco_results([det], path)
     assert json.load(open(path))[0]["score"] == 0.5
-    assert os.listdir(tmp_path / "sub") == ["coco_instances_results.json"]
+    assert os.listdir(folder) == ["coco_instances_results.json"]
+    previous = open(path, "rb").read()
+    many = [dict(det, score=0.25)] * 5000  # about 350 KB of json
+    with pytest.raises(TypeError):  # json cannot encode the last detection
+        write_coco_results(many + [dict(det, score=object())], path)
+    assert open(path, "rb").read() == previous
+    assert os.listdir(folder) == ["coco_instances_results.json"]
+    with _file_size_limit(64 * 1024), pytest.raises(OSError):
+        write_coco_results(many, path)
+    assert open(path, "rb").read() == previous
+    assert os.listdir(folder) == ["coco_instances_results.json"]
+    write_coco_results(many, path)  # and a write that succeeds replaces it whole
+    assert len(json.load(open(path))) == 5000 and os.listdir(folder) == [os.path.basename(path)]
 
 
 def test_missing_test_json_is_a_one_line_error(tree):
