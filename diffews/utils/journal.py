@@ -31,6 +31,8 @@ API::
         j.put(key, compute(key))           # JSON value: dict, list, numbers, strings
     values = j.collect(all_keys)           # [value of each key], error naming a missing one
     j.done(key), j.get(key), j.keys()      # one shard's state / value, every finished key
+    j.remove(key)                          # forget a unit (it is pending again)
+    Journal.verify(folder, fingerprint)    # refuse another command's folder, writing nothing
 
 Helpers for fingerprints: ``hash_files`` (content, sha256 of each file's bytes) and
 ``stat_files`` (cheap: size plus the first and last MiB of each file; for multi-GB weights).
@@ -113,10 +115,7 @@ class Journal:
         else:
             old = self._read_header(path)
         if old is not None and old != self.fingerprint:
-            raise JournalMismatch(
-                f"{self.what}: holds the results of another command "
-                f"({first_difference(old, self.fingerprint)}); rerun the same command to "
-                "resume, choose another output folder, or add --overwrite to start again")
+            self.verify(folder, fingerprint, self.what)
         if old is None:
             if not create:
                 raise FileNotFoundError(f"{path}: missing; the main process creates the journal "
@@ -124,6 +123,18 @@ class Journal:
             os.makedirs(self.shard_dir, exist_ok=True)
             atomic_write_json({"format": FORMAT, "version": VERSION,
                                "fingerprint": self.fingerprint}, path, indent=1, sort_keys=True)
+
+    @classmethod
+    def verify(cls, folder: str, fingerprint: Dict, what: Optional[str] = None) -> None:
+        """Raise ``JournalMismatch`` if ``folder`` holds a journal of another fingerprint; write
+        nothing (a preflight before any model is built)."""
+        old = cls._read_header(os.path.join(folder, JOURNAL_FILE))
+        new = _canonical(fingerprint)
+        if old is not None and old != new:
+            raise JournalMismatch(
+                f"{what or folder}: holds the results of another command "
+                f"({first_difference(old, new)}); rerun the same command to resume, choose "
+                "another output folder, or add --overwrite to start again")
 
     @staticmethod
     def _read_header(path: str) -> Optional[Dict]:
@@ -164,6 +175,13 @@ class Journal:
         """Write ``key``'s shard atomically (replacing an existing one)."""
         atomic_write_json({"key": key, "value": value}, self.path(key),
                           separators=(",", ":"), sort_keys=True)
+
+    def remove(self, key: str) -> None:
+        """Delete ``key``'s shard if there is one (e.g. a stale "skipped" note once redone)."""
+        try:
+            os.remove(self.path(key))
+        except FileNotFoundError:
+            pass
 
     def get(self, key: str) -> Any:
         """The value of ``key``'s shard (``KeyError`` naming the file if it is absent)."""

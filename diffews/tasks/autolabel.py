@@ -1,0 +1,334 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Label a folder of images from a few examples per class (``tools/autolabel.py``).
+
+1. **Supports, once.** One ``SupportSet`` per class from SRC (``autolabel_supports.py``), encoded
+   by the main process and saved under ``OUTPUT/support_sets/`` (the other processes and a
+   resumed run load those files).
+2. **Each image, once.** It is VAE-encoded once and predicted against every class's set with
+   ``predict_many`` (``TEST.FSOD.BATCH_SIZE`` sets per query pass). With a presence threshold
+   (``--presence-threshold`` or ``MODEL.DIFFEWS.PRESENCE_THRESHOLD``, >= 0) a class whose
+   prediction is judged absent (result ``present`` False) gives nothing. Each remaining class's
+   mask becomes scored instances by the few-shot instance segmentation postprocessing
+   (``fsod.predictions_to_instances``: ``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``, ``TOPK``,
+   ``CLASS_SCORE``).
+3. **Nothing lost.** Each image's annotations (RLE, box, area, score) are one shard of the
+   journal ``OUTPUT/journal/`` (``diffews/utils/journal.py``), written atomically after its label
+   PNG (``--save-masks``), so a run killed at any moment and started again with the same command
+   labels only the images without a shard. A command with other supports, weights, thresholds or
+   config on the same ``OUTPUT`` is refused before any model is built (``--overwrite`` starts
+   again). The image list is not part of the fingerprint: images added to the folder are labelled
+   by the next run, in addition.
+4. **Outputs**, from the shards in image order once every image is done: ``annotations.json``
+   (COCO instances: images with file names relative to ``--images`` and sizes, SRC's categories,
+   annotations with ``segmentation`` RLE, ``bbox`` XYWH, ``area``, ``score``, ``iscrowd`` 0; ids
+   1.. in order) and ``skipped.json`` (unreadable images and why). An unreadable image leaves a
+   "skipped" note instead of a shard (it is retried by the next run); more than
+   ``--max-bad-fraction`` of them stops the run naming the first.
+
+Several processes (detectron2 ``launch``): the images left are split rank::world; each image is
+encoded alone and meets the class sets in the same batches, so its annotations do not depend on
+the split, and ``annotations.json`` equals one process's byte for byte.
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from detectron2.utils import comm
+from tqdm import tqdm
+
+from ..utils.atomic import atomic_path, atomic_write
+from ..utils.errors import UsageError
+from ..utils.image import ImageReadError, read_image
+from ..utils.journal import Journal, stat_files
+from .autolabel_supports import SupportSource, read_supports, support_sets
+from .fsod import CLASS_SCORES, predictions_to_instances
+from .instances import MODES
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LabelJob", "list_label_images", "job_fingerprint", "check_job", "label_image",
+           "run_autolabel", "ANNOTATIONS", "SKIPPED"]
+
+ANNOTATIONS, SKIPPED = "annotations.json", "skipped.json"
+JOURNAL, SETS, MASKS = "journal", "support_sets", "masks"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_SKIP = "skipped/"  # journal key prefix of an unreadable image's note
+
+
+@dataclass
+class LabelJob:
+    """The command of one autolabel run (``tools/autolabel.py`` flags)."""
+
+    supports: str
+    images: str
+    output: str
+    supports_images: Optional[str] = None
+    presence_threshold: Optional[float] = None  # None: MODEL.DIFFEWS.PRESENCE_THRESHOLD
+    max_bad_fraction: float = 0.01
+    save_masks: bool = False
+    overwrite: bool = False
+
+
+def list_label_images(spec: str) -> List[Tuple[str, str]]:
+    """``[(file_name, path)]``: a folder's image files (recursive, sorted by relative path) or
+    the lines of a list file (paths relative to its folder; blank lines and ``#`` skipped)."""
+    if os.path.isdir(spec):
+        out = []
+        for folder, dirs, names in os.walk(spec):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for n in names:
+                if n.lower().endswith(IMAGE_EXTS) and not n.startswith("."):
+                    path = os.path.join(folder, n)
+                    out.append((os.path.relpath(path, spec).replace(os.sep, "/"), path))
+        out.sort()
+    elif os.path.isfile(spec):
+        base = os.path.dirname(os.path.abspath(spec))
+        with open(spec, encoding="utf-8") as f:
+            lines = [x.strip() for x in f if x.strip() and not x.strip().startswith("#")]
+        out = [(x, x if os.path.isabs(x) else os.path.join(base, x)) for x in lines]
+        seen = set()
+        for name, _ in out:
+            if name in seen:
+                raise ValueError(f"{spec}: {name} is listed twice")
+            seen.add(name)
+    else:
+        raise FileNotFoundError(f"{spec}: no such folder or list file (--images)")
+    if not out:
+        raise FileNotFoundError(f"{spec}: no image files ({', '.join(IMAGE_EXTS)}) (--images)")
+    return out
+
+
+def presence_threshold(cfg, job: LabelJob) -> Optional[float]:
+    """The flag, else the config key (absent from older configs); < 0 means no decision."""
+    value = job.presence_threshold
+    if value is None:
+        value = cfg.MODEL.DIFFEWS.get("PRESENCE_THRESHOLD", None)
+    return None if value is None or float(value) < 0 else float(value)
+
+
+def job_fingerprint(cfg, source: SupportSource, job: LabelJob) -> Dict:
+    """Everything that changes ``annotations.json``: the supports' content, the weights (size and
+    first/last MiB of each file), the presence threshold, ``--save-masks`` and the config minus
+    what does not change results (output folder, data loading, the device's index)."""
+    config = json.loads(json.dumps(cfg))
+    config.pop("OUTPUT_DIR", None)
+    config.pop("DATALOADER", None)
+    model = config.get("MODEL", {})
+    model["DEVICE"] = str(model.get("DEVICE", "")).split(":")[0]
+    weights = model.pop("WEIGHTS", "")
+    pretrained = model.get("DIFFEWS", {}).pop("PRETRAINED", "")
+    return {"supports": source.fingerprint(),
+            "weights": stat_files([weights]) if weights else "",
+            "pretrained": stat_files([os.path.join(pretrained, d) for d in ("unet", "vae")])
+            if pretrained else "",
+            "presence_threshold": presence_threshold(cfg, job),
+            "save_masks": bool(job.save_masks), "config": config}
+
+
+def check_job(cfg, job: LabelJob):
+    """Every check that needs no model: the instance keys, SRC, the image list and the output
+    folder's journal (another command's folder is refused unless ``--overwrite``).
+
+    Returns:
+        (SupportSource, [(file_name, path)], fingerprint).
+    """
+    f = cfg.TEST.FSOD
+    if f.INSTANCE_MODE not in MODES:
+        raise UsageError(f"TEST.FSOD.INSTANCE_MODE must be one of {MODES}, got {f.INSTANCE_MODE!r}")
+    if f.CLASS_SCORE not in CLASS_SCORES:
+        raise UsageError(f"TEST.FSOD.CLASS_SCORE must be one of {CLASS_SCORES}, got "
+                         f"{f.CLASS_SCORE!r}")
+    for key in ("BATCH_SIZE", "TOPK"):
+        if f[key] < 1:
+            raise UsageError(f"TEST.FSOD.{key} must be >= 1, got {f[key]}")
+    if not 0.0 <= job.max_bad_fraction <= 1.0:
+        raise UsageError(f"--max-bad-fraction must be in [0, 1], got {job.max_bad_fraction}")
+    source = read_supports(job.supports, job.supports_images)
+    images = list_label_images(job.images)
+    fingerprint = job_fingerprint(cfg, source, job)
+    if not job.overwrite:
+        Journal.verify(os.path.join(job.output, JOURNAL), fingerprint, f"--output {job.output}")
+    return source, images, fingerprint
+
+
+def label_image(predictor, sets, image: np.ndarray, cfg, threshold: Optional[float] = None,
+                category_ids: Optional[List[int]] = None):
+    """One image against every class's set.
+
+    Returns:
+        (annotations without ids: ``[{"category_id", "segmentation", "area", "bbox", "score",
+        "iscrowd"}]`` by decreasing score, label map (H, W) of class indices 1..C (0 background;
+        the best instance wins where instances overlap)).
+    """
+    from pycocotools import mask as mask_util
+
+    f = cfg.TEST.FSOD
+    size = image.shape[:2]
+    kwargs = {} if threshold is None else {"presence_threshold": threshold}
+    (encoded,) = predictor.encode_images([image])
+    results = predictor.predict_many(encoded, sets, batch_size=int(f.BATCH_SIZE), **kwargs)
+    # a class judged absent gives no instance: its mask is emptied (the predictor already does
+    # so with a threshold; older predictors have no "present" and keep every class)
+    results = [r if r.get("present", True) else dict(r, mask=np.zeros_like(r["mask"]))
+               for r in results]
+    category_ids = category_ids or list(range(1, len(sets) + 1))
+    label = np.zeros(size, np.uint8 if len(sets) < 256 else np.uint16)
+    inst = predictions_to_instances(results, size, cfg)  # the FSOD postprocessing, TEST.FSOD.*
+    anns = []
+    masks = inst.pred_masks.numpy()
+    for m, box, score, c in zip(masks, inst.pred_boxes.tensor.tolist(), inst.scores.tolist(),
+                                inst.pred_classes.tolist()):
+        rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+        x0, y0, x1, y1 = box
+        anns.append({"category_id": int(category_ids[c]),
+                     "segmentation": {"size": [int(size[0]), int(size[1])],
+                                      "counts": rle["counts"].decode("ascii")},
+                     "area": int(mask_util.area(rle)), "bbox": [x0, y0, x1 - x0, y1 - y0],
+                     "score": float(score), "iscrowd": 0})
+    for m, c in reversed(list(zip(masks, inst.pred_classes.tolist()))):
+        label[m] = c + 1
+    return anns, label
+
+
+def mask_path(output: str, file_name: str) -> str:
+    """``OUTPUT/masks/<file_name without extension>.png`` (an absolute or ``..`` name of a list
+    file stays inside ``masks/``)."""
+    rel = os.path.splitext(os.path.normpath(file_name))[0].lstrip("/\\").replace("..", "__")
+    return os.path.join(output, MASKS, rel + ".png")
+
+
+def _save_label(path: str, label: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(label).save(tmp, format="PNG")
+
+
+def _open_journal(job: LabelJob, fingerprint: Dict) -> Journal:
+    folder = os.path.join(job.output, JOURNAL)
+    what = f"--output {job.output}"
+    if comm.is_main_process():
+        if job.overwrite:  # the old outputs go first, so none outlives the journal's reset
+            for name in (ANNOTATIONS, SKIPPED):
+                if os.path.isfile(os.path.join(job.output, name)):
+                    os.remove(os.path.join(job.output, name))
+            for name in (MASKS, SETS):
+                shutil.rmtree(os.path.join(job.output, name), ignore_errors=True)
+        journal = Journal(folder, fingerprint, overwrite=job.overwrite, what=what)
+    comm.synchronize()
+    return journal if comm.is_main_process() else Journal(folder, fingerprint, create=False,
+                                                          what=what)
+
+
+def _prepare_sets(predictor, source: SupportSource, folder: str):
+    """``support_sets`` in the main process, then loaded by the others (a failure in the main
+    process is raised in all)."""
+    if comm.get_world_size() == 1:
+        return support_sets(predictor, source, folder)
+    sets, error, failure = None, None, None
+    if comm.is_main_process():
+        try:
+            sets = support_sets(predictor, source, folder)
+        except Exception as e:  # noqa: BLE001 (re-raised below, after the others are told)
+            error, failure = e, f"{type(e).__name__}: {e}"
+    status = comm.all_gather(failure)
+    if error is not None:
+        raise error
+    if status[0] is not None:
+        raise RuntimeError(f"the main process failed to prepare the support sets: {status[0]}")
+    return sets if sets is not None else support_sets(predictor, source, folder, compute=False)
+
+
+def _too_many_bad(first: str, bad: int, total: int, limit: float, where: str) -> ValueError:
+    return ValueError(f"{first}; {bad} of {total} images are unreadable, more than "
+                      f"--max-bad-fraction {limit:g}; {where}")
+
+
+def run_autolabel(cfg, job: LabelJob, predictor=None) -> Dict:
+    """The whole job in this process (module docstring); call it in every process of a launch.
+
+    Returns:
+        ``{"images", "labelled", "skipped", "annotations", "seconds"}`` (this run) in the main
+        process, ``{}`` in the others.
+    """
+    source, images, fingerprint = check_job(cfg, job)
+    journal = _open_journal(job, fingerprint)
+    if predictor is None:
+        from ..predictor import DiffewSPredictor
+
+        predictor = DiffewSPredictor.from_config(cfg)
+    sets = _prepare_sets(predictor, source, os.path.join(job.output, SETS))
+    threshold = presence_threshold(cfg, job)
+    ids = [c["id"] for c in source.categories]
+    paths = dict(images)
+    keys = [k for k, _ in images]
+    pending = journal.pending(keys)
+    comm.synchronize()  # every process saw the same pending list before anyone writes
+    mine = pending[comm.get_rank()::comm.get_world_size()]
+    bad, first_bad, start = 0, None, time.perf_counter()
+    bar = tqdm(mine, desc="autolabel", unit="img", dynamic_ncols=True,
+               disable=not comm.is_main_process())
+    for key in bar:
+        try:
+            image = read_image(paths[key])
+        except ImageReadError as e:
+            journal.put(_SKIP + key, {"file_name": key, "reason": str(e)})
+            bad += 1
+            first_bad = first_bad or str(e)
+            if bad > job.max_bad_fraction * len(keys):
+                raise _too_many_bad(first_bad, bad, len(keys), job.max_bad_fraction,
+                                    "fix or remove them and rerun the same command") from e
+            continue
+        anns, label = label_image(predictor, sets, image, cfg, threshold, ids)
+        if job.save_masks:
+            _save_label(mask_path(job.output, key), label)
+        journal.put(key, {"height": int(image.shape[0]), "width": int(image.shape[1]),
+                          "annotations": anns})
+        journal.remove(_SKIP + key)  # an image that failed before and reads now
+    seconds = time.perf_counter() - start
+    if mine:
+        logger.info("autolabel: %d images in %.1f s (%.2f images/s in this process)", len(mine),
+                    seconds, len(mine) / max(seconds, 1e-9))
+    comm.synchronize()
+    if not comm.is_main_process():
+        return {}
+    written = write_outputs(journal, keys, source, job)
+    written.update(images=len(keys), labelled=len(mine) - bad, seconds=seconds)
+    return written
+
+
+def write_outputs(journal: Journal, keys: List[str], source: SupportSource, job: LabelJob
+                  ) -> Dict:
+    """``skipped.json`` and, unless too many images are unreadable, ``annotations.json``, both
+    from the journal's shards in image order (byte for byte the same for the same shards)."""
+    coco = {"images": [], "annotations": [], "categories": source.categories}
+    skipped = []
+    for key in keys:
+        if journal.done(key):
+            value = journal.get(key)
+            image_id = len(coco["images"]) + 1
+            coco["images"].append({"id": image_id, "file_name": key, "height": value["height"],
+                                   "width": value["width"]})
+            for ann in value["annotations"]:
+                coco["annotations"].append(dict(ann, id=len(coco["annotations"]) + 1,
+                                                image_id=image_id))
+        else:
+            skipped.append(journal.get(_SKIP + key))  # KeyError naming the shard if neither
+    atomic_write(os.path.join(job.output, SKIPPED),
+                 json.dumps(skipped, indent=1, sort_keys=True) + "\n")
+    if len(skipped) > job.max_bad_fraction * len(keys):
+        raise _too_many_bad(skipped[0]["reason"], len(skipped), len(keys), job.max_bad_fraction,
+                            f"all are listed in {os.path.join(job.output, SKIPPED)}")
+    atomic_write(os.path.join(job.output, ANNOTATIONS),
+                 json.dumps(coco, separators=(",", ":"), sort_keys=True) + "\n")
+    logger.info("Wrote %s: %d images, %d annotations, %d categories; %d unreadable images in %s",
+                os.path.join(job.output, ANNOTATIONS), len(coco["images"]),
+                len(coco["annotations"]), len(coco["categories"]), len(skipped),
+                os.path.join(job.output, SKIPPED))
+    return {"annotations": len(coco["annotations"]), "skipped": len(skipped)}
