@@ -98,6 +98,11 @@ def test_support_sets_cross_backends(tiny_model, backend):
     rows = [torch_set[[0, 1]], ort_set[[2, 0]]]
     torch.testing.assert_close(backend.query_pass(z, rows), tiny_model.query_pass(z, rows, prompt),
                                atol=1e-4, rtol=0)
+    # a list holds one set per query, in both backends
+    for run in (lambda: tiny_model.query_pass(z, rows[:1], prompt),
+                lambda: backend.query_pass(z, rows[:1])):
+        with pytest.raises(ValueError, match="1 SupportSets for a batch of 2"):
+            run()
 
 
 def test_support_graph_is_pruned(tiny_model, export_dir, tmp_path):

@@ -220,7 +220,8 @@ class OnnxRuntimeBackend:
         rows = [supports] if isinstance(supports, SupportSet) else list(supports)
         if not rows or any(len(r) == 0 for r in rows):
             raise SupportSetError("a query needs at least one support in every SupportSet")
-        if len(rows) not in (1, batch):
+        if not isinstance(supports, SupportSet) and len(rows) != batch:
+            # as torch's KVBank: a list holds one set per query
             raise ValueError(f"{len(rows)} SupportSets for a batch of {batch} queries")
         if len({len(r) for r in rows}) != 1:
             raise SupportSetError("the queries of one batch must have the same number of "
