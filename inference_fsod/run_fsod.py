@@ -10,25 +10,30 @@
 Writes ``DIR/coco_instances_results.json`` (COCO results, RLE masks) and ``DIR/results.json``
 (bbox and segm AP, AP50, AP75, APs, APm, APl on the novel classes); ``--seeds`` runs each seed in
 ``DIR/seed{S}/`` and prints mean and std per metric (``DIR/results_seeds.json``). Datasets under
-``--root`` or ``$DETECTRON2_DATASETS`` in TFA's layout (datasets/README.md). See
+``--dataset-root`` or ``$DETECTRON2_DATASETS`` in TFA's layout (datasets/README.md). See
 inference_fsod/README.md.
 """
 
-import argparse
+import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
+# diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
+from diffews.cli import check_counts, entry_parser, launch_cli, load_config_checked, \
+    load_entry_config
+from diffews.cli.preflight import check_output_dir, preflight
+from diffews.data.datasets.coco_fsod import SEEDS, SHOTS, TEST_SETS, load_fsod_test
+from diffews.predictor import DiffewSPredictor
+from diffews.tasks.fsod import check_fsod_config, run_seeds, support_records
 
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from diffews.data.datasets.coco_fsod import SEEDS, SHOTS, TEST_SETS, load_fsod_test  # noqa: E402
-from diffews.tasks.fsod import check_fsod_config, run_seeds, support_records  # noqa: E402
-from diffews.predictor import DiffewSPredictor  # noqa: E402
-from diffews.cli import (OneLineArgumentParser, add_common_arguments,  # noqa: E402
-                               launch_cli, load_config_checked)
-from diffews.cli.preflight import check_output_dir, preflight  # noqa: E402
+__all__ = ["get_parser", "parse_args", "cli", "main", "load_config_checked"]
+
+DEFAULT_OUTPUT = "output/fsod/<test>_<K>shot"
+# flag -> config key, merged after the trailing overrides (diffews.cli.load_entry_config)
+FLAGS = {"test": "TEST.FSOD.TEST_SET", "shot": "TEST.FSOD.SHOT", "seed": "TEST.FSOD.SEED",
+         "batch_size": "TEST.FSOD.BATCH_SIZE", "output": "OUTPUT_DIR"}
 
 
 def parse_seeds(text: str):
@@ -43,10 +48,13 @@ def parse_seeds(text: str):
     return sorted(seeds) if seeds and seeds <= set(SEEDS) else None
 
 
-def parse_args(argv=None):
-    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="CFG")
+def get_parser():
+    p = entry_parser(
+        __doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], dataset_root=True,
+        output="optional", device=True, distributed=True,
+        output_help=f"results folder (default {DEFAULT_OUTPUT}, from the resolved "
+        "TEST.FSOD.TEST_SET and SHOT)",
+        batch_size="queries per model call (default: the config's TEST.FSOD.BATCH_SIZE)")
     p.add_argument("--test", choices=sorted(TEST_SETS), default=None,
                    help="coco: coco_test_novel; voc: VOCSegm_val_novel (default: the config's "
                    "TEST.FSOD.TEST_SET)")
@@ -58,11 +66,11 @@ def parse_args(argv=None):
     seeds.add_argument("--seeds", default=None, metavar="RANGE",
                        help="run several seeds, e.g. 0-9 or 0,1,2, each in OUTPUT/seed{S}/, and "
                        "print mean and std per metric")
-    p.add_argument("--output", default="", metavar="DIR", help="default: the config's OUTPUT_DIR")
-    p.add_argument("--root", default="", help="datasets root (default: $DETECTRON2_DATASETS)")
-    p.add_argument("--num-gpus", type=int, default=1)
-    p.add_argument("--dist-url", default="auto")
-    add_common_arguments(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = get_parser()
     args = p.parse_args(argv)
     if args.shot is not None and args.shot not in SHOTS:
         p.error(f"--shot {args.shot}: TFA's splits have K in {SHOTS}")
@@ -74,18 +82,17 @@ def parse_args(argv=None):
             p.error(f"--seeds {args.seeds!r}: expected seeds in 0..9 like 0-9 or 0,2,5")
     else:
         args.seed_list = None
-    if args.num_gpus < 1:
-        p.error(f"--num-gpus must be >= 1, got {args.num_gpus}")
+    check_counts(p, args, {"num_gpus": 1, "batch_size": 1})
     return args
 
 
 def setup(args, log: bool = True):
     """The config with the command line applied (frozen); the output folder checked."""
-    cfg = load_config_checked(args.config_file, args.opts)
-    for key, value in (("TEST_SET", args.test), ("SHOT", args.shot), ("SEED", args.seed)):
-        if value is not None:
-            cfg.TEST.FSOD[key] = value
-    cfg.OUTPUT_DIR = args.output = args.output or cfg.OUTPUT_DIR
+    cfg = load_entry_config(args, FLAGS)
+    if not args.output:  # the default names what is evaluated: output/fsod/<test>_<K>shot
+        args.output = os.path.join("output", "fsod",
+                                   f"{cfg.TEST.FSOD.TEST_SET}_{cfg.TEST.FSOD.SHOT}shot")
+        cfg = load_entry_config(args, FLAGS)  # again, with OUTPUT_DIR from --output
     cfg.freeze()
     check_fsod_config(cfg)
     check_output_dir(args.output)
@@ -100,7 +107,7 @@ def prepare(cfg, args) -> None:
     """Everything checkable before the model is built: PRETRAINED, image size, MODEL.WEIGHTS,
     every support split file and image of the seeds, the test set's json and image folder."""
     preflight(cfg, weights=[cfg.MODEL.WEIGHTS])
-    root = args.root or None
+    root = args.dataset_root
     for seed in args.seed_list or [cfg.TEST.FSOD.SEED]:
         seed_cfg = cfg.clone()
         seed_cfg.defrost()
@@ -113,7 +120,7 @@ def main(args):
     cfg = setup(args)
     prepare(cfg, args)
     predictor = DiffewSPredictor.from_config(cfg)
-    return run_seeds(cfg, predictor, args.output, args.seed_list, root=args.root or None)
+    return run_seeds(cfg, predictor, args.output, args.seed_list, root=args.dataset_root)
 
 
 def cli(argv=None) -> int:

@@ -4,7 +4,7 @@
 own dataset.
 
     python inference_fss/run_fss.py --config-file CFG --benchmark coco --fold all --shot 1 \
-        --output output/fss_coco_1shot MODEL.WEIGHTS path/to/weights
+        [--dataset-root DIR] [--output output/fss] MODEL.WEIGHTS path/to/weights
     python inference_fss/run_fss.py --config-file CFG --layout {coco,semseg,folder} \
         --dataset-root DIR [--coco-json FILE] [--class-names FILE] --shot K --output OUT \
         MODEL.WEIGHTS path/to/weights
@@ -25,41 +25,46 @@ config, 1: files), ``--debug`` shows the traceback. See inference_fss/README.md.
 import logging
 import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
+# diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
+from diffews.cli import UsageError, check_counts, entry_parser, launch_cli, load_entry_config
+from diffews.cli.preflight import check_output_dir, preflight
+from diffews.checkpoint import load_inference_weights
+from diffews.data import build_fss_test_loader
+from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name
+from diffews.utils.atomic import atomic_write_json
+from diffews.utils.visualize import save_episode
 
-import torch  # noqa: E402
-from detectron2.evaluation import inference_context  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from diffews.checkpoint import load_inference_weights  # noqa: E402
-from diffews.data import build_fss_test_loader  # noqa: E402
-from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name  # noqa: E402
-from diffews.utils.atomic import atomic_write_json  # noqa: E402
-from diffews.cli import (  # noqa: E402
-    OneLineArgumentParser, UsageError, add_common_arguments, launch_cli, load_config_checked)
-from diffews.cli.preflight import check_output_dir, preflight  # noqa: E402
-from diffews.utils.visualize import save_episode  # noqa: E402
+import torch
+from detectron2.evaluation import inference_context
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
+from tqdm import tqdm
 
 logger = logging.getLogger("diffews.run_fss")
 
+DEFAULT_OUTPUT = "output/fss"
+# flag -> config key, merged after the trailing overrides (diffews.cli.load_entry_config)
+FLAGS = {"shot": "TEST.FSS.SHOT", "episodes": "TEST.FSS.EPISODES_FILE",
+         "num_episodes": "TEST.FSS.NUM_EPISODES", "batch_size": "TEST.FSS.BATCH_SIZE",
+         "output": "OUTPUT_DIR"}
 
-def parse_args(argv=None):
-    """Parse and check the command line (fold, shot and counts are checked here, first)."""
-    p = OneLineArgumentParser(description="DiffewS episodic few-shot segmentation evaluation")
-    p.add_argument("--config-file", required=True)
+
+def get_parser():
+    p = entry_parser(
+        "DiffewS episodic few-shot segmentation evaluation", epilog=__doc__.split("\n\n", 1)[1],
+        dataset_root=True, output="optional", device=True, distributed=True,
+        output_help=f"results folder (default {DEFAULT_OUTPUT})",
+        batch_size="episodes per model call (default: the config's TEST.FSS.BATCH_SIZE)",
+        dataset_root_help="--benchmark: datasets root (default $DETECTRON2_DATASETS, else "
+        "./datasets); --layout: the image folder (coco), the dataset folder (semseg: images/ "
+        "labels/) or the class-folder tree (folder)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--benchmark", choices=sorted(BENCHMARK_FOLDS))
     what.add_argument("--layout", choices=("coco", "semseg", "folder"),
                       help="your own dataset in this layout (with --dataset-root)")
-    p.add_argument("--dataset-root", default=None, metavar="DIR",
-                   help="--layout: the image folder (coco), the dataset folder (semseg: images/ "
-                   "labels/) or the class-folder tree (folder)")
     p.add_argument("--coco-json", default=None, metavar="FILE", help="--layout coco: instances json")
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="--layout semseg: class-name list, one per line (default: "
@@ -67,15 +72,18 @@ def parse_args(argv=None):
     p.add_argument("--fold", default="all", help="fold index or 'all'")
     p.add_argument("--shot", type=int, default=None, help="supports per episode (default: the "
                    "config's TEST.FSS.SHOT)")
-    p.add_argument("--output", default="output/fss")
-    p.add_argument("--episodes", default="", help="episode JSON (tools/make_episodes.py) to reuse; "
-                   "single fold only")
-    p.add_argument("--num-episodes", type=int, default=0, help="0 = protocol count")
+    p.add_argument("--episodes", default=None, help="episode JSON (tools/make_episodes.py) to "
+                   "reuse; single fold only (TEST.FSS.EPISODES_FILE)")
+    p.add_argument("--num-episodes", type=int, default=None,
+                   help="0 = protocol count (TEST.FSS.NUM_EPISODES)")
     p.add_argument("--save-vis", type=int, default=0, metavar="N",
                    help="save pictures of the first N episodes of each fold")
-    p.add_argument("--num-gpus", type=int, default=1)
-    p.add_argument("--dist-url", default="auto")
-    add_common_arguments(p)
+    return p
+
+
+def parse_args(argv=None):
+    """Parse and check the command line (fold, shot and counts are checked here, first)."""
+    p = get_parser()
     args = p.parse_args(argv)
     if args.layout:
         if not args.dataset_root:
@@ -87,8 +95,8 @@ def parse_args(argv=None):
         if args.fold != "all" and args.fold != "0":
             p.error("a custom dataset has one fold (0)")
         args.fold = "0"
-    elif args.dataset_root or args.coco_json or args.class_names:
-        p.error("--dataset-root, --coco-json and --class-names go with --layout")
+    elif args.coco_json or args.class_names:
+        p.error("--coco-json and --class-names go with --layout")
     n = BENCHMARK_FOLDS[args.benchmark] if args.benchmark else 1
     if args.fold == "all":
         args.folds = list(range(n))
@@ -100,27 +108,19 @@ def parse_args(argv=None):
         if args.folds[0] not in range(n):
             p.error(f"--fold {args.fold}: {args.benchmark or 'a custom dataset'} has folds "
                     f"0..{n - 1}")
-    for name in ("shot", "num_gpus"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("num_episodes", "save_vis"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    check_counts(p, args, {"shot": 1, "num_gpus": 1, "batch_size": 1, "num_episodes": 0,
+                           "save_vis": 0})
     if args.episodes and len(args.folds) > 1:
         p.error("--episodes needs a single --fold")
+    args.output = args.output or DEFAULT_OUTPUT
     return args
 
 
 def setup(args, log: bool = True):
-    cfg = load_config_checked(args.config_file, args.opts)
-    if args.shot is not None:
-        cfg.TEST.FSS.SHOT = args.shot
-    if args.episodes:
-        cfg.TEST.FSS.EPISODES_FILE = args.episodes
-    if args.num_episodes:
-        cfg.TEST.FSS.NUM_EPISODES = args.num_episodes
-    cfg.OUTPUT_DIR = args.output
+    if args.benchmark and args.dataset_root:
+        # the registered benchmarks read $DETECTRON2_DATASETS when their records are loaded
+        os.environ["DETECTRON2_DATASETS"] = args.dataset_root
+    cfg = load_entry_config(args, FLAGS)
     cfg.freeze()
     args.shot = cfg.TEST.FSS.SHOT
     if args.shot < 1:

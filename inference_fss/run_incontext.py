@@ -13,13 +13,17 @@ to the log and to ``<output>/incontext_results.json``. Same options as run_fss.p
 ``--num-episodes N`` for a quick check, ``--num-gpus``, trailing ``KEY VALUE`` overrides.
 """
 
-import argparse
-import json
 import logging
 import os
 import sys
 
-from detectron2.engine import launch
+# diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
+from diffews.cli import (add_list_argument, check_counts, config_overrides, entry_parser,
+                         launch_cli, load_entry_config, parse_list)
+from diffews.cli.preflight import check_output_dir, preflight
+from diffews.data.episodes import BENCHMARK_FOLDS
+from diffews.utils.atomic import atomic_write_json
+
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
@@ -29,45 +33,65 @@ import run_fss  # noqa: E402
 
 logger = logging.getLogger("diffews.run_incontext")
 
+DEFAULT_OUTPUT = "output/incontext"
 BENCHMARKS = ("coco", "pascal", "fss", "lvis")
 NAMES = {"coco": "COCO-20i", "pascal": "PASCAL-5i", "fss": "FSS-1000", "lvis": "LVIS-92i",
          "synthetic": "synthetic"}
-# DiffewS in-context weights, mean mIoU over folds, (1-shot, 5-shot) (METHOD.md 9); the paper
-# gives no PASCAL-5i number for them
+# DiffewS in-context weights, mean mIoU over folds, (1-shot, 5-shot) (docs/METHOD.md section 9);
+# the paper gives no PASCAL-5i number for them
 PAPER = {"coco": (71.3, 72.2), "fss": (87.8, 88.0), "lvis": (31.4, 35.4)}
 
 
+def get_parser():
+    p = entry_parser(
+        "DiffewS in-context weights on every benchmark", epilog=__doc__.split("\n\n", 1)[1],
+        dataset_root=True, output="optional", device=True, distributed=True,
+        output_help=f"results folder (default {DEFAULT_OUTPUT}); one sub-folder per run",
+        batch_size="episodes per model call (default: the config's TEST.FSS.BATCH_SIZE)")
+    add_list_argument(p, "--benchmarks", default=",".join(BENCHMARKS),
+                      help=f"from {sorted(NAMES)} (default: the four benchmarks)")
+    add_list_argument(p, "--shots", default="1,5", help="supports per episode (default 1,5)")
+    p.add_argument("--num-episodes", type=int, default=None, help="0 = protocol count")
+    return p
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="DiffewS in-context weights on every benchmark")
-    p.add_argument("--config-file", required=True)
-    p.add_argument("--output", default="output/incontext")
-    p.add_argument("--benchmarks", default=",".join(BENCHMARKS),
-                   help=f"comma-separated, from {sorted(NAMES)} (default: the four benchmarks)")
-    p.add_argument("--shots", default="1,5", help="comma-separated supports per episode")
-    p.add_argument("--num-episodes", type=int, default=0, help="0 = protocol count")
-    p.add_argument("--num-gpus", type=int, default=1)
-    p.add_argument("--dist-url", default="auto")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
+    p = get_parser()
     args = p.parse_args(argv)
-    args.benchmarks = [b for b in args.benchmarks.split(",") if b]
+    args.benchmarks = parse_list(args.benchmarks, str, "--benchmarks")
     bad = [b for b in args.benchmarks if b not in NAMES]
     if bad or not args.benchmarks:
         p.error(f"--benchmarks: {bad or 'none'} not in {sorted(NAMES)}")
     try:
-        args.shots = [int(k) for k in args.shots.split(",") if k]
-    except ValueError:
-        p.error(f"--shots: expected comma-separated integers, got {args.shots!r}")
+        args.shots = parse_list(args.shots, int, "--shots")
+    except ValueError as e:
+        p.error(str(e))
     if not args.shots or min(args.shots) < 1:
         p.error("--shots: at least one shot, each >= 1")
+    check_counts(p, args, {"num_gpus": 1, "batch_size": 1, "num_episodes": 0})
+    args.output = args.output or DEFAULT_OUTPUT
     return args
 
 
 def run_fss_args(args, benchmark: str, shot: int):
     """run_fss.py arguments of one (benchmark, shot): every fold, its own output folder."""
     argv = ["--config-file", args.config_file, "--benchmark", benchmark, "--fold", "all",
-            "--shot", str(shot), "--output", os.path.join(args.output, f"{benchmark}_{shot}shot"),
-            "--num-episodes", str(args.num_episodes), *args.opts]
-    return run_fss.parse_args(argv)
+            "--shot", str(shot), "--output", os.path.join(args.output, f"{benchmark}_{shot}shot")]
+    for flag, value in (("--num-episodes", args.num_episodes), ("--batch-size", args.batch_size),
+                        ("--device", args.device), ("--dataset-root", args.dataset_root)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return run_fss.parse_args(argv + config_overrides(args))
+
+
+def precheck(args):
+    """The config, PRETRAINED, image size, the weights of every fold and the output folder,
+    before any model is built (once, in the launching process)."""
+    cfg = load_entry_config(args, {"batch_size": "TEST.FSS.BATCH_SIZE"})
+    folds = max(BENCHMARK_FOLDS.get(b, 1) for b in args.benchmarks)
+    preflight(cfg, output_dir=args.output,
+              weights=sorted({run_fss.fold_weights(cfg, f) for f in range(folds)}))
+    return cfg
 
 
 def table(summaries: dict, shots) -> tuple:
@@ -95,6 +119,7 @@ def _drop_log_handlers():
 
 
 def main(args):
+    precheck(args)
     summaries = {}
     for benchmark in args.benchmarks:
         for shot in args.shots:
@@ -111,15 +136,16 @@ def main(args):
                 tabulate(rows, headers=headers, tablefmt="pipe"))
     out = {"shots": args.shots, "headers": headers, "rows": rows,
            "runs": {f"{b}_{k}shot": s for (b, k), s in summaries.items()}}
-    os.makedirs(args.output, exist_ok=True)
-    path = os.path.join(args.output, "incontext_results.json")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(tmp, path)
+    check_output_dir(args.output)
+    atomic_write_json(out, os.path.join(args.output, "incontext_results.json"), indent=2)
     return out
 
 
+def cli(argv=None) -> int:
+    """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
+    args = parse_args(argv)
+    return launch_cli(args, main, lambda: precheck(args))
+
+
 if __name__ == "__main__":
-    args = parse_args()
-    launch(main, args.num_gpus, dist_url=args.dist_url, args=(args,))
+    sys.exit(cli())

@@ -6,24 +6,20 @@
       --dataset davis17_val --output output/vos/davis17_val MODEL.WEIGHTS weight/coco_fold0
 """
 
-import argparse
 import logging
-import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
+# diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
+from diffews.cli import UsageError, add_list_argument, check_counts, entry_parser, \
+    load_entry_config, parse_list, preflight, run_cli
+from diffews.data.datasets.vos import VOS_DATASETS
 
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.data import MetadataCatalog
+from detectron2.utils.logger import setup_logger
 
-from diffews.checkpoint import require_inference_weights  # noqa: E402
-from diffews.data.datasets.common import dataset_root  # noqa: E402
-from diffews.data.datasets.vos import VOS_DATASETS  # noqa: E402
-from diffews.cli import (  # noqa: E402
-    OneLineArgumentParser, UsageError, add_common_arguments, config_overrides, load_config_checked,
-    run_cli,
-)
+# flag -> config key, merged after the trailing overrides (diffews.cli.load_entry_config)
+FLAGS = {"mem_size": "TEST.VOS.MEM_SIZE", "decay_ratio": "TEST.VOS.DECAY_RATIO",
+         "reuse_supports": "TEST.VOS.REUSE_SUPPORTS", "batch_size": "TEST.VOS.BATCH_SIZE"}
 
 EPILOG = """\
 Per object, the first annotated frame with its given mask is a fixed support and up to
@@ -39,39 +35,31 @@ and YouTube-VOS are scored by their servers. See inference_vos/README.md.
 
 
 def get_parser():
-    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="CFG")
+    p = entry_parser(__doc__.split("\n\n")[0], epilog=EPILOG, dataset_root=True,
+                     output="optional", device=True,
+                     output_help="results folder (default output/vos/<dataset>)",
+                     batch_size="queries (frame, object) per model call (default: the config's "
+                     "TEST.VOS.BATCH_SIZE)", deprecated_roots=("--root",))
     p.add_argument("--dataset", default=None, choices=sorted(VOS_DATASETS),
                    help="registered VOS dataset (default: the config's DATASETS.TEST[0])")
-    p.add_argument("--root", default=None, help="datasets root (default $DETECTRON2_DATASETS, "
-                   "else ./datasets); see datasets/README.md")
-    p.add_argument("--output", default=None, metavar="DIR",
-                   help="results folder (default <OUTPUT_DIR>/<dataset>)")
     p.add_argument("--mem-size", type=int, default=None, metavar="N",
                    help="supports per object incl. the first frame (TEST.VOS.MEM_SIZE)")
     p.add_argument("--decay-ratio", type=float, default=None, metavar="R",
                    help="linear score decay ratio, 0 = none (TEST.VOS.DECAY_RATIO)")
-    p.add_argument("--no-reuse", action="store_true", help="re-encode every support on every "
-                   "frame (TEST.VOS.REUSE_SUPPORTS False; same masks, slower)")
-    p.add_argument("--videos", default=None, metavar="NAME[,NAME...]",
-                   help="only these videos (comma-separated)")
+    p.add_argument("--no-reuse", dest="reuse_supports", action="store_const", const=False,
+                   default=None, help="re-encode every support on every frame "
+                   "(TEST.VOS.REUSE_SUPPORTS False; same masks, slower)")
+    add_list_argument(p, "--videos", default=None, metavar="NAME,NAME,...",
+                      help="only these videos")
     p.add_argument("--save-vis", action="store_true",
                    help="write <output>/vis/<video>.jpg: a strip of frames with the masks")
     p.add_argument("--no-eval", action="store_true", help="do not score DAVIS val at the end")
-    return add_common_arguments(p)
+    return p
 
 
 def main(args) -> int:
     setup_logger(name="diffews", abbrev_name="diffews")
-    opts = config_overrides(args)
-    if args.mem_size is not None:
-        opts += ["TEST.VOS.MEM_SIZE", str(args.mem_size)]
-    if args.decay_ratio is not None:
-        opts += ["TEST.VOS.DECAY_RATIO", str(float(args.decay_ratio))]
-    if args.no_reuse:
-        opts += ["TEST.VOS.REUSE_SUPPORTS", "False"]
-    cfg = load_config_checked(args.config_file, opts)
+    cfg = load_entry_config(args, FLAGS)
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if dataset not in VOS_DATASETS:
         raise UsageError(f"--dataset: {dataset!r} is not a VOS dataset; choose from "
@@ -79,18 +67,21 @@ def main(args) -> int:
     if cfg.TEST.VOS.MEM_SIZE < 1 or cfg.TEST.VOS.DECAY_RATIO < 0:
         raise UsageError(f"--mem-size must be >= 1 and --decay-ratio >= 0 (got "
                          f"{cfg.TEST.VOS.MEM_SIZE}, {cfg.TEST.VOS.DECAY_RATIO})")
+    if cfg.TEST.VOS.BATCH_SIZE < 1:
+        raise UsageError(f"TEST.VOS.BATCH_SIZE must be >= 1, got {cfg.TEST.VOS.BATCH_SIZE}")
     cfg.freeze()
-    require_inference_weights(cfg)  # before reading the dataset and building the model
+    output = args.output or f"output/vos/{dataset}"
+    videos = parse_list(args.videos, str, "--videos")
+    # before reading the dataset and building the model
+    preflight(cfg, output_dir=output, weights=[cfg.MODEL.WEIGHTS])
     from diffews.evaluation.vos_evaluation import format_davis_tables
     from diffews.tasks.vos import run_vos
 
-    output = args.output or f"{cfg.OUTPUT_DIR.rstrip('/')}/{dataset}"
     logging.getLogger("diffews.run_vos").info(
         "%s: memory %d (first frame + %d), decay ratio %g, support reuse %s -> %s", dataset,
         cfg.TEST.VOS.MEM_SIZE, cfg.TEST.VOS.MEM_SIZE - 1, cfg.TEST.VOS.DECAY_RATIO,
         "on" if cfg.TEST.VOS.REUSE_SUPPORTS else "off", output)
-    videos = [v for v in args.videos.split(",") if v] if args.videos else None
-    summary = run_vos(cfg, dataset, output, root=args.root, videos=videos,
+    summary = run_vos(cfg, dataset, output, root=args.dataset_root, videos=videos,
                       save_vis=args.save_vis, evaluate=not args.no_eval)
     print(f"{dataset}: {summary['videos']} videos, {summary['frames']} frames, "
           f"{summary['fps']:.2f} frames/s; results in {output}")
@@ -100,14 +91,21 @@ def main(args) -> int:
     elif "scores" in summary:
         print(format_davis_tables(summary["scores"], meta.split))
     elif meta.has_full_gt:
-        print(f"Score with: python inference_vos/eval_davis.py --davis-root "
-              f"{os.path.join(dataset_root(args.root), 'DAVIS17', 'trainval')} --results {output} "
+        root = f" --dataset-root {args.dataset_root}" if args.dataset_root else ""
+        print(f"Score with: python inference_vos/eval_davis.py{root} --results {output} "
               f"--set {meta.split} --year {meta.year}")
     else:
         print(f"Zip the sequence folders of {output} and submit them to the DAVIS server.")
     return 0
 
 
+def cli(argv=None) -> int:
+    """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_counts(parser, args, {"mem_size": 1, "batch_size": 1})
+    return run_cli(lambda: main(args), args.debug)
+
+
 if __name__ == "__main__":
-    args = get_parser().parse_args()
-    sys.exit(run_cli(lambda: main(args), args.debug))
+    sys.exit(cli())

@@ -2,9 +2,9 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Time DiffewS: seconds per training iteration and per inference episode, and peak memory.
 
-  python tools/benchmark.py --config-file CFG [--shots 1 5] [--iters 10] [KEY VALUE ...]
+  python tools/benchmark.py --config-file CFG [--shots 1,5] [--iters 10] [KEY VALUE ...]
   python tools/benchmark.py --tiny            # the tiny random model of the tests, on the CPU
-  python tools/benchmark.py --compare --model tiny mid sd21 --size 256 --shots 1 5 --episodes 10 [--profile 3]
+  python tools/benchmark.py --compare --model tiny,mid,sd21 --size 256 --shots 1,5 --episodes 10 [--profile 3]
   python tools/benchmark.py --suite gpu        # SD 2.1-shaped, 512 px, every speed mode, training
 
 Training iterations run the real EpisodeTrainer step (accumulation, AMP, clipping) on random
@@ -22,15 +22,24 @@ achieved GFLOP/s against the device's peak, and peak memory.
 SD 2.1-shaped random weights at 512 px: 1/5-shot x fp32/bf16 x compile off/on x batch 1/8
 inference, and training steps with and without gradient checkpointing; it appends its rows,
 with the device's name and the command, to tools/BENCHMARKS.md (``--no-record`` does not).
-Recorded results: tools/BENCHMARKS.md.
+Recorded results: tools/BENCHMARKS.md. Lists are comma-separated (--shots 1,5, --model tiny,mid;
+the older space-separated form still works, with a warning). Errors are one line (exit status 2:
+command line or config, 1: files); --debug shows the traceback.
 """
 
-import argparse
 import itertools
 import os
 import resource
+import sys
 import tempfile
 import time
+
+# diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
+from diffews.benchmark.episodes import random_episode
+from diffews.cli import UsageError, add_list_argument, check_counts, entry_parser, \
+    load_entry_config, parse_list, preflight, run_cli
+from diffews.engine.solver import build_optimizer
+from diffews.engine.train_loop import EpisodeTrainer
 
 import numpy as np
 import torch
@@ -38,10 +47,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
-from diffews.config import load_config
-from diffews.engine.solver import build_optimizer
-from diffews.engine.train_loop import EpisodeTrainer
-from diffews.benchmark.episodes import random_episode
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
+MODELS = ("tiny", "mid", "sd21")
 
 
 def peak_memory_gib(device: torch.device) -> str:
@@ -98,13 +106,13 @@ def compare(args):
     from diffews.benchmark.paths import PATHS, compare_paths, device_peak_gflops
     from diffews.benchmark.random_sd import build_random_diffews
 
-    device = torch.device(args.device)
+    device = torch.device(_device(args))
     peak = device_peak_gflops(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU x {torch.get_num_threads()} threads"
     print(f"device: {name}; peak {peak:.0f} GFLOP/s (fp32); {args.episodes} episodes per setting, "
           "paths interleaved")
-    for model_name in args.model or ["tiny"]:
+    for model_name in args.models or ["tiny"]:
         model = build_random_diffews(model_name).to(device)
         for shots in args.shots:
             episodes = [random_episode(shots, args.size, 1000 + i) for i in range(args.episodes)]
@@ -150,16 +158,13 @@ def format_profile(profile) -> str:
 
 
 def suite(args) -> int:
-    import sys
-
     from diffews.benchmark.suite import append_to_benchmarks, format_rows, run_suite
 
-    device = torch.device(args.device)
-    model = (args.model or ["sd21"])[0]
+    device = torch.device(_device(args))
+    model = (args.models or ["sd21"])[0]
     if device.type != "cuda" and model != "tiny":
-        print("error: --suite gpu needs a CUDA device; on a CPU only a dry run with --model tiny "
-              "--device cpu is possible", file=sys.stderr)
-        return 2
+        raise UsageError("--suite gpu needs a CUDA device; on a CPU only a dry run with --model "
+                         "tiny --device cpu is possible")
     size = 512 if model != "tiny" else args.size
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
     print(f"device: {name}; model {model}; {size} px")
@@ -176,14 +181,13 @@ def accuracy(args) -> int:
     """Speed modes on the synthetic benchmark with the quick start's trained model."""
     from diffews.benchmark.modes import mode_accuracy
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    weights = os.path.join(root, "output", "quickstart", "train", "model_final.pth")
-    if not os.path.isfile(weights):
-        print(f"error: {weights} not found; run `python tools/quickstart.py` first")
-        return 1
-    cfg = load_config(os.path.join(root, "configs", "quick_schedules",
-                                   "diffews_tiny_synthetic_cpu.yaml"),
-                      ["MODEL.WEIGHTS", weights, "TEST.FSS.SHOT", args.shots[0], *args.opts])
+    args.weights = os.path.join(ROOT, "output", "quickstart", "train", "model_final.pth")
+    if not os.path.isfile(args.weights):
+        raise FileNotFoundError(f"{args.weights} not found; run `python tools/quickstart.py` first")
+    args.shot = args.shots[0]
+    cfg = load_entry_config(args, {"weights": "MODEL.WEIGHTS", "shot": "TEST.FSS.SHOT"},
+                            config_file=args.config_file or QUICK_CONFIG)
+    preflight(cfg, weights=[cfg.MODEL.WEIGHTS])
     rows = mode_accuracy(cfg, "synthetic_fss_test", log=lambda *a: None)
     print(tabulate([[k, f"{100 * v['agreement']:.3f}%", f"{v['mIoU']:.2f}", f"{v['FB-IoU']:.2f}",
                      f"{v['s_per_episode']:.3f}", f"{v['first_batch_s']:.2f}"]
@@ -193,54 +197,85 @@ def accuracy(args) -> int:
     return 0
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _device(args) -> str:
+    """--compare and --suite: --device, else CUDA when there is one."""
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def get_parser():
+    p = entry_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                     config="optional", output=None, device=True)
     p.add_argument("--accuracy", action="store_true", help="speed modes' effect on the synthetic "
                    "benchmark, with the quick start's trained model")
     p.add_argument("--compare", action="store_true", help="time the three inference paths")
     p.add_argument("--suite", choices=["gpu"], default=None, help="the GPU suite")
     p.add_argument("--no-record", action="store_true",
                    help="--suite: print only, do not append to tools/BENCHMARKS.md")
-    p.add_argument("--model", nargs="+", default=None, choices=["tiny", "mid", "sd21"],
-                   help="--compare: random-weight models to build (default tiny); --suite: the "
-                   "model (default sd21)")
+    add_list_argument(p, "--model", default=None, metavar="NAME,...",
+                      help=f"from {list(MODELS)}; --compare: random-weight models to build "
+                      "(default tiny); --suite: the model (default sd21)")
     p.add_argument("--reps", type=int, default=5, help="--suite: timed calls per setting")
     p.add_argument("--size", type=int, default=64, help="--compare: working size (px)")
     p.add_argument("--episodes", type=int, default=10, help="--compare: timed episodes")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="--compare: also time each path's stages over N calls")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--config-file", default=None)
     p.add_argument("--tiny", action="store_true", help="benchmark the tiny random test model")
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    add_list_argument(p, "--shots", default="1,5", metavar="K,...",
+                      help="supports per episode (default 1,5)")
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("opts", nargs=argparse.REMAINDER)
-    args = p.parse_args()
-    if args.compare:
-        return compare(args)
-    if args.suite:
-        return suite(args)
-    if args.accuracy:
-        return accuracy(args)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = load_config(args.config_file or os.path.join(
-        root, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml"))
+    return p
+
+
+def parse_args(argv=None):
+    p = get_parser()
+    args = p.parse_args(argv)
+    try:
+        args.shots = parse_list(args.shots, int, "--shots")
+        args.models = parse_list(args.model, str, "--model")
+    except ValueError as e:
+        p.error(str(e))
+    bad = [m for m in args.models or [] if m not in MODELS]
+    if bad:
+        p.error(f"--model: {bad} not in {list(MODELS)}")
+    if not args.shots or min(args.shots) < 1:
+        p.error("--shots: at least one shot, each >= 1")
+    check_counts(p, args, {"reps": 1, "size": 8, "episodes": 1, "profile": 0, "iters": 1})
+    return args
+
+
+def timing(args) -> int:
+    """Seconds per training iteration and per inference episode of a config."""
     if args.tiny:
         from diffews.quickstart.tiny_sd import build_tiny_sd
 
-        cfg.MODEL.DIFFEWS.PRETRAINED = build_tiny_sd(tempfile.mkdtemp(prefix="tiny_sd_"))
-    cfg.merge_from_list(args.opts)
+        args.pretrained = build_tiny_sd(tempfile.mkdtemp(prefix="tiny_sd_"))
+    cfg = load_entry_config(args, {"pretrained": "MODEL.DIFFEWS.PRETRAINED"},
+                            config_file=args.config_file or QUICK_CONFIG)
+    preflight(cfg)
     device = torch.device(cfg.MODEL.DEVICE)
     rows = [["train iteration", f"{bench_train(cfg, args.iters):.3f} s",
              f"batch {cfg.SOLVER.IMS_PER_BATCH} x accumulation {cfg.SOLVER.ACCUMULATION_STEPS}, "
-             f"K in 1..{cfg.INPUT.FEW_SHOT.MAX_SHOT}, AMP {cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else 'off'}"]]
+             f"K in 1..{cfg.INPUT.FEW_SHOT.MAX_SHOT}, AMP "
+             f"{cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else 'off'}"]]
     for k in args.shots:
-        rows.append([f"inference episode, {k}-shot", f"{bench_inference(cfg, k, args.iters):.3f} s", ""])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x {torch.get_num_threads()} threads"
-    print(f"device: {name}; image size {cfg.INPUT.IMAGE_SIZE}; UNet from {cfg.MODEL.DIFFEWS.PRETRAINED}")
+        rows.append([f"inference episode, {k}-shot", f"{bench_inference(cfg, k, args.iters):.3f} s",
+                     ""])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU x {torch.get_num_threads()} threads"
+    print(f"device: {name}; image size {cfg.INPUT.IMAGE_SIZE}; UNet from "
+          f"{cfg.MODEL.DIFFEWS.PRETRAINED}")
     print(tabulate(rows, headers=["what", "time", "setting"], tablefmt="github"))
     print(f"peak memory (GiB): {peak_memory_gib(device)}")
+    return 0
+
+
+def cli(argv=None) -> int:
+    """The command line: parse, run the chosen benchmark; one ``error:`` line and exit 1/2."""
+    args = parse_args(argv)
+    run = compare if args.compare else suite if args.suite else accuracy if args.accuracy \
+        else timing
+    return run_cli(lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -2,7 +2,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Check a prepared datasets tree against what the few-shot loaders read.
 
-    python tools/check_datasets.py --benchmark all [--root $DETECTRON2_DATASETS]
+    python tools/check_datasets.py --benchmark all [--dataset-root $DETECTRON2_DATASETS]
 
 For each benchmark: the folders, the split lists and a sample of the listed images and masks.
 Prints OK or every missing path; exits 1 if anything is missing or unreadable. The expected
@@ -12,18 +12,15 @@ trees are in datasets/README.md. A root that does not exist, or any other error,
 
 import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
-
-from diffews.data.datasets.common import dataset_root
+from diffews.cli import README_SECTIONS, check_counts, entry_parser, run_cli
 from diffews.data.datasets.coco20i import check_coco20i
 from diffews.data.datasets.coco_fsod import check_fsod
+from diffews.data.datasets.common import dataset_root
 from diffews.data.datasets.fss1000 import check_fss1000
 from diffews.data.datasets.lvis92i import check_lvis92i
 from diffews.data.datasets.pascal5i import check_pascal5i
 from diffews.data.datasets.vos import check_vos
-from diffews.cli import README_SECTIONS, OneLineArgumentParser, add_common_arguments, run_cli
 
 CHECKS = {
     "coco": lambda root, splits, n: check_coco20i(root, splits, n),
@@ -38,23 +35,30 @@ CHECKS = {
 _FOLDERS = {"COCO2014": "coco", "VOC2012": "pascal", "FSS-1000": "fss", "LVIS": "lvis"}
 
 
-def main(argv=None) -> int:
-    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
+def get_parser():
+    parser = entry_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                          config="", dataset_root=True, output=None, overrides=False)
     parser.add_argument("--benchmark", default="all", choices=sorted(CHECKS) + ["all"])
-    parser.add_argument("--root", default=None, help="default $DETECTRON2_DATASETS or ./datasets")
     parser.add_argument("--splits", default=None, help="'shipped' (default), 'tree' or a folder")
     parser.add_argument("--sample", type=int, default=20, help="listed files checked per split")
-    add_common_arguments(parser, positional_opts=False)
+    return parser
+
+
+def cli(argv=None) -> int:
+    """The command line: parse, check the tree; one ``error:`` line and exit status 1/2."""
+    parser = get_parser()
     args = parser.parse_args(argv)
-    if args.sample < 1:
-        parser.error(f"--sample must be >= 1, got {args.sample}")
+    check_counts(parser, args, {"sample": 1})
     return run_cli(lambda: check(args), args.debug)
 
 
+main = cli  # the older name (tests and scripts call check_datasets.main(argv))
+
+
 def check(args) -> int:
-    root = dataset_root(args.root)
+    root = dataset_root(args.dataset_root)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: the datasets root does not exist; pass --root or set "
+        raise FileNotFoundError(f"{root}: the datasets root does not exist; pass --dataset-root or set "
                                 "DETECTRON2_DATASETS to the folder prepared as in "
                                 "datasets/README.md")
     failed = []
@@ -75,4 +79,4 @@ def check(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -6,50 +6,59 @@ official releases.
 
   python tools/export_unet.py --config-file CFG --weights output/model_final.pth --output weight/my_fold0
 
-Config overrides are trailing KEY VALUE pairs (``--opts KEY VALUE ...`` is accepted too). The
-folder is written under a temporary name and renamed when complete. Errors are one line (exit
-status 2: command line or config, 1: files); --debug shows the traceback.
+--output defaults to output/export_unet; the model is built on --device (default cpu, unless a
+MODEL.DEVICE override is given). Config
+overrides are trailing KEY VALUE pairs (or after --opts). The PRETRAINED folder, the weights and
+the output folder are checked before the model is built. The folder is written under a temporary
+name and renamed when complete. Errors are one line (exit status 2: command line or config, 1:
+files); --debug shows the traceback.
 """
 
 import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
+# diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
+from diffews import DiffewSCheckpointer
+from diffews.cli import config_overrides, entry_parser, load_entry_config, run_cli
+from diffews.cli.preflight import check_weights, preflight
+from diffews.modeling import save_release_unet
+from diffews.utils.atomic import atomic_folder
 
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import build_model
 
-from diffews import DiffewSCheckpointer  # noqa: E402
-from diffews.modeling import save_release_unet  # noqa: E402
-from diffews.utils.atomic import atomic_folder  # noqa: E402
-from diffews.cli import (  # noqa: E402
-    OneLineArgumentParser, add_common_arguments, config_overrides, load_config_checked, run_cli)
-from diffews.cli.preflight import check_output_dir, check_weights, preflight  # noqa: E402
+DEFAULT_OUTPUT = "output/export_unet"
 
 
 def get_parser():
-    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config-file", required=True, help="the training config")
+    p = entry_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                     output="optional", device=True,
+                     output_help=f"release folder to write, <output>/unet/ (default {DEFAULT_OUTPUT})")
     p.add_argument("--weights", required=True, help="trainer checkpoint (.pth) to export")
-    p.add_argument("--output", required=True, help="release folder to write (<output>/unet/)")
     p.add_argument("--bin", action="store_true", help="write .bin instead of .safetensors")
-    return add_common_arguments(p, opts_flag=True)
+    return p
 
 
 def main(args) -> str:
-    cfg = load_config_checked(args.config_file, ["MODEL.DEVICE", "cpu", *config_overrides(args)])
-    preflight(cfg)
+    output = args.output or DEFAULT_OUTPUT
+    if args.device is None and "MODEL.DEVICE" not in config_overrides(args)[0::2]:
+        args.device = "cpu"  # exporting needs no accelerator, whatever the config says
+    cfg = load_entry_config(args)
+    preflight(cfg, output_dir=output)
     check_weights(args.weights, allow_untrained=False, key="--weights")
-    check_output_dir(args.output)
     model = build_model(cfg)
     DiffewSCheckpointer(model).load(args.weights)
-    folder = os.path.join(args.output, "unet")
+    folder = os.path.join(output, "unet")
     with atomic_folder(folder) as tmp:  # never a half-written <output>/unet
         save_release_unet(model.unet, tmp, safe_serialization=not args.bin)
-    print(f"wrote {folder}; use it with MODEL.WEIGHTS {args.output}")
+    print(f"wrote {folder}; use it with MODEL.WEIGHTS {output}")
     return folder
 
 
+def cli(argv=None) -> int:
+    """The command line: parse, check, export; one ``error:`` line and exit status 1/2."""
+    args = get_parser().parse_args(argv)
+    return run_cli(lambda: main(args), args.debug)
+
+
 if __name__ == "__main__":
-    arguments = get_parser().parse_args()
-    sys.exit(run_cli(lambda: main(arguments), arguments.debug))
+    sys.exit(cli())

@@ -2,10 +2,11 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Write the fixed test episodes of a benchmark fold as a JSON episode file (one episode per line).
 
-    python tools/make_episodes.py --benchmark coco --fold 0 --shot 1 --output coco_f0_1shot.json
+    python tools/make_episodes.py --benchmark coco --fold 0 --shot 1 [--output coco_f0_1shot.json]
 
 COCO-20i and PASCAL-5i episodes need only the split lists (shipped in datasets/splits/); FSS-1000
-lists the test class folders and LVIS-92i reads LVIS/lvis_val.pkl under --root. The file is what
+lists the test class folders and LVIS-92i reads LVIS/lvis_val.pkl under --dataset-root. The
+default --output is output/episodes/<benchmark>_fold<F>_<K>shot.json. The file is what
 ``inference_fss/run_fss.py --episodes`` and ``TEST.FSS.EPISODES_FILE`` read. It records the
 episode generator version (``diffews.data.episodes.GENERATOR_VERSION``); rewriting a file of an
 older version says so. Errors are one line (exit status 2: command line, 1: data); --debug shows
@@ -15,27 +16,24 @@ the traceback.
 import logging
 import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
-
-from diffews.data.episodes import (  # noqa: E402
-    BENCHMARK_FOLDS, GENERATOR_VERSION, make_episodes, read_episode_file, save_episodes,
-    stale_version)
-from diffews.cli import (  # noqa: E402
-    OneLineArgumentParser, UsageError, add_common_arguments, run_cli)
-from diffews.cli.preflight import check_output_dir  # noqa: E402
+from diffews.cli import UsageError, check_counts, entry_parser, run_cli
+from diffews.cli.preflight import check_output_dir
+from diffews.data.episodes import (BENCHMARK_FOLDS, GENERATOR_VERSION, make_episodes,
+                                   read_episode_file, save_episodes, stale_version)
 
 logger = logging.getLogger("diffews.make_episodes")
 
+DEFAULT_OUTPUT = "output/episodes/<benchmark>_fold<F>_<K>shot.json"
+
 
 def get_parser():
-    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = entry_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                          config="", dataset_root=True, output="optional", overrides=False,
+                          output_help=f"JSON file to write (default {DEFAULT_OUTPUT})")
     parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARK_FOLDS))
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--root", default=None, help="datasets root (default $DETECTRON2_DATASETS "
-                        "or ./datasets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-episodes", type=int, default=0,
                         help="0 = the protocol count (1000 coco/pascal, one per image fss, "
@@ -43,13 +41,13 @@ def get_parser():
     parser.add_argument("--splits", default=None, help="'shipped' (default), 'tree' (the "
                         "dataset tree's own splits/ folder) or a folder laid out like "
                         "datasets/splits/")
-    parser.add_argument("--output", required=True, help="JSON file to write")
-    return add_common_arguments(parser, positional_opts=False)
+    return parser
 
 
 def write(args) -> int:
     """Draw the episodes and write them, saying whether an existing file is regenerated."""
-    output = args.output
+    output = args.output or os.path.join(
+        "output", "episodes", f"{args.benchmark}_fold{args.fold}_{args.shot}shot.json")
     if os.path.isdir(output):
         raise UsageError(f"--output {output} is a folder; give the path of a .json file")
     check_output_dir(os.path.dirname(os.path.abspath(output)), "--output folder")
@@ -60,7 +58,7 @@ def write(args) -> int:
         except ValueError as e:
             raise UsageError(f"--output {output} exists and is not an episode file ({e}); choose "
                              "another path or delete it") from e
-    episodes = make_episodes(args.benchmark, args.fold, args.shot, args.root, args.seed,
+    episodes = make_episodes(args.benchmark, args.fold, args.shot, args.dataset_root, args.seed,
                              args.num_episodes or None, args.splits)
     if previous is not None:
         stale = stale_version(previous)
@@ -77,20 +75,20 @@ def write(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def cli(argv=None) -> int:
+    """The command line: parse, check, write; one ``error:`` line and exit status 1/2."""
     parser = get_parser()
     args = parser.parse_args(argv)
     folds = BENCHMARK_FOLDS[args.benchmark]
     if args.fold not in range(folds):
         parser.error(f"--fold {args.fold}: {args.benchmark} has folds 0..{folds - 1}")
-    if args.shot < 1:
-        parser.error(f"--shot must be >= 1, got {args.shot}")
-    if args.num_episodes < 0:
-        parser.error(f"--num-episodes must be >= 0, got {args.num_episodes}")
+    check_counts(parser, args, {"shot": 1, "num_episodes": 0})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     return run_cli(lambda: write(args), args.debug)
 
 
+main = cli  # the older name (tests and scripts call make_episodes.main(argv))
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

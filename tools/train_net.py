@@ -7,7 +7,10 @@
   python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
   python tools/train_net.py --config-file CFG --num-gpus 8                   # data-parallel
 
-Config overrides are trailing KEY VALUE pairs. Before the model is built, the config, the
+Config overrides are trailing KEY VALUE pairs (or after --opts); --output sets OUTPUT_DIR (default:
+the config's OUTPUT_DIR), --device MODEL.DEVICE, --dataset-root $DETECTRON2_DATASETS. --resume,
+--eval-only and the launch flags (--num-gpus, --num-machines, --machine-rank, --dist-url) are
+detectron2's default_argument_parser's. Before the model is built, the config, the
 MODEL.DIFFEWS.PRETRAINED folder, the image size, the datasets, OUTPUT_DIR and (with --eval-only)
 MODEL.WEIGHTS are checked; an error is one line, exit status 2 for a wrong command line or config,
 1 for missing or broken files (--debug shows the traceback).
@@ -16,29 +19,45 @@ MODEL.WEIGHTS are checked; an error is one line, exit status 2 for a wrong comma
 import logging
 import os
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # fvcore
+# diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
+from diffews import DiffewSCheckpointer
+from diffews.checkpoint import load_inference_weights
+from diffews.cli import check_counts, entry_parser, load_entry_config, run_cli
+from diffews.cli.preflight import check_datasets, preflight
+from diffews.engine import DiffewSTrainer
 
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from diffews import DiffewSCheckpointer  # noqa: E402
-from diffews.checkpoint import load_inference_weights  # noqa: E402
-from diffews.engine import DiffewSTrainer  # noqa: E402
-from diffews.cli import (  # noqa: E402
-    add_common_arguments, load_config_checked, one_line_errors, run_cli)
-from diffews.cli.preflight import check_datasets, preflight  # noqa: E402
+# flag -> config key, merged after the trailing overrides (diffews.cli.load_entry_config)
+FLAGS = {"output": "OUTPUT_DIR"}
 
 
 def get_parser():
-    """detectron2's ``default_argument_parser`` with one-line errors and ``--debug``."""
-    return add_common_arguments(one_line_errors(default_argument_parser()), positional_opts=False)
+    """The shared flags (diffews.cli.entry_parser) plus detectron2's ``default_argument_parser``
+    ones, with its defaults (``--dist-url`` included)."""
+    p = entry_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                     dataset_root=True, output="optional", device=True, distributed=True,
+                     output_help="OUTPUT_DIR: checkpoints, logs, metrics (default: the config's)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint "
+                   "(see detectron2's default_argument_parser)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only")
+    p.set_defaults(dist_url=default_argument_parser().get_default("dist_url"))
+    return p
+
+
+def _dataset_root(args) -> None:
+    # the registered datasets read $DETECTRON2_DATASETS when their records are loaded; spawned
+    # processes inherit it
+    if getattr(args, "dataset_root", None):
+        os.environ["DETECTRON2_DATASETS"] = args.dataset_root
 
 
 def setup(args):
-    cfg = load_config_checked(args.config_file, args.opts)
+    _dataset_root(args)
+    cfg = load_entry_config(args, FLAGS)
     cfg.freeze()
     # default_setup's environment report imports torch.utils.cpp_extension, which warns on stderr
     # on any machine without a CUDA toolkit; the report itself still lists the CUDA state
@@ -50,7 +69,8 @@ def setup(args):
 
 def check(args) -> None:
     """Everything that can fail before the model is built, run once in the launching process."""
-    cfg = load_config_checked(args.config_file, args.opts)
+    _dataset_root(args)
+    cfg = load_entry_config(args, FLAGS)
     resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     weights = [cfg.MODEL.WEIGHTS] if args.eval_only and not resuming else []
     preflight(cfg, output_dir=cfg.OUTPUT_DIR, weights=weights, output_key="OUTPUT_DIR")
@@ -74,16 +94,22 @@ def main(args):
     return trainer.train()
 
 
-def invoke_main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+def cli(argv=None) -> int:
+    """The command line: parse, check once, launch; one ``error:`` line and exit status 1/2."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_counts(parser, args, {"num_gpus": 1, "num_machines": 1, "machine_rank": 0})
 
     def run():
-        check(args)
+        check(args)  # once, here, before any process is spawned or model built
         return launch(main, args.num_gpus, num_machines=args.num_machines,
                       machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 
     return run_cli(run, args.debug)
 
 
+invoke_main = cli  # the older name
+
+
 if __name__ == "__main__":
-    sys.exit(invoke_main())  # pragma: no cover
+    sys.exit(cli())

@@ -22,12 +22,14 @@ a deprecation warning.
 """
 
 import argparse
+import os
+import re
 import sys
 from typing import Callable, List, Optional
 
 __all__ = ["OneLineArgumentParser", "one_line_errors", "entry_parser", "add_common_arguments",
            "add_list_argument", "add_distributed_arguments", "parse_list", "config_overrides",
-           "check_counts", "deprecate"]
+           "check_counts", "deprecate", "take_trailing_overrides"]
 
 EXIT_USAGE = 2
 
@@ -68,12 +70,30 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+# a config key (``MODEL.WEIGHTS``): where a flag that takes several words (``--query a.jpg b.jpg``,
+# the old space-separated lists) would swallow the trailing ``KEY VALUE`` overrides, they start here
+_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
+
+
+def take_trailing_overrides(namespace, words: List[str]) -> List[str]:
+    """The words of a many-word flag up to the first config key; that key and the words after it
+    are the trailing overrides (``config_overrides`` reads them first)."""
+    for i, word in enumerate(words):
+        if _CONFIG_KEY.fullmatch(word) and not os.path.exists(word):
+            namespace.trailing_overrides = words[i:]
+            return words[:i]
+    return words
+
+
 class _ListAction(argparse.Action):
     """A comma-separated list; several space-separated words (the old form) warn and are
     joined. Stores the raw text, which ``parse_list`` turns into a list."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         words = values if isinstance(values, list) else [values]
+        words = take_trailing_overrides(namespace, words)
+        if not words:
+            parser.error(f"{option_string} needs a value before the config overrides")
         if len(words) > 1:
             deprecate(f"a space-separated list after {option_string}",
                       f"{option_string} {','.join(words)}")
@@ -121,8 +141,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, opts_flag: bool = True
 
 
 def config_overrides(args) -> List[str]:
-    """The ``KEY VALUE`` list of ``args``: trailing pairs, then those given after ``--opts``."""
-    opts = list(getattr(args, "opts", None) or [])
+    """The ``KEY VALUE`` list of ``args``: trailing pairs (also those a many-word flag took,
+    ``take_trailing_overrides``), then those given after ``--opts``."""
+    opts = list(getattr(args, "trailing_overrides", None) or [])
+    opts += list(getattr(args, "opts", None) or [])
     flag = getattr(args, "opts_flag", None)
     if flag is not None:
         opts += list(flag)
