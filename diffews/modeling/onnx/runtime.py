@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OnnxRuntimeBackend", "session_options"]
 
-# measured on the mid model at 256 px and the tiny one at 64 px (2 cores): ORT_ENABLE_ALL was
-# never slower than EXTENDED or BASIC; see the module's benchmark notes in bench.py
+# ORT_ENABLE_ALL: on the tiny model at 64 px (2 shared, heavily loaded cores; bench.py) it was
+# the fastest level for the VAE encoder, decoder and support pass, while BASIC/EXTENDED ran the
+# query pass about 30% faster; re-measure with bench.py on a quiet machine before changing it
 DEFAULT_OPTIMIZATION = "all"
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
