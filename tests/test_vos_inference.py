@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import SIZE, make_cfg
@@ -19,7 +20,8 @@ from diffews.modeling import save_release_unet
 from diffews.cli import run_cli
 from diffews.tasks.vos import (VOSEngine, decay_factor, load_vos_records, merge_objects, run_vos,
                          select_memory)
-from tests._vos_trees import write_davis_tree, write_ytvos_tree
+from tests._vos_trees import (block, write_davis_sequence, write_davis_tree, write_list,
+                               write_ytvos_tree)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "inference_vos"))
@@ -216,6 +218,40 @@ def test_reuse_off_reencodes_and_gives_the_same_masks(tree, predictor, tiny_mode
         for o in a["scores"]:
             assert a["scores"][o] == pytest.approx(b["scores"][o], abs=1e-3)
     assert cache is not None and tiny_model.support_cache is cache  # bypassed, then restored
+
+
+def test_each_frame_is_predicted_from_its_own_pixels(tmp_path, predictor, tiny_model):
+    """A square moves across a 64 x 64 video (the working size: nothing is resized). With the
+    first frame as the only support (mem_size 1), frame t's mask must be the model's prediction
+    for frame t's pixels given frame 0 and its mask, recomputed here as a plain episode through
+    DiffewS.forward on the JPEGs read with PIL. The untrained model cannot follow the square, but
+    its predictions differ from frame to frame, so a tracker that copies frame 0's mask (or
+    segments frame 0 again) fails."""
+    base = str(tmp_path / "DAVIS17" / "trainval")
+    labels = [block((SIZE, SIZE), (8 + 4 * t, 27 + 4 * t), (4 + 8 * t, 23 + 8 * t))
+              for t in range(4)]
+    write_davis_sequence(base, "moving", labels)
+    write_list(base, "2017", "val", ["moving"])
+    (record,) = load_vos_records("davis17_val", str(tmp_path), ["moving"])
+    outs = list(VOSEngine(predictor, mem_size=1).segment_video(record))
+    frames = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+              for p in record["file_names"]]
+    gt0 = torch.from_numpy(labels[0].astype(np.uint8))
+    assert np.array_equal(outs[0]["label_map"], labels[0])  # the given frame
+    copy_agreement = []
+    for t in range(1, len(labels)):
+        assert (labels[t] & labels[0]).sum() < 0.5 * labels[0].sum()  # the square moved
+        episode = {"image": frames[t], "support_images": frames[0][None],
+                   "support_masks": gt0[None], "class_id": 0}
+        expected = tiny_model([episode])[0]["pred_mask"].numpy()
+        ours = outs[t]["label_map"] == 1
+        if not outs[t].get("present", {}).get(1, True):  # judged absent: nothing predicted
+            assert not ours.any(), t
+            continue
+        assert (ours == expected).mean() >= 0.999, (t, (ours == expected).mean())
+        copy_agreement.append((expected == labels[0].astype(bool)).mean())
+    # what makes the check meaningful: frame 0's mask is not the prediction of later frames
+    assert copy_agreement and min(copy_agreement) < 0.99, copy_agreement
 
 
 # -- the whole pipeline ----------------------------------------------------------------------------
