@@ -37,15 +37,28 @@ def files(tiny_sd, tmp_path_factory):
     return d, paths
 
 
+def _overrides(tiny_sd, d, weights=True):
+    return (["MODEL.DIFFEWS.PRETRAINED", tiny_sd, "INPUT.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu"]
+            + (["MODEL.WEIGHTS", str(d / "release")] if weights else []))
+
+
 def _args(tiny_sd, d, supports, queries, out, *opts, weights=True):
     argv = ["--config-file", os.path.join(ROOT, "configs", "Base-DiffewS.yaml")]
     for s in supports:
         argv += ["--support", *s]
-    argv += ["--query", *queries, "--output", str(out), "MODEL.DIFFEWS.PRETRAINED", tiny_sd,
-             "INPUT.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu", *opts]
-    if weights:
-        argv += ["MODEL.WEIGHTS", str(d / "release")]
+    argv += ["--query", *queries, "--output", str(out), *_overrides(tiny_sd, d, weights), *opts]
     return demo.get_parser().parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_sd, files):
+    """The same model as the demo's, built apart: the reference for the written masks."""
+    from diffews.cli import load_config_checked
+    from diffews.predictor import DiffewSPredictor
+
+    cfg = load_config_checked(os.path.join(ROOT, "configs", "Base-DiffewS.yaml"),
+                              _overrides(tiny_sd, files[0]))
+    return DiffewSPredictor.from_config(cfg)
 
 
 @pytest.fixture(autouse=True)
@@ -60,16 +73,24 @@ def _run(args):
 
 
 @pytest.mark.parametrize("shots", [1, 2, 5])
-def test_demo_writes_three_files_per_query(tiny_sd, files, tmp_path, capsys, shots):
+def test_demo_writes_three_files_per_query(tiny_sd, files, predictor, tmp_path, capsys, shots):
     d, p = files
     queries = [p[0][0], p[5][0]]
-    assert _run(_args(tiny_sd, d, [p[i] for i in range(1, shots + 1)], queries, tmp_path)) == 0
+    supports = [p[i] for i in range(1, shots + 1)]
+    assert _run(_args(tiny_sd, d, supports, queries, tmp_path)) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "foreground, score" in ln]
     assert len(lines) == 2 and lines[0].startswith(p[0][0])
+    # the reference: the predictor given all K supports and one query at a time (the demo batches
+    # its queries), its boolean mask at the query's size written as 0/255
+    support_set = predictor.encode_supports([i for i, _ in supports], [m for _, m in supports])
     for q, (h, w) in ((p[0][0], (48, 64)), (p[5][0], (64, 48))):
         stem = os.path.splitext(os.path.basename(q))[0]
         mask = np.asarray(Image.open(tmp_path / f"{stem}_mask.png"))
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        expected = predictor.predict([q], support_set, batch_size=1)[0]["mask"]
+        assert 0 < expected.mean() < 1  # both classes present: the comparison can tell
+        assert np.array_equal(mask, np.where(expected, 255, 0)), \
+            f"{stem}: {(mask != np.where(expected, 255, 0)).sum()} pixels differ"
         pred = Image.open(tmp_path / f"{stem}_pred.png")
         assert pred.size == (64, 64) and pred.mode == "RGB"
         assert Image.open(tmp_path / f"{stem}_overlay.jpg").width > w  # query plus supports
@@ -131,7 +152,8 @@ def test_demo_cli_subprocess(tiny_sd, files, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr
     assert "foreground" in res.stdout and (tmp_path / "img0_overlay.jpg").exists()
-    assert "--opts is accepted for compatibility" in res.stdout  # the older style still works
+    # no warning (--opts is one of the two equal spellings; fvcore's FutureWarning is filtered)
+    assert "warning" not in res.stderr.lower(), res.stderr
     res = subprocess.run(cmd[:-2] + ["MODEL.WEIGTHS", "x"], capture_output=True, text=True,
                          timeout=300, env=env)
     assert res.returncode == 2
