@@ -250,3 +250,32 @@ def test_support_editor_checks_before_gradio_decodes(tmp_path):
     value = editor.preprocess(EditorData(background=FileData(path=ok, orig_name="ok.png"),
                                          layers=[], composite=None))
     assert value["background"].shape == (30, 40, 4)
+
+
+# ---- issue 18: an absent query -------------------------------------------------------------
+def test_absent_query_is_not_found_with_an_empty_mask(predictor, tmp_path, monkeypatch):
+    import zipfile
+
+    query = _png(tmp_path / "q.png", (50, 40), 90)
+    mask = str(tmp_path / "m.png")
+    m = np.zeros((48, 64), np.uint8)
+    m[10:30, 20:40] = 255
+    Image.fromarray(m).save(mask)
+    real = predictor.predict
+
+    def absent(*args, **kwargs):  # the predictor's decision, forced: judged absent
+        out = real(*args, **kwargs)
+        for r in out:
+            r.update(present=False, presence=0.1)
+            assert r["mask"].any()  # a non-empty mask that the page must not show
+        return out
+
+    monkeypatch.setattr(predictor, "predict", absent)
+    session = WebDemoSession(predictor, cache_bytes=2**30, output_dir=str(tmp_path / "o"))
+    out = session.run([_support(30)], [mask], [query])
+    (r,) = out.results
+    assert not r.present and r.presence == pytest.approx(0.1) and r.fraction == 0.0
+    assert "Not found in 1 of them (empty masks)" in out.status()
+    with zipfile.ZipFile(out.zip_path) as zf:
+        shown = np.asarray(Image.open(zf.open("q_mask.png")))
+    assert shown.shape == (40, 50) and not shown.any()
