@@ -36,16 +36,17 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from ..utils.atomic import atomic_path, atomic_write
 from ..utils.errors import UsageError
 from ..utils.image import ImageReadError, read_image
 from ..utils.journal import Journal, stat_files
+from .autolabel_io import (ANNOTATIONS, MASKS, SKIP_PREFIX, SKIPPED, list_label_images,
+                           mask_path, save_label, too_many_bad, write_outputs)
 from .autolabel_supports import SupportSource, read_supports, support_sets
 from .fsod import CLASS_SCORES, predictions_to_instances
 from .instances import MODES
@@ -55,10 +56,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["LabelJob", "list_label_images", "job_fingerprint", "check_job", "label_image",
            "run_autolabel", "ANNOTATIONS", "SKIPPED"]
 
-ANNOTATIONS, SKIPPED = "annotations.json", "skipped.json"
-JOURNAL, SETS, MASKS = "journal", "support_sets", "masks"
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_SKIP = "skipped/"  # journal key prefix of an unreadable image's note
+JOURNAL, SETS = "journal", "support_sets"
 
 
 @dataclass
@@ -73,35 +71,6 @@ class LabelJob:
     max_bad_fraction: float = 0.01
     save_masks: bool = False
     overwrite: bool = False
-
-
-def list_label_images(spec: str) -> List[Tuple[str, str]]:
-    """``[(file_name, path)]``: a folder's image files (recursive, sorted by relative path) or
-    the lines of a list file (paths relative to its folder; blank lines and ``#`` skipped)."""
-    if os.path.isdir(spec):
-        out = []
-        for folder, dirs, names in os.walk(spec):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for n in names:
-                if n.lower().endswith(IMAGE_EXTS) and not n.startswith("."):
-                    path = os.path.join(folder, n)
-                    out.append((os.path.relpath(path, spec).replace(os.sep, "/"), path))
-        out.sort()
-    elif os.path.isfile(spec):
-        base = os.path.dirname(os.path.abspath(spec))
-        with open(spec, encoding="utf-8") as f:
-            lines = [x.strip() for x in f if x.strip() and not x.strip().startswith("#")]
-        out = [(x, x if os.path.isabs(x) else os.path.join(base, x)) for x in lines]
-        seen = set()
-        for name, _ in out:
-            if name in seen:
-                raise ValueError(f"{spec}: {name} is listed twice")
-            seen.add(name)
-    else:
-        raise FileNotFoundError(f"{spec}: no such folder or list file (--images)")
-    if not out:
-        raise FileNotFoundError(f"{spec}: no image files ({', '.join(IMAGE_EXTS)}) (--images)")
-    return out
 
 
 def presence_threshold(cfg, job: LabelJob) -> Optional[float]:
@@ -196,20 +165,6 @@ def label_image(predictor, sets, image: np.ndarray, cfg, threshold: Optional[flo
     return anns, label
 
 
-def mask_path(output: str, file_name: str) -> str:
-    """``OUTPUT/masks/<file_name without extension>.png`` (an absolute or ``..`` name of a list
-    file stays inside ``masks/``)."""
-    rel = os.path.splitext(os.path.normpath(file_name))[0].lstrip("/\\").replace("..", "__")
-    return os.path.join(output, MASKS, rel + ".png")
-
-
-def _save_label(path: str, label: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(label).save(tmp, format="PNG")
-
-
 def _open_journal(job: LabelJob, fingerprint: Dict) -> Journal:
     folder = os.path.join(job.output, JOURNAL)
     what = f"--output {job.output}"
@@ -245,11 +200,6 @@ def _prepare_sets(predictor, source: SupportSource, folder: str):
     return sets if sets is not None else support_sets(predictor, source, folder, compute=False)
 
 
-def _too_many_bad(first: str, bad: int, total: int, limit: float, where: str) -> ValueError:
-    return ValueError(f"{first}; {bad} of {total} images are unreadable, more than "
-                      f"--max-bad-fraction {limit:g}; {where}")
-
-
 def run_autolabel(cfg, job: LabelJob, predictor=None) -> Dict:
     """The whole job in this process (module docstring); call it in every process of a launch.
 
@@ -278,19 +228,19 @@ def run_autolabel(cfg, job: LabelJob, predictor=None) -> Dict:
         try:
             image = read_image(paths[key])
         except ImageReadError as e:
-            journal.put(_SKIP + key, {"file_name": key, "reason": str(e)})
+            journal.put(SKIP_PREFIX + key, {"file_name": key, "reason": str(e)})
             bad += 1
             first_bad = first_bad or str(e)
             if bad > job.max_bad_fraction * len(keys):
-                raise _too_many_bad(first_bad, bad, len(keys), job.max_bad_fraction,
+                raise too_many_bad(first_bad, bad, len(keys), job.max_bad_fraction,
                                     "fix or remove them and rerun the same command") from e
             continue
         anns, label = label_image(predictor, sets, image, cfg, threshold, ids)
         if job.save_masks:
-            _save_label(mask_path(job.output, key), label)
+            save_label(mask_path(job.output, key), label)
         journal.put(key, {"height": int(image.shape[0]), "width": int(image.shape[1]),
                           "annotations": anns})
-        journal.remove(_SKIP + key)  # an image that failed before and reads now
+        journal.remove(SKIP_PREFIX + key)  # an image that failed before and reads now
     seconds = time.perf_counter() - start
     if mine:
         logger.info("autolabel: %d images in %.1f s (%.2f images/s in this process)", len(mine),
@@ -298,37 +248,6 @@ def run_autolabel(cfg, job: LabelJob, predictor=None) -> Dict:
     comm.synchronize()
     if not comm.is_main_process():
         return {}
-    written = write_outputs(journal, keys, source, job)
+    written = write_outputs(journal, keys, source.categories, job.output, job.max_bad_fraction)
     written.update(images=len(keys), labelled=len(mine) - bad, seconds=seconds)
     return written
-
-
-def write_outputs(journal: Journal, keys: List[str], source: SupportSource, job: LabelJob
-                  ) -> Dict:
-    """``skipped.json`` and, unless too many images are unreadable, ``annotations.json``, both
-    from the journal's shards in image order (byte for byte the same for the same shards)."""
-    coco = {"images": [], "annotations": [], "categories": source.categories}
-    skipped = []
-    for key in keys:
-        if journal.done(key):
-            value = journal.get(key)
-            image_id = len(coco["images"]) + 1
-            coco["images"].append({"id": image_id, "file_name": key, "height": value["height"],
-                                   "width": value["width"]})
-            for ann in value["annotations"]:
-                coco["annotations"].append(dict(ann, id=len(coco["annotations"]) + 1,
-                                                image_id=image_id))
-        else:
-            skipped.append(journal.get(_SKIP + key))  # KeyError naming the shard if neither
-    atomic_write(os.path.join(job.output, SKIPPED),
-                 json.dumps(skipped, indent=1, sort_keys=True) + "\n")
-    if len(skipped) > job.max_bad_fraction * len(keys):
-        raise _too_many_bad(skipped[0]["reason"], len(skipped), len(keys), job.max_bad_fraction,
-                            f"all are listed in {os.path.join(job.output, SKIPPED)}")
-    atomic_write(os.path.join(job.output, ANNOTATIONS),
-                 json.dumps(coco, separators=(",", ":"), sort_keys=True) + "\n")
-    logger.info("Wrote %s: %d images, %d annotations, %d categories; %d unreadable images in %s",
-                os.path.join(job.output, ANNOTATIONS), len(coco["images"]),
-                len(coco["annotations"]), len(coco["categories"]), len(skipped),
-                os.path.join(job.output, SKIPPED))
-    return {"annotations": len(coco["annotations"]), "skipped": len(skipped)}

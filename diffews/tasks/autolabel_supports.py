@@ -32,7 +32,7 @@ from ..utils.journal import hash_files
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SupportSource", "read_supports", "support_sets", "set_file"]
+__all__ = ["SupportSource", "read_supports", "support_mask", "support_sets", "set_file"]
 
 KINDS = ("folder", "coco", "sets")
 
@@ -142,7 +142,9 @@ def read_supports(src: str, supports_images: Optional[str] = None) -> SupportSou
     return source
 
 
-def _mask(record: Dict, class_id: int, shape):
+def support_mask(record: Dict, class_id: int, shape):
+    """(H, W) uint8 0/1 mask of class ``class_id`` in a support record, checked against its
+    image's (H, W) ``shape``."""
     label = custom_label(record, class_id, record["label_format"], shape, ignore=False)
     if label.shape != tuple(shape):
         where = record.get("mask_file") or record["file_name"]
@@ -190,7 +192,7 @@ def support_sets(predictor, source: SupportSource, folder: str, compute: bool = 
             raise SupportSetError(f"{path}: missing after the main process prepared it")
         else:
             images = [read_image(r["file_name"]) for r in records]
-            masks = [_mask(r, c, im.shape[:2]) for r, im in zip(records, images)]
+            masks = [support_mask(r, c, im.shape[:2]) for r, im in zip(records, images)]
             s = predictor.encode_supports(images, masks)
             for info, r in zip(s.info, records):
                 info.update(source=r["file_name"], category=name)

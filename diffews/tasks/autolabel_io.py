@@ -1,0 +1,103 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""Files of an autolabel run (``autolabel.py``): the images to label, the label PNGs, and
+``annotations.json`` / ``skipped.json`` built from the journal's shards in image order (the same
+shards give the same bytes: ids are given in order, keys sorted, no time stamps).
+"""
+
+import json
+import logging
+import os
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from ..utils.atomic import atomic_path, atomic_write
+from ..utils.journal import Journal
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ANNOTATIONS", "SKIPPED", "MASKS", "SKIP_PREFIX", "IMAGE_EXTS", "list_label_images",
+           "mask_path", "save_label", "too_many_bad", "write_outputs"]
+
+ANNOTATIONS, SKIPPED, MASKS = "annotations.json", "skipped.json", "masks"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+SKIP_PREFIX = "skipped/"  # journal key prefix of an unreadable image's note
+
+
+def list_label_images(spec: str) -> List[Tuple[str, str]]:
+    """``[(file_name, path)]``: a folder's image files (recursive, sorted by relative path) or
+    the lines of a list file (paths relative to its folder; blank lines and ``#`` skipped)."""
+    if os.path.isdir(spec):
+        out = []
+        for folder, dirs, names in os.walk(spec):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for n in names:
+                if n.lower().endswith(IMAGE_EXTS) and not n.startswith("."):
+                    path = os.path.join(folder, n)
+                    out.append((os.path.relpath(path, spec).replace(os.sep, "/"), path))
+        out.sort()
+    elif os.path.isfile(spec):
+        base = os.path.dirname(os.path.abspath(spec))
+        with open(spec, encoding="utf-8") as f:
+            lines = [x.strip() for x in f if x.strip() and not x.strip().startswith("#")]
+        out = [(x, x if os.path.isabs(x) else os.path.join(base, x)) for x in lines]
+        seen = set()
+        for name, _ in out:
+            if name in seen:
+                raise ValueError(f"{spec}: {name} is listed twice")
+            seen.add(name)
+    else:
+        raise FileNotFoundError(f"{spec}: no such folder or list file (--images)")
+    if not out:
+        raise FileNotFoundError(f"{spec}: no image files ({', '.join(IMAGE_EXTS)}) (--images)")
+    return out
+
+
+def mask_path(output: str, file_name: str) -> str:
+    """``OUTPUT/masks/<file_name without extension>.png`` (an absolute or ``..`` name of a list
+    file stays inside ``masks/``)."""
+    rel = os.path.splitext(os.path.normpath(file_name))[0].lstrip("/\\").replace("..", "__")
+    return os.path.join(output, MASKS, rel + ".png")
+
+
+def save_label(path: str, label: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(label).save(tmp, format="PNG")
+
+
+def too_many_bad(first: str, bad: int, total: int, limit: float, where: str) -> ValueError:
+    return ValueError(f"{first}; {bad} of {total} images are unreadable, more than "
+                      f"--max-bad-fraction {limit:g}; {where}")
+
+
+def write_outputs(journal: Journal, keys: List[str], categories: List[Dict], output: str,
+                  max_bad_fraction: float) -> Dict:
+    """``skipped.json`` and, unless too many images are unreadable, ``annotations.json``, both
+    from the journal's shards in image order (byte for byte the same for the same shards)."""
+    coco = {"images": [], "annotations": [], "categories": categories}
+    skipped = []
+    for key in keys:
+        if journal.done(key):
+            value = journal.get(key)
+            image_id = len(coco["images"]) + 1
+            coco["images"].append({"id": image_id, "file_name": key, "height": value["height"],
+                                   "width": value["width"]})
+            for ann in value["annotations"]:
+                coco["annotations"].append(dict(ann, id=len(coco["annotations"]) + 1,
+                                                image_id=image_id))
+        else:
+            skipped.append(journal.get(SKIP_PREFIX + key))  # KeyError naming the shard if neither
+    atomic_write(os.path.join(output, SKIPPED),
+                 json.dumps(skipped, indent=1, sort_keys=True) + "\n")
+    if len(skipped) > max_bad_fraction * len(keys):
+        raise too_many_bad(skipped[0]["reason"], len(skipped), len(keys), max_bad_fraction,
+                            f"all are listed in {os.path.join(output, SKIPPED)}")
+    atomic_write(os.path.join(output, ANNOTATIONS),
+                 json.dumps(coco, separators=(",", ":"), sort_keys=True) + "\n")
+    logger.info("Wrote %s: %d images, %d annotations, %d categories; %d unreadable images in %s",
+                os.path.join(output, ANNOTATIONS), len(coco["images"]),
+                len(coco["annotations"]), len(coco["categories"]), len(skipped),
+                os.path.join(output, SKIPPED))
+    return {"annotations": len(coco["annotations"]), "skipped": len(skipped)}
