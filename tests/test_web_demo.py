@@ -31,7 +31,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import web_demo as web_demo_tool  # noqa: E402
 
-from diffews.cli import run_cli  # noqa: E402
 from diffews.web_demo import WebDemoSession, build_demo, launch_demo  # noqa: E402
 
 # Gradio 6.31's queue calls pandas options that pandas 3 deprecates (harmless here)

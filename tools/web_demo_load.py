@@ -3,7 +3,8 @@
 """Soak test of the web demo on this machine: N concurrent clients, M requests each; latency p50 /
 p95, errors and the server's peak resident memory.
 
-  python tools/web_demo_load.py --url http://127.0.0.1:7860/ --server-pid PID --clients 8 --requests 5
+  python tools/web_demo_load.py --url http://127.0.0.1:7860/ --server-pid PID \
+      --clients 8 --requests 5
   python tools/web_demo_load.py --clients 8 --requests 5 --config-file configs/Base-DiffewS.yaml \
       MODEL.DIFFEWS.PRETRAINED output/quickstart/tiny_sd MODEL.DIFFEWS.ALLOW_UNTRAINED True \
       INPUT.IMAGE_SIZE 64    # starts tools/web_demo.py itself, on 127.0.0.1, and stops it after

@@ -166,7 +166,8 @@ class WebDemoSession:
         zip_path = os.path.join(run_dir, "masks.zip")
         results: List[QueryResult] = []
         seen = set()
-        with atomic_open(zip_path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+        with atomic_open(zip_path, "wb") as fh, \
+                zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
             for start in range(0, len(queries), self.batch_size):
                 chunk = queries[start:start + self.batch_size]
                 images = [read_rgb(path, what, self.limits) for _, path, what in chunk]
