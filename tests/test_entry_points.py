@@ -257,3 +257,19 @@ def test_no_future_warning_on_stderr():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "--dataset-root" in proc.stdout and "--batch-size" in proc.stdout
+
+
+def test_every_entry_point_exposes_get_parser_and_cli():
+    """Every script in tools/ and inference_*/ (new ones included) is thin in the same way:
+    ``get_parser()``, ``cli(argv=None)`` and ``sys.exit(cli())`` under ``__main__``."""
+    import glob
+
+    scripts = sorted(glob.glob(os.path.join(ROOT, "tools", "*.py"))
+                     + glob.glob(os.path.join(ROOT, "inference_*", "*.py")))
+    assert {os.path.relpath(p, ROOT) for p in scripts} >= set(PATHS.values())
+    for path in scripts:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert {"get_parser", "cli"} <= functions, path
+        assert ast.unparse(tree.body[-1]) == "if __name__ == '__main__':\n    sys.exit(cli())", path
