@@ -380,3 +380,44 @@ def test_instance_modes_with_oracle_predictions(env, tmp_path):
         ap[mode] = {t: res[t]["AP"] for t in ("bbox", "segm")}
     assert ap["components"] == {"bbox": 100.0, "segm": 100.0}
     assert ap["mask"]["segm"] < 90 and ap["mask"]["bbox"] < 90
+
+
+def test_absent_class_gives_no_instance_and_class_confidence(env):
+    """A class judged absent (empty mask, present False) gives no instance; CLASS_SCORE picks 1,
+    the score, the presence (clipped to [0, 1]) or their product."""
+    white = np.full((SIZE, SIZE, 3), 255, np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[2:8, 3:9] = True
+    present = {"mask": mask, "pred_image": white, "score": 0.5, "presence": 0.8, "present": True}
+    absent = {"mask": np.zeros_like(mask), "pred_image": white, "score": 0.0, "presence": 0.1,
+              "present": False}
+    for mode, expected in [("none", 1.0), ("contrast", 0.5), ("presence", 0.8),
+                           ("contrast*presence", 0.4)]:
+        cfg = _cfg(env, "TEST.FSOD.CLASS_SCORE", mode, "TEST.FSOD.INSTANCE_MODE", "mask",
+                   "TEST.FSOD.MIN_AREA", "0")
+        inst = fsod.predictions_to_instances([absent, present], (20, 30), cfg)
+        assert inst.pred_classes.tolist() == [1]  # only the present class
+        assert inst.scores.tolist() == pytest.approx([expected])  # mean probability 1 x conf
+    assert fsod.class_confidence({**present, "presence": 3.0}, "presence") == 1.0
+
+
+def test_max_dets_is_the_evaluators_not_topk(env, tmp_path, monkeypatch):
+    """TEST.FSOD.TOPK (instances kept) and TEST.FSOD.MAX_DETS (the AP definition) are apart."""
+    from diffews.evaluation import instance_evaluation
+
+    seen = {}
+
+    class Capture:
+        def __init__(self, *args, max_dets_per_image=None, **kwargs):
+            seen["max_dets"] = max_dets_per_image
+            raise RuntimeError("captured")
+
+    monkeypatch.setattr(instance_evaluation, "FSODEvaluator", Capture)
+    monkeypatch.setattr(fsod, "prepare_support_sets", lambda *a, **k: [None] * 20)
+    cfg = _cfg(env, "TEST.FSOD.TOPK", "7", "TEST.FSOD.MAX_DETS", "100")
+    with pytest.raises(RuntimeError, match="captured"):
+        fsod.evaluate_fsod(cfg, None, str(tmp_path), env["root"])
+    assert seen["max_dets"] == 100
+    bad = _cfg(env, "TEST.FSOD.MAX_DETS", "0")
+    with pytest.raises(Exception, match="TEST.FSOD.MAX_DETS must be >= 1"):
+        fsod.check_fsod_config(bad)

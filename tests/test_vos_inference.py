@@ -161,7 +161,10 @@ def test_cost_per_frame_with_reuse(tree, predictor, tiny_model):
             # most one per object
             assert n["support"] == n["mask"] == len(out["entered"]) <= len(out["memory"])
             entered += [(o, t) for o in out["entered"]]
-            offers = {**out["scores"], **{o: 1.0 for o in out["given"]}}
+            # an object is offered to its memory only with pixels in the merged label map
+            offers = {**{o: sc for o, sc in out["scores"].items()
+                         if out["present"][o] and (out["label_map"] == o).any()},
+                      **{o: 1.0 for o in out["given"]}}
             for o, score in offers.items():
                 if o in past:
                     kept = select_memory(past[o], (t, score), 2, 20)
@@ -218,6 +221,51 @@ def test_reuse_off_reencodes_and_gives_the_same_masks(tree, predictor, tiny_mode
         for o in a["scores"]:
             assert a["scores"][o] == pytest.approx(b["scores"][o], abs=1e-3)
     assert cache is not None and tiny_model.support_cache is cache  # bypassed, then restored
+
+
+def test_memory_entry_from_the_merged_region_and_absent_objects(tree, predictor, monkeypatch):
+    """Stubbed predictions on a real engine: on frame 1 object 2's prediction covers object 1's
+    and is brighter, so object 1 loses every pixel: score 0 (the merged region's) and no memory
+    entry. On frame 2 object 2 is judged absent: no pixels, no entry; object 1 is back."""
+    record = _record(tree, "davis17_val", "crossing")
+    h, w = read_size = Image.open(record["file_names"][0]).size[::-1]
+    left = np.zeros((h, w), bool)
+    left[:, : w // 2] = True
+
+    def result(level, mask, present=True):
+        img = np.zeros((SIZE, SIZE, 3), np.uint8)
+        img[:, : SIZE // 2] = level  # white-ish on the left half, black elsewhere
+        return {"mask": mask & present, "pred_image": img, "present": present,
+                "presence": float(level) / 255, "score": 1.0}
+
+    frames = {1: {1: result(150, left), 2: result(250, np.ones((h, w), bool))},
+              2: {1: result(200, left), 2: result(250, left, present=False)}}
+    calls = []
+
+    def predict_many(query, sets, batch_size=8, presence_threshold=None):
+        t = len(calls) + 1
+        calls.append(t)
+        return [frames[t][o] for o in (1, 2)]
+
+    monkeypatch.setattr(predictor, "predict_many", predict_many)
+    engine = VOSEngine(predictor, mem_size=3, decay_ratio=20)
+    outs = []
+    for out in engine.segment_video(record):
+        outs.append(out)
+        if out["index"] == 2:
+            break
+    assert read_size == outs[0]["label_map"].shape
+    one, two = outs[1], outs[2]
+    assert not (one["label_map"] == 1).any() and (one["label_map"] == 2).all()
+    # scores of the merged regions: object 1 empty -> 0; object 2 the whole frame, no background
+    # -> 0 as well (prediction_score's rule), so neither is a confident entry
+    assert one["scores"] == {1: 0.0, 2: 0.0}
+    assert one["entered"] == [2] and one["memory"] == {1: [0], 2: [0, 1]}
+    assert not (two["label_map"] == 2).any() and (two["label_map"] == 1).sum() == left.sum()
+    assert two["present"] == {1: True, 2: False}
+    # object 1's region: the left half, white 200/255 inside, black outside: 200/255
+    assert two["scores"][1] == pytest.approx(200 / 255, abs=1e-6)
+    assert two["entered"] == [1] and two["memory"] == {1: [0, 2], 2: [0, 1]}
 
 
 def test_each_frame_is_predicted_from_its_own_pixels(tmp_path, predictor, tiny_model):

@@ -15,8 +15,9 @@ It has no notion of instances, so the mask is split after the fact. Strategies (
 
 Score of an instance with pixels P: ``class_score * mean(prob[P])``. ``mean(prob[P])`` is absolute
 (the relative threshold always yields pixels, even for a class absent from the image, whose
-probabilities are then low); ``class_score`` (default 1) is whatever per-class confidence the
-caller has. Box: the mask's tight box, XYXY with exclusive max (detectron2 ``BitMasks``).
+probabilities are then low; a class the predictor judges absent arrives with an empty mask and
+gives no instance); ``class_score`` (default 1) is whatever per-class confidence the caller has
+(``fsod.class_confidence``). Box: the mask's tight box, XYXY with exclusive max (detectron2 ``BitMasks``).
 All masks are at the output (original image) resolution. Each image keeps its ``topk`` best
 instances over all classes (TFA/SINE: 100, no score threshold).
 """
