@@ -57,9 +57,22 @@ def load_inference_weights(model, cfg) -> str:
             raise UntrainedModelError(UNTRAINED_MESSAGE)
         logger.warning("MODEL.WEIGHTS is empty and MODEL.DIFFEWS.ALLOW_UNTRAINED is set: running "
                        "an untrained DiffewS (plain Stable Diffusion UNet)")
+        attach_inference_backend(model, cfg, "")
         return ""
     DiffewSCheckpointer(model).load(weights)
+    attach_inference_backend(model, cfg, resolve_hub_path(weights, "MODEL.WEIGHTS"))
     return weights
+
+
+def attach_inference_backend(model, cfg, weights: str = "") -> None:
+    """``MODEL.DIFFEWS.BACKEND`` on a model whose weights are loaded (an ONNX export depends on
+    them): "onnxruntime" exports it (or finds its cached export beside ``weights``) and attaches
+    the backend; "torch" detaches any earlier one (weights loaded again, e.g. another fold)."""
+    if not hasattr(model, "use_backend"):
+        return
+    from .modeling.onnx.attach import backend_from_config
+
+    model.use_backend(backend_from_config(model, cfg, weights))
 
 
 class DiffewSCheckpointer(DetectionCheckpointer):

@@ -65,6 +65,23 @@ def add_diffews_config(cfg: CN) -> None:
     # tools/calibrate_presence.py measures the threshold on the training classes.
     cfg.MODEL.DIFFEWS.PRESENCE_SIGNAL = "score"
     cfg.MODEL.DIFFEWS.PRESENCE_THRESHOLD = -1.0
+    # Inference runtime: "torch" or "onnxruntime" (the VAE encoder/decoder, support pass and
+    # query pass run as ONNX graphs, diffews/modeling/onnx; training, posterior sampling and the
+    # "attention" presence signal stay in torch). The graphs are exported once when the weights
+    # load and kept in ONNX_CACHE_DIR (empty: an onnx/ folder beside MODEL.WEIGHTS, or beside
+    # MODEL.DIFFEWS.PRETRAINED when untrained), keyed by model and INPUT.IMAGE_SIZE; a stale
+    # export is rebuilt. Needs float32 (INFERENCE_DTYPE) and COMPILE False.
+    cfg.MODEL.DIFFEWS.BACKEND = "torch"
+    # ONNX Runtime execution providers in order of preference; empty: CPUExecutionProvider on a
+    # CPU device, CUDAExecutionProvider on a GPU (e.g. TensorrtExecutionProvider,
+    # CUDAExecutionProvider for TensorRT first).
+    cfg.MODEL.DIFFEWS.ONNX_PROVIDERS = ()
+    cfg.MODEL.DIFFEWS.ONNX_CACHE_DIR = ""
+    # ONNX Runtime intra-op threads (0: torch's thread count, so both runtimes use the same
+    # cores) and graph optimisation level ("all", "extended", "basic", "disable";
+    # tools/BENCHMARKS.md has the measured levels).
+    cfg.MODEL.DIFFEWS.ONNX_THREADS = 0
+    cfg.MODEL.DIFFEWS.ONNX_OPTIMIZATION = "all"
 
     # Square working size: images are resized (bilinear) and masks (nearest) to IMAGE_SIZE^2.
     cfg.INPUT.IMAGE_SIZE = 512

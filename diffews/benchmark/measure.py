@@ -84,11 +84,21 @@ def peak_memory_of(fn: Callable[[], object], device: torch.device) -> float:
 class StageTimer:
     """Wall time per stage of inference: VAE encoder and decoder (forward hooks), UNet support
     pass (8 input channels) and query pass (``DiffewS._unet`` wrapped, so that a support pass
-    stopped early is timed too); "other" is the rest (pre- and post-processing, Python)."""
+    stopped early is timed too); "other" is the rest (pre- and post-processing, Python).
+    ONNX Runtime backends' graph runs are timed under the same stage names."""
 
-    def __init__(self, model, vaes=()):
-        """``vaes``: further VAEs to time as the model's (e.g. ``plain_vae(model)``)."""
+    # backend method -> stage (``OnnxRuntimeBackend``: the methods the model's blocks call)
+    BACKEND_STAGES = {"encode": "vae encode", "decode_float": "vae decode",
+                      "support_pass": "unet support pass", "query_pass": "unet query pass"}
+
+    def __init__(self, model, vaes=(), backends=()):
+        """``vaes``: further VAEs to time as the model's (e.g. ``plain_vae(model)``);
+        ``backends``: ``OnnxRuntimeBackend`` objects whose graph runs are timed by stage."""
         self.model, self.times, self._start, self._hooks = model, {}, {}, []
+        self._backends = list(backends)
+        for backend in self._backends:
+            for method, stage in self.BACKEND_STAGES.items():
+                setattr(backend, method, self._timed(getattr(backend, method), stage))
         for vae in (model.vae, *vaes):
             for name, module in (("vae encode", vae.encoder), ("vae decode", vae.decoder)):
                 self._hooks.append(module.register_forward_pre_hook(self._pre(name)))
@@ -107,6 +117,17 @@ class StageTimer:
 
         model._unet = timed
 
+    def _timed(self, fn, stage):
+        def timed(*args, **kwargs):
+            sync(self.model.device)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync(self.model.device)
+                self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+        return timed
+
     def _pre(self, name):
         def hook(module, args):
             sync(self.model.device)
@@ -123,12 +144,16 @@ class StageTimer:
         for h in self._hooks:
             h.remove()
         del self.model._unet  # back to the class's method
+        for backend in self._backends:
+            for method in self.BACKEND_STAGES:
+                delattr(backend, method)
 
 
-def profile_path(model, fn: Callable[[], object], reps: int = 3, vaes=()) -> Dict[str, float]:
+def profile_path(model, fn: Callable[[], object], reps: int = 3, vaes=(), backends=()
+                 ) -> Dict[str, float]:
     """Seconds per call of ``fn`` by stage (``StageTimer``), averaged over ``reps`` calls."""
     fn()
-    timer = StageTimer(model, vaes)
+    timer = StageTimer(model, vaes, backends)
     try:
         sync(model.device)
         start = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-__all__ = ["MODES", "mode_accuracy"]
+__all__ = ["MODES", "mode_accuracy", "unavailable_modes"]
 
 MODES = {  # name -> (config overrides, K/V storage dtype of the supports)
     "fp32 eager, batch 1 (reference setting)": ([], None),
@@ -20,7 +20,25 @@ MODES = {  # name -> (config overrides, K/V storage dtype of the supports)
     "TEST.FSS.BATCH_SIZE 8": (["TEST.FSS.BATCH_SIZE", 8], None),
     "plain path (no channels-last VAE, SUPPORT_PASS_BATCH 1)": (
         ["MODEL.DIFFEWS.VAE_CHANNELS_LAST", False, "MODEL.DIFFEWS.SUPPORT_PASS_BATCH", 1], None),
+    # the ONNX Runtime backend (its export is made beside the weights, before the timing)
+    "BACKEND onnxruntime (CPU execution provider)": (
+        ["MODEL.DIFFEWS.BACKEND", "onnxruntime"], None),
 }
+
+
+def unavailable_modes() -> Dict[str, str]:
+    """{mode: why it cannot run here}: the backend's modes without onnx/onnxruntime."""
+    from ..modeling.onnx.export import require
+
+    out = {}
+    for name, (opts, _) in MODES.items():
+        if "onnxruntime" in opts:
+            try:
+                require("onnx")
+                require("onnxruntime")
+            except ImportError as e:
+                out[name] = str(e)
+    return out
 
 
 @torch.no_grad()

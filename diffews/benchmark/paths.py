@@ -11,9 +11,14 @@
 * (c) ``reuse``: one ``SupportSet`` encoded once (its cost reported apart), then per query only
   the query encode, the query pass and the decode (the video / instance-segmentation case).
 
+With an ONNX Runtime backend (``backend``, ``MODEL.DIFFEWS.BACKEND onnxruntime``), two more:
+
+* (d) ``onnxruntime``: (b) with the backend attached (its VAE, support-pass and query-pass graphs);
+* (e) ``onnxruntime reuse``: (c) with the backend, its SupportSet encoded by the backend.
+
 All episodes share one support set (so that (c) applies) and have their own query. Paths run
 interleaved episode by episode in a rotating order, so that drift of the machine's speed hits all
-three alike. Masks are compared with path (a)'s.
+of them alike. Masks are compared with path (a)'s.
 """
 
 import time
@@ -26,10 +31,16 @@ from ..modeling.kv_fusion import KVBank
 
 from .measure import count_flops, device_peak_gflops, peak_memory_of, profile_path, sync
 
-__all__ = ["PATHS", "reference_episode", "default_episode", "reuse_query", "compare_paths",
+__all__ = ["PATHS", "BACKEND_PATHS", "reference_episode", "default_episode", "reuse_query", "compare_paths",
            "device_peak_gflops", "count_flops", "peak_memory_of"]
 
 PATHS = ("reference", "default", "reuse")
+BACKEND_PATHS = ("onnxruntime", "onnxruntime reuse")
+# the torch path computing the same function as each backend path: FLOPs are counted on it
+# (torch's FLOP counter does not see inside ONNX Runtime)
+SAME_WORK = {"onnxruntime": "default", "onnxruntime reuse": "reuse"}
+
+
 def reference_episode(model, episode: Dict, vae=None) -> torch.Tensor:
     """(a): the original's per-episode work; returns the (H, W) bool mask.
 
@@ -77,45 +88,77 @@ def reuse_query(model, support_set, episode: Dict) -> torch.Tensor:
     return model.postprocess(model.decode(-pred))[0]["pred_mask"]
 
 
-def compare_paths(model, episodes: List[Dict], warmup: int = 1, profile_reps: int = 0) -> Dict:
-    """Run the three paths on ``episodes`` (all with the same supports), interleaved.
+def with_backend(model, backend, fn):
+    """``fn()`` with ``backend`` attached to ``model`` (detached again afterwards)."""
+    model.use_backend(backend)
+    try:
+        return fn()
+    finally:
+        model.use_backend(None)
+
+
+def compare_paths(model, episodes: List[Dict], warmup: int = 1, profile_reps: int = 0,
+                  backend=None) -> Dict:
+    """Run the paths on ``episodes`` (all with the same supports), interleaved.
 
     Args:
         profile_reps: if > 0, also time each path's stages (``profile_path``) over that many
             calls on the first episode, after the timed runs.
+        backend: an ``OnnxBackends`` (``modeling.onnx.attach``): adds ``BACKEND_PATHS``; the
+            torch paths run with no backend attached.
     Returns:
-        {"latency": {path: [s, ...]}, "support_set_s": s, "agreement": {path: fraction},
-         "flops": {path: per episode}, "memory_gib": {path: GiB},
-         "profile": {path: {stage: s}} (empty without ``profile_reps``)}.
+        {"paths": [...], "latency": {path: [s, ...]}, "support_set_s": {path: s} for the reuse
+         paths, "agreement": {path: fraction}, "flops": {path: per episode},
+         "memory_gib": {path: GiB}, "profile": {path: {stage: s}} (empty without
+         ``profile_reps``)}.
     """
     # every episode must encode its supports (path b as a benchmark runs it): the model's support
     # latent cache is switched off for the comparison and restored afterwards, even on an error
     cache, model.support_cache = model.support_cache, None
+    attached = model.inference_backend
+    model.use_backend(None)
     try:
-        return _compare(model, episodes, warmup, profile_reps)
+        return _compare(model, episodes, warmup, profile_reps, backend)
     finally:
         model.support_cache = cache
+        model.use_backend(attached)
 
 
-def _compare(model, episodes: List[Dict], warmup: int, profile_reps: int) -> Dict:
-    device = model.device
-    first = episodes[0]
-    sync(device)
+def _encode_once(model, first: Dict):
+    sync(model.device)
     start = time.perf_counter()
     support_set = model.encode_supports(first["support_images"], first["support_masks"])
-    sync(device)
-    support_s = time.perf_counter() - start
+    sync(model.device)
+    return support_set, time.perf_counter() - start
+
+
+def _compare(model, episodes: List[Dict], warmup: int, profile_reps: int, backend) -> Dict:
+    device = model.device
+    first = episodes[0]
+    paths = PATHS + (BACKEND_PATHS if backend is not None else ())
+    support_set, support_s = _encode_once(model, first)
+    support_s = {"reuse": support_s}
     vae = plain_vae(model)
     run = {"reference": lambda e: reference_episode(model, e, vae),
            "default": lambda e: default_episode(model, e),
            "reuse": lambda e: reuse_query(model, support_set, e)}
+    backends = ()
+    if backend is not None:
+        backends = (backend.get(model, first["image"].shape[-1]),)  # exported before timing
+        ort_set, support_s["onnxruntime reuse"] = with_backend(
+            model, backend, lambda: _encode_once(model, first))
+        run["onnxruntime"] = lambda e: with_backend(model, backend,
+                                                    lambda: default_episode(model, e))
+        run["onnxruntime reuse"] = lambda e: with_backend(
+            model, backend, lambda: reuse_query(model, ort_set, e))
     for e in episodes[:warmup]:
         for fn in run.values():
             fn(e)
-    latency = {p: [] for p in PATHS}
-    same = {p: [] for p in PATHS}
+    latency = {p: [] for p in paths}
+    same = {p: [] for p in paths}
     for i, e in enumerate(episodes):
-        order = PATHS[i % 3:] + PATHS[:i % 3]
+        k = i % len(paths)
+        order = paths[k:] + paths[:k]
         masks = {}
         for p in order:
             sync(device)
@@ -123,13 +166,15 @@ def _compare(model, episodes: List[Dict], warmup: int, profile_reps: int) -> Dic
             masks[p] = run[p](e)
             sync(device)
             latency[p].append(time.perf_counter() - start)
-        for p in PATHS:
+        for p in paths:
             same[p].append((masks[p] == masks["reference"]).float().mean().item())
-    flops = {p: count_flops(lambda p=p: run[p](first)) for p in PATHS}
-    memory = {p: peak_memory_of(lambda p=p: run[p](first), device) for p in PATHS}
-    profile = {p: profile_path(model, lambda p=p: run[p](first), profile_reps, vaes=(vae,))
-               for p in PATHS} if profile_reps > 0 else {}
-    return {"latency": latency, "support_set_s": support_s, "profile": profile,
+    flops = {p: count_flops(lambda p=p: run[SAME_WORK.get(p, p)](first)) for p in paths}
+    memory = {p: peak_memory_of(lambda p=p: run[p](first), device) for p in paths}
+    profile = {p: profile_path(model, lambda p=p: run[p](first), profile_reps, vaes=(vae,),
+                               backends=backends)
+               for p in paths} if profile_reps > 0 else {}
+    return {"paths": list(paths), "latency": latency, "support_set_s": support_s,
+            "profile": profile,
             "agreement": {p: float(np.mean(v)) for p, v in same.items()},
             "flops": flops, "memory_gib": memory,
             "support_set_flops": count_flops(lambda: model.encode_supports(

@@ -8,7 +8,9 @@ episodes per model call (``DiffewS.forward``: each episode with its own supports
 runs them; the support latent cache off). Each setting reports ms per episode (median of
 ``reps`` timed calls after one warm-up call), the first call's time (which includes compiling),
 and the peak memory. Training: one ``EpisodeTrainer`` step (1 episode, K = 2 supports, fp16 AMP,
-AdamW, clipping: the reference recipe) with and without gradient checkpointing.
+AdamW, clipping: the reference recipe) with and without gradient checkpointing. ONNX Runtime
+rows (``suite_onnx.py``): the inference settings with the backend under the CUDA and TensorRT
+(fp16) execution providers; rows whose provider is missing say "not run" and why.
 """
 
 import datetime
@@ -20,6 +22,7 @@ import torch
 
 from .random_sd import build_random_diffews
 from .episodes import random_episode
+from .suite_onnx import ORT_RUNTIMES, ort_rows
 
 __all__ = ["run_suite", "format_rows", "append_to_benchmarks"]
 
@@ -95,10 +98,12 @@ def _time_training(model_name: str, device, size: int, checkpointing: bool, reps
 
 def run_suite(device: torch.device, model_name: str = "sd21", size: int = 512, reps: int = 5,
               budget_s: float = 270.0, log=print, dtypes=("float32", "bfloat16"),
-              compile_modes=(False, True)) -> List[Dict]:
+              compile_modes=(False, True), onnx_runtimes=ORT_RUNTIMES,
+              onnx_budget_s: float = 300.0) -> List[Dict]:
     """Every setting of the module docstring (``dtypes`` x ``compile_modes`` narrow them);
     settings that would start after ``budget_s`` seconds are listed with status "not run (time
-    budget)" rather than silently dropped."""
+    budget)" rather than silently dropped. ``onnx_runtimes`` ("cpu", "cuda", "tensorrt") get
+    their own ``onnx_budget_s``."""
     start = time.perf_counter()
     rows: List[Dict] = []
 
@@ -134,6 +139,8 @@ def run_suite(device: torch.device, model_name: str = "sd21", size: int = 512, r
         except torch.cuda.OutOfMemoryError as e:  # noqa: PERF203 (a row says what happened)
             rows.append({**row, "status": f"out of memory ({str(e).splitlines()[0]})"})
         log(format_rows(rows[-1:]).splitlines()[-1])
+    rows += ort_rows(device, model_name, size, reps, _time_inference, onnx_runtimes,
+                     onnx_budget_s, log)
     return rows
 
 
@@ -144,6 +151,8 @@ def format_rows(rows: List[Dict]) -> str:
     for r in rows:
         if r["what"] == "inference":
             what, dtype, comp = "inference", r["dtype"], "on" if r["compile"] else "off"
+            if r.get("runtime"):  # the ONNX Runtime rows (suite_onnx.py)
+                what = f"inference, {r['runtime']}"
             value = f"{r['ms_per_episode']:.1f} ms" if "ms_per_episode" in r else ""
             first = f"{r['first_call_s']:.1f}" if "first_call_s" in r else ""
         else:

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Optional
 from ..utils.errors import UsageError
 
 __all__ = ["check_output_dir", "check_pretrained", "check_image_size", "check_weights",
-           "check_datasets", "check_config_values", "preflight"]
+           "check_datasets", "check_config_values", "check_backend", "preflight"]
 
 # what each Stable Diffusion component folder must hold: config, then one of the weight files
 _TEXT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -181,12 +181,36 @@ def check_config_values(cfg) -> None:
                          f"{cfg.DATALOADER.MAX_BAD_FRACTION}")
 
 
+def check_backend(cfg) -> None:
+    """``MODEL.DIFFEWS.BACKEND``: a known value; for "onnxruntime", onnx and onnxruntime
+    installed (a one-line ImportError naming the install command, exit status 1), a float32
+    eager model and providers that this onnxruntime has."""
+    d = cfg.MODEL.DIFFEWS
+    if d.BACKEND not in ("torch", "onnxruntime"):
+        raise UsageError(f"MODEL.DIFFEWS.BACKEND must be 'torch' or 'onnxruntime', got "
+                         f"{d.BACKEND!r}")
+    if d.BACKEND == "torch":
+        return
+    from ..modeling.onnx.export import require
+
+    require("onnx")
+    ort = require("onnxruntime")
+    if d.INFERENCE_DTYPE != "float32" or d.COMPILE:
+        raise UsageError("MODEL.DIFFEWS.BACKEND onnxruntime runs float32 graphs of the eager "
+                         "model: set MODEL.DIFFEWS.INFERENCE_DTYPE float32 and COMPILE False")
+    missing = [p for p in d.ONNX_PROVIDERS if p and p not in ort.get_available_providers()]
+    if missing:
+        raise UsageError(f"MODEL.DIFFEWS.ONNX_PROVIDERS: {missing} not available in this "
+                         f"onnxruntime (it has {ort.get_available_providers()})")
+
+
 def preflight(cfg, *, output_dir: Optional[str] = None, weights: Optional[List[str]] = None,
               output_key: str = "--output") -> int:
     """The checks every entry point runs before building the model: the PRETRAINED folder, the
     image size against its stride, the output folder and (for inference) each weights path.
     Returns the stride."""
     check_config_values(cfg)
+    check_backend(cfg)
     stride = check_pretrained(cfg.MODEL.DIFFEWS.PRETRAINED)
     check_image_size(cfg.INPUT.IMAGE_SIZE, stride, cfg.MODEL.DIFFEWS.PRETRAINED)
     if output_dir is not None:

@@ -6,6 +6,11 @@ segmentation and instance segmentation: normalising, VAE encoding, the support p
 ``DiffewSBlocks`` is a mixin of ``DiffewS`` (``meta_arch/diffews.py``): it uses the attributes that
 ``DiffewS.__init__`` sets (``unet``, ``vae``, ``latent_scale``, ``timestep``, ``fused_layers``,
 ``support_cache``, ``support_pass_batch``, ``inference_dtype``, thresholds).
+
+Inference backend (``MODEL.DIFFEWS.BACKEND``): with one attached (``use_backend``, done by
+``checkpoint.load_inference_weights``), ``encode`` (posterior mean), the support pass stopped
+early, the query pass and ``decode`` run its ONNX graphs; training, posterior sampling and
+``query_pass_measured`` (the attention signal is measured inside torch's fused layers) stay torch.
 """
 
 from typing import Dict, List, Optional, Sequence, Union
@@ -21,6 +26,24 @@ __all__ = ["DiffewSBlocks"]
 
 class DiffewSBlocks:
     """Encode, support pass, query pass, decode, readout: the one implementation of the method."""
+
+    # the attached inference backend (an ``onnx.attach.OnnxBackends``), None: torch
+    inference_backend = None
+
+    def use_backend(self, backends) -> None:
+        """Run inference's encode, support pass, query pass and decode through ``backends``
+        (``modeling.onnx.backend_from_config``); None runs them in torch."""
+        self.inference_backend = backends
+
+    def _backend(self, height: int, width: int, latent: bool = False):
+        """The attached backend for inputs of (height, width) pixels (latents with ``latent``),
+        or None (run torch): none attached, training, or a non-square size (the exports are
+        square; another square size is exported on first use)."""
+        backends = self.inference_backend
+        if backends is None or self.training or height != width:
+            return None
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if latent else 1
+        return backends.get(self, int(height) * factor)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 255] -> [-1, 1] (ToTensor then Normalize(0.5, 0.5) in the reference)."""
@@ -39,6 +62,9 @@ class DiffewSBlocks:
         The mean is read straight from the encoder's moments (what ``latent_dist.mean`` holds,
         bit for bit), without building the distribution (its std and variance are never used).
         """
+        backend = None if sample else self._backend(*images.shape[-2:])
+        if backend is not None:
+            return backend.encode(images).to(self.device)
         images = images.to(self.vae.dtype)
         if sample:
             z = self.vae.encode(images).latent_dist.sample()
@@ -91,6 +117,10 @@ class DiffewSBlocks:
         Returns:
             (SupportSet of the N supports, UNet output (N, C, h, w) or None).
         """
+        backend = (self._backend(*latents.shape[-2:], latent=True)
+                   if stop_early and prompt is self.prompt_embeds_test else None)
+        if backend is not None:
+            return backend.support_pass(latents, signature, info).to(self.device), None
         bank = KVBank(stop_after=self.fused_layers[-1] if stop_early else None)
         try:
             out = self._unet(latents, prompt, bank)
@@ -137,6 +167,10 @@ class DiffewSBlocks:
         Returns:
             (B, C, h, w): the UNet output, read as minus the query-mask latent.
         """
+        backend = (self._backend(*query_latents.shape[-2:], latent=True)
+                   if prompt is self.prompt_embeds_test else None)
+        if backend is not None:  # the empty prompt and the timestep are baked into its graph
+            return backend.query_pass(query_latents, supports).to(self.device)
         return self._unet(query_latents, prompt, KVBank(supports))
 
     def _unet(self, latents, prompt, bank: KVBank) -> torch.Tensor:
@@ -150,6 +184,9 @@ class DiffewSBlocks:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> (N, 3, H, W) uint8 prediction, exactly as the reference maps it:
         clip to [-1, 1], to [0, 255], truncate (not round) to uint8."""
+        backend = self._backend(*latents.shape[-2:], latent=True)
+        if backend is not None:
+            return backend.decode(latents).to(self.device)
         image = self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
         image = (image.float().clamp(-1, 1) * 0.5 + 0.5) * 255.0
         return image.clamp(0, 255).to(torch.uint8)

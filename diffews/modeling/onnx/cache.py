@@ -11,9 +11,9 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from typing import Optional
 
+from ...utils.atomic import atomic_folder
 from ..support_set import signature_difference
 from .export import (FORMAT, GRAPHS, OPSET, VERSION, OnnxExportError, export_model,
                      read_manifest, weights_digest)
@@ -81,14 +81,8 @@ def cached_export(model, weights_dir_or_output: str, image_size: int, check: boo
             logger.info("Using the ONNX export in %s", folder)
             return folder
         logger.warning("ONNX export in %s is stale (%s): rebuilding it", folder, reason)
-    # exported to a sibling folder then renamed into place: an interrupted export is never
+    # exported to a temporary sibling folder renamed into place: an interrupted export is never
     # found under the key
-    tmp = f"{folder}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(folder) as tmp:
         export_model(model, tmp, image_size, check=check, providers=providers)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

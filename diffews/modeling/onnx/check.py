@@ -13,7 +13,7 @@ __all__ = ["check_export"]
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.float().cpu() - b.float().cpu()).abs().max())
 
 
 @torch.no_grad()
@@ -30,9 +30,10 @@ def check_export(model, folder: str, manifest: Dict, providers: Optional[List] =
     size, latent = manifest["image_size"], manifest["latent_size"]
     channels = manifest["latent_channels"]
     g = torch.Generator().manual_seed(1)
-    images = torch.rand(2, 3, size, size, generator=g) * 2 - 1
-    z = torch.randn(2, channels, latent, latent, generator=g)
-    z_support = torch.randn(4, 2 * channels, latent, latent, generator=g)
+    device = model.device
+    images = (torch.rand(2, 3, size, size, generator=g) * 2 - 1).to(device)
+    z = torch.randn(2, channels, latent, latent, generator=g).to(device)
+    z_support = torch.randn(4, 2 * channels, latent, latent, generator=g).to(device)
     prompt = model.prompt_embeds_test
 
     out = {"vae_encoder": _diff(backend.encode(images), model.encode(images, sample=False))}

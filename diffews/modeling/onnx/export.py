@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ...utils.atomic import atomic_write_json
 from ..support_set import model_signature
 from .graphs import (QueryPassGraph, SupportPassGraph, VaeDecoderGraph, VaeEncoderGraph,
                      kv_names)
@@ -99,6 +100,9 @@ def _dims(shape, names: Dict[int, str]) -> List:
 
 
 def _export(module, args, path, input_names, output_names, dynamic_axes) -> None:
+    # the wrapper in eval mode: torch.onnx.export restores the mode the module had, and a new
+    # wrapper's default (training) would switch the wrapped model to training mode for good
+    module.eval()
     with warnings.catch_warnings():
         # every Python branch the tracer freezes tests a fixed dim (channels, spatial size) or
         # only memory layout (diffusers' upsampler, batch >= 64), and the Slice constant-folding
@@ -134,7 +138,18 @@ def export_model(model, out_dir: str, image_size: int, check: bool = True,
     onnx = require("onnx")
     image_size = int(image_size)
     _check_model(model, image_size)
-    model.eval()
+    # traced and checked in torch: an attached backend would stand in for the blocks traced
+    attached, was_training = getattr(model, "inference_backend", None), model.training
+    model.inference_backend = None
+    try:
+        return _export_model(onnx, model.eval(), out_dir, image_size, check, providers)
+    finally:
+        model.inference_backend = attached
+        model.train(was_training)
+
+
+def _export_model(onnx, model, out_dir: str, image_size: int, check: bool,
+                  providers: Optional[List]) -> Dict:
     os.makedirs(out_dir, exist_ok=True)
     stale = os.path.join(out_dir, "manifest.json")
     if os.path.exists(stale):
@@ -145,9 +160,10 @@ def export_model(model, out_dir: str, image_size: int, check: bool = True,
     g = torch.Generator().manual_seed(0)
     # batch 2 (not 1) in the traced examples, so that no batch dimension is folded into a
     # constant as a broadcastable 1
-    images = torch.rand(2, 3, image_size, image_size, generator=g) * 2 - 1
-    z = torch.randn(2, channels, latent, latent, generator=g)
-    z_support = torch.randn(2, 2 * channels, latent, latent, generator=g)
+    device = model.device  # traced where the model lies (a GPU model exports the same graph)
+    images = (torch.rand(2, 3, image_size, image_size, generator=g) * 2 - 1).to(device)
+    z = torch.randn(2, channels, latent, latent, generator=g).to(device)
+    z_support = torch.randn(2, 2 * channels, latent, latent, generator=g).to(device)
     graphs: Dict[str, Dict] = {}
 
     def record(name, inputs, outputs):
@@ -209,10 +225,7 @@ def export_model(model, out_dir: str, image_size: int, check: bool = True,
         from .check import check_export
 
         manifest["check"] = check_export(model, out_dir, manifest, providers)
-    tmp = os.path.join(out_dir, f"manifest.json.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+    atomic_write_json(manifest, os.path.join(out_dir, "manifest.json"), indent=1)
     logger.info("ONNX export of the model at %d px written to %s", image_size, out_dir)
     return manifest
 
