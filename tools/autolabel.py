@@ -65,7 +65,8 @@ def get_parser():
 
 
 def setup(args):
-    """The frozen config and the job, every input checked; no model is built."""
+    """The frozen config, the job and ``check_job``'s result: every input checked, no model
+    built."""
     cfg = load_entry_config(args, {"batch_size": "TEST.FSOD.BATCH_SIZE"})
     cfg.OUTPUT_DIR = args.output
     cfg.freeze()
@@ -76,15 +77,14 @@ def setup(args):
                                      if args.max_bad_fraction is None else args.max_bad_fraction),
                    save_masks=args.save_masks, overwrite=args.overwrite)
     preflight(cfg, output_dir=args.output, weights=[cfg.MODEL.WEIGHTS])
-    check_job(cfg, job)
-    return cfg, job
+    return cfg, job, check_job(cfg, job)
 
 
 def main(args) -> int:
     setup_logger(args.output, distributed_rank=comm.get_rank(), name="diffews",
                  abbrev_name="diffews")
-    cfg, job = setup(args)  # in every process, before any model is built
-    summary = run_autolabel(cfg, job)
+    cfg, job, checked = setup(args)  # in every process, before any model is built
+    summary = run_autolabel(cfg, job, checked=checked)
     if summary:
         logging.getLogger("diffews.autolabel").info(
             "%d images (%d labelled now), %d annotations, %d unreadable", summary["images"],

@@ -119,7 +119,7 @@ def check_job(cfg, job: LabelJob):
     if not 0.0 <= job.max_bad_fraction <= 1.0:
         raise UsageError(f"--max-bad-fraction must be in [0, 1], got {job.max_bad_fraction}")
     source = read_supports(job.supports, job.supports_images)
-    images = list_label_images(job.images)
+    images = list_label_images(job.images, exclude=job.output)
     fingerprint = job_fingerprint(cfg, source, job)
     if not job.overwrite:
         Journal.verify(os.path.join(job.output, JOURNAL), fingerprint, f"--output {job.output}")
@@ -200,14 +200,15 @@ def _prepare_sets(predictor, source: SupportSource, folder: str):
     return sets if sets is not None else support_sets(predictor, source, folder, compute=False)
 
 
-def run_autolabel(cfg, job: LabelJob, predictor=None) -> Dict:
+def run_autolabel(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     """The whole job in this process (module docstring); call it in every process of a launch.
+    ``checked``: what ``check_job(cfg, job)`` returned, if the caller ran it already.
 
     Returns:
         ``{"images", "labelled", "skipped", "annotations", "seconds"}`` (this run) in the main
         process, ``{}`` in the others.
     """
-    source, images, fingerprint = check_job(cfg, job)
+    source, images, fingerprint = checked or check_job(cfg, job)
     journal = _open_journal(job, fingerprint)
     if predictor is None:
         from ..predictor import DiffewSPredictor
@@ -222,8 +223,10 @@ def run_autolabel(cfg, job: LabelJob, predictor=None) -> Dict:
     comm.synchronize()  # every process saw the same pending list before anyone writes
     mine = pending[comm.get_rank()::comm.get_world_size()]
     bad, first_bad, start = 0, None, time.perf_counter()
+    # images/s even below 1 image/s (tqdm would switch to s/img), and the time left
     bar = tqdm(mine, desc="autolabel", unit="img", dynamic_ncols=True,
-               disable=not comm.is_main_process())
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
+               "{rate_noinv_fmt}]", disable=not comm.is_main_process())
     for key in bar:
         try:
             image = read_image(paths[key])

@@ -7,7 +7,7 @@ shards give the same bytes: ids are given in order, keys sorted, no time stamps)
 import json
 import logging
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -21,16 +21,20 @@ __all__ = ["ANNOTATIONS", "SKIPPED", "MASKS", "SKIP_PREFIX", "IMAGE_EXTS", "list
 
 ANNOTATIONS, SKIPPED, MASKS = "annotations.json", "skipped.json", "masks"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-SKIP_PREFIX = "skipped/"  # journal key prefix of an unreadable image's note
+# journal key prefix of an unreadable image's note: NUL is in no file name, so no image's key
+SKIP_PREFIX = "\0skipped:"
 
 
-def list_label_images(spec: str) -> List[Tuple[str, str]]:
-    """``[(file_name, path)]``: a folder's image files (recursive, sorted by relative path) or
-    the lines of a list file (paths relative to its folder; blank lines and ``#`` skipped)."""
+def list_label_images(spec: str, exclude: Optional[str] = None) -> List[Tuple[str, str]]:
+    """``[(file_name, path)]``: a folder's image files (recursive, sorted by relative path; the
+    folder ``exclude``, e.g. the output inside it, skipped) or the lines of a list file (paths
+    relative to its folder; blank lines and ``#`` skipped)."""
     if os.path.isdir(spec):
         out = []
+        skip = os.path.abspath(exclude) if exclude else None
         for folder, dirs, names in os.walk(spec):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             and os.path.abspath(os.path.join(folder, d)) != skip)
             for n in names:
                 if n.lower().endswith(IMAGE_EXTS) and not n.startswith("."):
                     path = os.path.join(folder, n)

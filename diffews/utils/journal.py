@@ -34,6 +34,27 @@ API::
     j.remove(key)                          # forget a unit (it is pending again)
     Journal.verify(folder, fingerprint)    # refuse another command's folder, writing nothing
 
+A benchmark runner (per seed and image shard, per sequence, per chunk of episodes) follows
+``tasks/autolabel.py``::
+
+    fp = {"config": cfg_as_dict, "weights": stat_files([cfg.MODEL.WEIGHTS]), "seeds": seeds}
+    if comm.is_main_process():
+        j = Journal(os.path.join(out, "journal"), fp, overwrite=args.overwrite)
+    comm.synchronize()
+    if not comm.is_main_process():
+        j = Journal(os.path.join(out, "journal"), fp, create=False)
+    keys = [f"seed{s}/chunk{c:04d}" for s in seeds for c in range(chunks)]
+    todo = j.pending(keys)
+    comm.synchronize()                        # all listed before anyone writes
+    for key in todo[comm.get_rank()::comm.get_world_size()]:
+        j.put(key, run_chunk(key))            # e.g. per-class intersection/union sums
+    comm.synchronize()
+    if comm.is_main_process():
+        final = reduce(j.collect(keys))       # the same numbers as one uninterrupted run
+
+A unit's value must not depend on which process or run computed it (fixed episode order and
+batches within the unit), and the reduction must read the values in key order.
+
 Helpers for fingerprints: ``hash_files`` (content, sha256 of each file's bytes) and
 ``stat_files`` (cheap: size plus the first and last MiB of each file; for multi-GB weights).
 Values must be JSON (floats survive: Python writes the shortest repr that reads back the same).
