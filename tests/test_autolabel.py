@@ -95,7 +95,7 @@ def _reference_instances(tiny_sd, job):
         out[name] = masks_to_instances(np.stack([r["mask"] for r in results]), np.stack(probs),
                                        mode=f.INSTANCE_MODE, min_area=int(f.MIN_AREA),
                                        topk=int(f.TOPK))
-    return out
+    return out, (predictor, sets, cfg)
 
 
 def _cocoeval(gt_json, results):
@@ -122,7 +122,7 @@ def test_coco_json_matches_predictor_and_instance_evaluator(tiny_sd, job, run_a)
     assert [(i["id"], i["file_name"], i["height"], i["width"]) for i in data["images"]] == \
         [(i["id"], i["file_name"], i["height"], i["width"]) for i in gt["images"]]
     assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
-    reference = _reference_instances(tiny_sd, job)
+    reference, (predictor, sets, cfg) = _reference_instances(tiny_sd, job)
     ids = {i["file_name"]: i["id"] for i in data["images"]}
     for name, inst in reference.items():
         anns = [a for a in data["annotations"] if a["image_id"] == ids[name]]
@@ -151,6 +151,16 @@ def test_coco_json_matches_predictor_and_instance_evaluator(tiny_sd, job, run_a)
     ours = _cocoeval(job["tree"]["gt"], data["annotations"])
     for task in ("bbox", "segm"):
         assert ours[task] == pytest.approx(reported[task]["AP"], abs=1e-9), task
+    # a presence threshold above every prediction's presence judges every class absent: no
+    # annotation, an empty label map (the presence decision of MODEL.DIFFEWS.PRESENCE_*)
+    from diffews.tasks.autolabel import label_image
+    from diffews.utils.image import read_image
+
+    image = read_image(os.path.join(job["tree"]["images"], job["tree"]["names"][0]))
+    anns, label = label_image(predictor, sets, image, cfg, threshold=1e9)
+    assert anns == [] and not label.any()
+    anns, label = label_image(predictor, sets, image, cfg)
+    assert len(anns) == len(reference[job["tree"]["names"][0]]) and label.any()
     skipped = _load(run_a / "skipped.json")
     assert [s["file_name"] for s in skipped] == ["zz_corrupt.jpg"]
     assert job["tree"]["corrupt"] in skipped[0]["reason"]
