@@ -101,14 +101,14 @@ def test_gpu_suite_dry_run_on_cpu(tmp_path):
     from diffews.benchmark.suite import append_to_benchmarks, format_rows, run_suite
 
     rows = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, log=lambda *a: None,
-                     dtypes=("float32",), compile_modes=(False,))
+                     dtypes=("float32",), compile_modes=(False,), onnx_runtimes=())
     assert [r["status"] for r in rows] == ["ok"] * 6
     assert {(r["shots"], r["batch"]) for r in rows if r["what"] == "inference"} == {
         (1, 1), (1, 8), (5, 1), (5, 8)}
     assert all(r["ms_per_episode"] > 0 for r in rows if r["what"] == "inference")
     assert [r["checkpointing"] for r in rows if r["what"] == "training step"] == [False, True]
     late = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, budget_s=0, log=lambda *a: None,
-                     dtypes=("float32",), compile_modes=(False,))
+                     dtypes=("float32",), compile_modes=(False,), onnx_runtimes=())
     assert {r["status"] for r in late} == {"not run (time budget)"}
     path = tmp_path / "BENCHMARKS.md"
     append_to_benchmarks(str(path), rows, "CPU (dry run)", "python tools/benchmark.py --suite gpu")

@@ -6,6 +6,7 @@
   python tools/benchmark.py --tiny            # the tiny random model of the tests, on the CPU
   python tools/benchmark.py --compare --model tiny,mid,sd21 --size 256 --shots 1,5 --episodes 10 [--profile 3]
   python tools/benchmark.py --suite gpu        # SD 2.1-shaped, 512 px, every speed mode, training
+  python tools/benchmark.py --onnx-parts --model mid --size 256   # torch vs ORT / OpenVINO per part
 
 Training iterations run the real EpisodeTrainer step (accumulation, AMP, clipping) on random
 episodes at INPUT.IMAGE_SIZE; inference episodes run the model in eval mode with the support cache
@@ -14,9 +15,14 @@ off (every episode encodes its supports).
 ``--compare`` times three inference paths side by side on random-weight models built in memory
 (``diffews/benchmark/random_sd.py``: tiny, mid-size SD-shaped, SD 2.1-shaped), paired and
 interleaved episode by episode (``diffews/benchmark/paths.py``): (a) the original implementation's
-per-episode work, (b) our default path, (c) one SupportSet reused for every query. It reports
-episodes/s, p50/p90 latency, mask agreement with (a), FLOPs per episode (torch's FLOP counter),
-achieved GFLOP/s against the device's peak, and peak memory.
+per-episode work, (b) our default path, (c) one SupportSet reused for every query, and with
+onnxruntime installed (d) (b) and (e) (c) on the ONNX Runtime backend (MODEL.DIFFEWS.BACKEND
+onnxruntime; --onnx-optimization, --onnx-threads; --no-onnx leaves them out). It reports
+episodes/s, p50/p90 latency, mask agreement with (a), FLOPs per episode (torch's FLOP counter;
+a backend path is credited with its torch twin's FLOPs), achieved GFLOP/s against the device's
+peak, and peak memory. ``--onnx-parts`` times each part (VAE encoder and decoder, support and
+query pass) in torch, in ONNX Runtime under several session options and in OpenVINO (if
+installed), on the same graphs (``diffews/benchmark/onnx_parts.py``).
 
 ``--suite gpu`` (``diffews/benchmark/suite.py``) runs, on a CUDA device in about 5 minutes,
 SD 2.1-shaped random weights at 512 px: 1/5-shot x fp32/bf16 x compile off/on x batch 1/8
@@ -102,8 +108,33 @@ def bench_inference(cfg, shots: int, episodes: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / episodes
 
 
+def _backend(args, model, device):
+    """The ONNX Runtime backend of --compare (None with --no-onnx or without onnxruntime),
+    exported to a temporary folder now, so that the export is not timed."""
+    if args.no_onnx:
+        return None
+    from diffews.modeling.onnx.attach import OnnxBackends, default_providers
+    from diffews.modeling.onnx.export import require
+
+    try:
+        require("onnx")
+        require("onnxruntime")
+    except ImportError as e:
+        print(f"ONNX Runtime paths not run: {e}")
+        return None
+    backends = OnnxBackends(tempfile.mkdtemp(prefix="compare_onnx_"), default_providers(device),
+                            threads=args.onnx_threads or None,
+                            optimization=args.onnx_optimization)
+    start = time.perf_counter()
+    backends.get(model, args.size)
+    print(f"ONNX export at {args.size} px (checked against torch): "
+          f"{time.perf_counter() - start:.1f} s; {backends.get(model, args.size)}, "
+          f"optimisation {args.onnx_optimization}, threads {args.onnx_threads or 'torch'}")
+    return backends
+
+
 def compare(args):
-    from diffews.benchmark.paths import PATHS, compare_paths, device_peak_gflops
+    from diffews.benchmark.paths import compare_paths, device_peak_gflops
     from diffews.benchmark.random_sd import build_random_diffews
 
     device = torch.device(_device(args))
@@ -114,14 +145,15 @@ def compare(args):
           "paths interleaved")
     for model_name in args.models or ["tiny"]:
         model = build_random_diffews(model_name).to(device)
+        backend = _backend(args, model, device)
         for shots in args.shots:
             episodes = [random_episode(shots, args.size, 1000 + i) for i in range(args.episodes)]
             for e in episodes[1:]:  # one support set for all (so that (c) applies)
                 e["support_images"] = episodes[0]["support_images"]
                 e["support_masks"] = episodes[0]["support_masks"]
-            r = compare_paths(model, episodes, profile_reps=args.profile)
+            r = compare_paths(model, episodes, profile_reps=args.profile, backend=backend)
             rows = []
-            for p in PATHS:
+            for p in r["paths"]:
                 lat = np.array(r["latency"][p])
                 gflop = r["flops"][p] / 1e9
                 rows.append([p, f"{1 / lat.mean():.3f}", f"{np.percentile(lat, 50):.3f}",
@@ -129,13 +161,13 @@ def compare(args):
                              f"{gflop:.1f}", f"{gflop / np.median(lat):.1f}",
                              f"{100 * gflop / np.median(lat) / peak:.1f}%",
                              f"{1024 * r['memory_gib'][p]:.0f}"])
-            base = 1 / np.mean(r["latency"]["reference"])
-            print(f"\n{model_name}, {args.size} px, {shots}-shot; SupportSet encoded once in "
-                  f"{r['support_set_s']:.3f} s ({r['support_set_flops'] / 1e9:.1f} GFLOP); "
-                  f"speed-up over (a): default "
-                  f"{1 / np.mean(r['latency']['default']) / base:.2f}x, reuse "
-                  f"{1 / np.mean(r['latency']['reuse']) / base:.2f}x; reuse over default "
-                  f"{np.mean(r['latency']['default']) / np.mean(r['latency']['reuse']):.2f}x")
+            base = np.mean(r["latency"]["reference"])
+            sets = ", ".join(f"{p} {s:.3f} s" for p, s in r["support_set_s"].items())
+            speed = ", ".join(f"{p} {base / np.mean(r['latency'][p]):.2f}x"
+                              for p in r["paths"][1:])
+            print(f"\n{model_name}, {args.size} px, {shots}-shot; SupportSet encoded once: "
+                  f"{sets} ({r['support_set_flops'] / 1e9:.1f} GFLOP); speed-up over "
+                  f"reference: {speed}; 1-minute load average {os.getloadavg()[0]:.2f}")
             print(tabulate(rows, headers=["path", "episodes/s", "p50 s", "p90 s", "mask agreement",
                                           "GFLOP/episode", "GFLOP/s", "of peak", "peak mem MiB"],
                            tablefmt="github"))
@@ -179,7 +211,7 @@ def suite(args) -> int:
 
 def accuracy(args) -> int:
     """Speed modes on the synthetic benchmark with the quick start's trained model."""
-    from diffews.benchmark.modes import mode_accuracy
+    from diffews.benchmark.modes import MODES, mode_accuracy, unavailable_modes
 
     args.weights = os.path.join(ROOT, "output", "quickstart", "train", "model_final.pth")
     if not os.path.isfile(args.weights):
@@ -188,12 +220,28 @@ def accuracy(args) -> int:
     cfg = load_entry_config(args, {"weights": "MODEL.WEIGHTS", "shot": "TEST.FSS.SHOT"},
                             config_file=args.config_file or QUICK_CONFIG)
     preflight(cfg, weights=[cfg.MODEL.WEIGHTS])
-    rows = mode_accuracy(cfg, "synthetic_fss_test", log=lambda *a: None)
+    missing = unavailable_modes()
+    for name, why in missing.items():
+        print(f"{name}: not run ({why})")
+    rows = mode_accuracy(cfg, "synthetic_fss_test", [m for m in MODES if m not in missing],
+                         log=lambda *a: None)
     print(tabulate([[k, f"{100 * v['agreement']:.3f}%", f"{v['mIoU']:.2f}", f"{v['FB-IoU']:.2f}",
                      f"{v['s_per_episode']:.3f}", f"{v['first_batch_s']:.2f}"]
                     for k, v in rows.items()],
                    headers=["mode", "mask agreement", "mIoU", "FB-IoU", "s / episode",
                             "first batch s (compile)"], tablefmt="github"))
+    return 0
+
+
+def onnx_parts(args) -> int:
+    """Per-part timings: torch vs ONNX Runtime session options vs OpenVINO."""
+    from diffews.benchmark.onnx_parts import format_parts, part_timings
+
+    threads = args.onnx_threads or torch.get_num_threads()
+    for model_name in args.models or ["tiny"]:
+        rows = part_timings(model_name, args.size, threads, args.reps)
+        print(format_parts(rows, f"\n{model_name} at {args.size} px, batch 1, fastest of "
+                           f"{args.reps} (1-minute load average {os.getloadavg()[0]:.2f}):"))
     return 0
 
 
@@ -219,6 +267,15 @@ def get_parser():
     p.add_argument("--episodes", type=int, default=10, help="--compare: timed episodes")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="--compare: also time each path's stages over N calls")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="--compare: leave out the ONNX Runtime backend's paths")
+    p.add_argument("--onnx-optimization", default="all",
+                   choices=["all", "extended", "basic", "disable"],
+                   help="--compare: ONNX Runtime graph optimisation level (default all)")
+    p.add_argument("--onnx-threads", type=int, default=0, metavar="N",
+                   help="--compare, --onnx-parts: ONNX Runtime intra-op threads (0: torch's)")
+    p.add_argument("--onnx-parts", action="store_true", help="time each part in torch, ONNX "
+                   "Runtime (several session options) and OpenVINO on the same graphs")
     p.add_argument("--tiny", action="store_true", help="benchmark the tiny random test model")
     add_list_argument(p, "--shots", default="1,5", metavar="K,...",
                       help="supports per episode (default 1,5)")
@@ -239,7 +296,8 @@ def parse_args(argv=None):
         p.error(f"--model: {bad} not in {list(MODELS)}")
     if not args.shots or min(args.shots) < 1:
         p.error("--shots: at least one shot, each >= 1")
-    check_counts(p, args, {"reps": 1, "size": 8, "episodes": 1, "profile": 0, "iters": 1})
+    check_counts(p, args, {"reps": 1, "size": 8, "episodes": 1, "profile": 0, "iters": 1,
+                           "onnx_threads": 0})
     return args
 
 
@@ -273,7 +331,7 @@ def cli(argv=None) -> int:
     """The command line: parse, run the chosen benchmark; one ``error:`` line and exit 1/2."""
     args = parse_args(argv)
     run = compare if args.compare else suite if args.suite else accuracy if args.accuracy \
-        else timing
+        else onnx_parts if args.onnx_parts else timing
     return run_cli(lambda: run(args), args.debug)
 
 

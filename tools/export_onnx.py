@@ -20,7 +20,7 @@ import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
 from diffews.checkpoint import load_inference_weights
-from diffews.cli import config_overrides, entry_parser, load_entry_config, preflight, run_cli
+from diffews.cli import UsageError, config_overrides, entry_parser, load_entry_config, preflight, run_cli
 from diffews.modeling.onnx import export_model
 from diffews.modeling.onnx.export import require
 
@@ -51,6 +51,9 @@ def main(args) -> int:
     preflight(cfg, output_dir=args.output, weights=[cfg.MODEL.WEIGHTS])
     require("onnx")
     require("onnxruntime")
+    if cfg.MODEL.DIFFEWS.INFERENCE_DTYPE != "float32" or cfg.MODEL.DIFFEWS.COMPILE:
+        raise UsageError("the ONNX graphs are float32 graphs of the eager model: set "
+                         "MODEL.DIFFEWS.INFERENCE_DTYPE float32 and MODEL.DIFFEWS.COMPILE False")
     model = build_model(cfg).eval()
     load_inference_weights(model, cfg)
     manifest = export_model(model, args.output, cfg.INPUT.IMAGE_SIZE, check=not args.no_check)
