@@ -10,8 +10,8 @@ import logging
 import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
-from diffews.cli import UsageError, add_list_argument, check_counts, entry_parser, \
-    load_entry_config, parse_list, preflight, run_cli
+from diffews.cli import UsageError, add_list_argument, check_counts, check_output_dir, \
+    entry_parser, load_entry_config, parse_list, preflight, run_cli
 from diffews.data.datasets.vos import VOS_DATASETS
 
 from detectron2.data import MetadataCatalog
@@ -72,10 +72,15 @@ def main(args) -> int:
     cfg.freeze()
     output = args.output or f"output/vos/{dataset}"
     videos = parse_list(args.videos, str, "--videos")
-    # before reading the dataset and building the model
-    preflight(cfg, output_dir=output, weights=[cfg.MODEL.WEIGHTS])
+    # before the model is built: PRETRAINED, image size, weights, then the dataset's records
+    # (a missing tree or --videos name), then the output folder (not created for a run that
+    # cannot start)
+    preflight(cfg, weights=[cfg.MODEL.WEIGHTS])
     from diffews.evaluation.vos_evaluation import format_davis_tables
-    from diffews.tasks.vos import run_vos
+    from diffews.tasks.vos import load_vos_records, run_vos
+
+    load_vos_records(dataset, args.dataset_root, videos)
+    check_output_dir(output)
 
     logging.getLogger("diffews.run_vos").info(
         "%s: memory %d (first frame + %d), decay ratio %g, support reuse %s -> %s", dataset,
