@@ -4,8 +4,8 @@
 # A researcher's own detectron2 (e.g. a CUDA build from the upstream git repository) is used as it is
 # and never replaced. Otherwise, since upstream detectron2 is not on PyPI, we take the `sal-detectron2`
 # wheel (a build of the full upstream Python tree), drop its CUDA extension (DiffewS needs none of
-# detectron2's C++ ops), and repack it as a pure-Python wheel. See ../shared/ENVIRONMENT.md history in
-# the README ("Installation").
+# detectron2's C++ ops), and repack it as a pure-Python wheel. See the README
+# ("Installation notes").
 set -euo pipefail
 PY=${PYTHON:-python}
 

@@ -4,7 +4,7 @@
 ``DiffewSCheckpointer`` is detectron2's ``DetectionCheckpointer`` with three changes:
 
 - a directory is read as a released DiffewS UNet in diffusers layout (``<name>/``, ``<name>/unet/``
-  or ``<name>/unet/unet/``; METHOD.md 8);
+  or ``<name>/unet/unet/``; docs/METHOD.md section 8);
 - loading is strict: a missing key or a shape mismatch stops with an error naming the file, the key
   and both shapes, instead of detectron2's warning-and-skip; a corrupt or truncated file stops
   with an error naming it;

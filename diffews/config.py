@@ -86,7 +86,7 @@ def add_diffews_config(cfg: CN) -> None:
     # Square working size: images are resized (bilinear) and masks (nearest) to IMAGE_SIZE^2.
     cfg.INPUT.IMAGE_SIZE = 512
     cfg.INPUT.FEW_SHOT = CN()
-    # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (METHOD.md 4).
+    # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (docs/METHOD.md section 4).
     cfg.INPUT.FEW_SHOT.MAX_SHOT = 2
 
     # Sampling weight of each DATASETS.TRAIN dataset (same length, >= 0, normalised): each training
@@ -102,7 +102,7 @@ def add_diffews_config(cfg: CN) -> None:
     # Examples: configs/custom/.
     cfg.DATASETS.CUSTOM = CN(new_allowed=True)
 
-    # Training recipe of the reference (METHOD.md 4): AdamW, lr 1e-5 decayed linearly to 1e-7 over
+    # Training recipe of the reference (docs/METHOD.md section 4): AdamW, lr 1e-5 decayed linearly to 1e-7 over
     # 20k updates of 1 episode x 4 accumulation steps, grad-norm clip 1.0, fp16 AMP (set in YAML).
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # only ADAMW
     cfg.SOLVER.BASE_LR = 1e-5
@@ -162,7 +162,7 @@ def add_diffews_config(cfg: CN) -> None:
     # episodes. 0 = the published protocol, unchanged.
     cfg.TEST.FSS.NEGATIVE_RATIO = 0.0
 
-    # Few-shot instance segmentation, TFA protocol (inference_fsod/, METHOD.md 7.2). The support
+    # Few-shot instance segmentation, TFA protocol (inference_fsod/, docs/METHOD.md section 7.2). The support
     # split and the test set follow from these keys (coco_fsod.fsod_dataset_names), not DATASETS.
     cfg.TEST.FSOD = CN()
     # K support instances per novel class: 1, 2, 3, 5, 10 or 30 (SINE reports 1 and 5).
@@ -195,7 +195,7 @@ def add_diffews_config(cfg: CN) -> None:
     # COCO and COCO-to-VOC runs of the same shot and seed use the same COCO supports: share it.
     cfg.TEST.FSOD.SUPPORT_DIR = ""
 
-    # Semi-supervised video object segmentation (inference_vos/, diffews/tasks/vos.py, METHOD.md 7.3).
+    # Semi-supervised video object segmentation (inference_vos/, diffews/tasks/vos.py, docs/METHOD.md section 7.3).
     cfg.TEST.VOS = CN()
     # Supports per object and frame, the fixed first annotated frame included (SINE's --num_frame):
     # 6 for DAVIS 2017 and YouTube-VOS, 2 for DAVIS 2016; 1 = the first frame only.

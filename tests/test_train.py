@@ -258,7 +258,7 @@ class _Recorder:
 
 
 def test_training_loss_samples_posterior_with_pm1_masks_77_tokens_and_t1(tiny_sd):
-    """METHOD.md 4, checked from the outside: images enter the VAE in [-1, 1] and masks as -1/+1
+    """docs/METHOD.md section 4, checked from the outside: images enter the VAE in [-1, 1] and masks as -1/+1
     (255 = ignore counts as background), every training latent is a posterior SAMPLE (not the
     mean) times the VAE's scaling factor, both UNet passes get t = 1 and the 77-token padded
     empty prompt, and the loss is the MSE between the query pass's output and minus the sampled

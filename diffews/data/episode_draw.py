@@ -1,6 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """How each benchmark draws its fixed test episodes, as the HSNet-family code draws them
-(PROTOCOLS.md 2a, 2c). ``episodes.make_episodes`` / ``get_episodes`` call these.
+(docs/PROTOCOLS.md section 2a, 2c). ``episodes.make_episodes`` / ``get_episodes`` call these.
 
 The reference code draws episodes with the *global* numpy RNG seeded once (``np.random.seed(0)``),
 in dataset order, one ``np.random.choice(x, 1, replace=False)[0]`` per draw (``replace=False``

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Fixed test episodes of the few-shot benchmarks (PROTOCOLS.md 2a, 2c): ``make_episodes`` draws a
+"""Fixed test episodes of the few-shot benchmarks (docs/PROTOCOLS.md section 2a, 2c): ``make_episodes`` draws a
 fold's episodes, ``get_episodes`` gives a registered test dataset's episodes from a file or from
 a cache it keeps.
 

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Episodic training data (METHOD.md 4): an endless stream of random episodes.
+"""Episodic training data (docs/METHOD.md section 4): an endless stream of random episodes.
 
 Each episode: a class drawn uniformly from the split's (base) classes, a query image of that class,
 and K support images of that class other than the query (supports may repeat each other, as in the

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""AdamW and the polynomial decay to SOLVER.END_LR of the reference recipe (METHOD.md 4)."""
+"""AdamW and the polynomial decay to SOLVER.END_LR of the reference recipe (docs/METHOD.md section 4)."""
 
 import torch
 from detectron2.solver import LRMultiplier, WarmupParamScheduler

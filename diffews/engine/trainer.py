@@ -29,7 +29,7 @@ def create_ddp_model(model):
 
 
 class DiffewSTrainer(DefaultTrainer):
-    """Episodic training of DiffewS (METHOD.md 4).
+    """Episodic training of DiffewS (docs/METHOD.md section 4).
 
     One iteration is one optimizer update over ``SOLVER.ACCUMULATION_STEPS`` batches of
     ``SOLVER.IMS_PER_BATCH`` episodes (summed over processes), under AMP if ``SOLVER.AMP.ENABLED``

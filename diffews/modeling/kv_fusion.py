@@ -5,7 +5,7 @@ The support pass runs the UNet on the supports with a ``KVBank`` in write mode: 
 self-attention (``attn1``) layer runs ordinary self-attention over each support's own tokens and
 stores its keys/values under the layer's name; ``KVBank.to_support_set`` turns them into a
 ``SupportSet``. The query pass runs with a bank in read mode over SupportSets: each ``attn1``
-attends to ``[own ; support 1 ; ... ; support K]`` along the token axis (METHOD.md 1.4). The K
+attends to ``[own ; support 1 ; ... ; support K]`` along the token axis (docs/METHOD.md section 1.4). The K
 supports of one query are flattened into one key sequence, which is what the reference's xformers
 path does; its SDPA path is only correct for K = 1.
 

@@ -39,7 +39,7 @@ def set_inference_dtype(model, name: str) -> None:
 
 def compile_for_inference(model) -> None:
     """``torch.compile`` the VAE encoder and decoder in place (modules, hooks and state-dict keys
-    stay as they are): they hold most of an episode's FLOPs (PROTOCOLS.md 4) and are plain
+    stay as they are): they hold most of an episode's FLOPs (docs/PROTOCOLS.md section 4) and are plain
     tensor functions. The UNet stays eager: its attention processors read and write the per-call
     KV bank, which dynamo guards on and recompiles for, layer by layer (measured: it falls back to
     eager after its recompile limit). The first call of each input shape compiles."""

@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The DiffewS UNet: diffusers' ``UNet2DConditionModel`` plus a support input conv.
 
-diffusers' UNet is used as it is. Two things are added (METHOD.md 1.2):
+diffusers' UNet is used as it is. Two things are added (docs/METHOD.md section 1.2):
 
 - ``unet.conv_in_ref``: the support input conv, ``2 * in_channels`` (image latent, then mask
   latent) -> ``block_out_channels[0]``. It is registered on the UNet itself, so ``unet.state_dict()``
@@ -63,7 +63,7 @@ class DualConvIn(nn.Conv2d):
 
 
 def init_support_conv(conv_in: nn.Conv2d) -> nn.Conv2d:
-    """Build the support conv from the query conv as the reference does (METHOD.md 1.2).
+    """Build the support conv from the query conv as the reference does (docs/METHOD.md section 1.2).
 
     ``W_ref = repeat(W, (1, 2, 1, 1)) / 2`` (each half of the 8 input channels gets half of the
     pretrained kernel) and ``b_ref = b``.
@@ -84,7 +84,7 @@ def add_support_conv(unet: UNet2DConditionModel, support_state: Optional[Dict] =
     Args:
         unet: a diffusers UNet without a support conv.
         support_state: ``{"conv_in_ref.weight": ..., "conv_in_ref.bias": ...}`` to load, or None
-            to initialise from ``conv_in`` (METHOD.md 1.2).
+            to initialise from ``conv_in`` (docs/METHOD.md section 1.2).
     """
     if isinstance(unet.conv_in, DualConvIn):
         raise ValueError("this UNet already has a support input conv")
@@ -200,7 +200,7 @@ def load_pretrained_unet(pretrained: str) -> UNet2DConditionModel:
     float32 in every case (diffusers upcasts), and the log says the stored dtype. If
     ``<pretrained>/unet`` already holds ``conv_in_ref`` (e.g. the released
     ``stable-diffusion-2-1-ref8inchannels-tag4inchannels``) it is loaded; otherwise it is built
-    from ``conv_in`` (METHOD.md 1.2).
+    from ``conv_in`` (docs/METHOD.md section 1.2).
     """
     folder = os.path.join(pretrained, "unet")
     if not os.path.isfile(os.path.join(folder, "config.json")):
@@ -226,7 +226,7 @@ def load_pretrained_unet(pretrained: str) -> UNet2DConditionModel:
         logger.info(f"Loaded the support input conv (conv_in_ref) from {folder}")
         add_support_conv(unet, support_state)
     else:
-        logger.info("No conv_in_ref in %s: initialising it from conv_in (METHOD.md 1.2)", folder)
+        logger.info("No conv_in_ref in %s: initialising it from conv_in (docs/METHOD.md section 1.2)", folder)
         add_support_conv(unet)
     return unet
 
@@ -244,7 +244,7 @@ def resolve_release_folder(path: str) -> str:
 
 
 def load_release_state_dict(path: str, unet_config: Optional[dict] = None) -> Dict[str, torch.Tensor]:
-    """Read a released DiffewS UNet (diffusers layout, METHOD.md 8) as a UNet state dict.
+    """Read a released DiffewS UNet (diffusers layout, docs/METHOD.md section 8) as a UNet state dict.
 
     ``config.json`` may name ``UNet2DConditionModel`` or ``MyUNet2DConditionModel`` and may or may
     not hold ``in_channels_ref``; the weights must hold ``conv_in_ref``.
@@ -277,7 +277,7 @@ def load_release_state_dict(path: str, unet_config: Optional[dict] = None) -> Di
         if key not in state:
             raise KeyError(
                 f"{weights}: missing '{key}': a DiffewS UNet holds the support input conv "
-                "conv_in_ref (METHOD.md 8); a plain Stable Diffusion UNet goes in "
+                "conv_in_ref (docs/METHOD.md section 8); a plain Stable Diffusion UNet goes in "
                 "MODEL.DIFFEWS.PRETRAINED instead"
             )
     logger.info("Read released DiffewS UNet weights from %s (stored as %s%s; loaded into the "

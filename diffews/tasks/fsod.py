@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Few-shot instance segmentation with DiffewS, TFA protocol (METHOD.md 7.2, PROTOCOLS.md 2f).
+"""Few-shot instance segmentation with DiffewS, TFA protocol (docs/METHOD.md section 7.2, docs/PROTOCOLS.md section 2f).
 
 DiffewS segments one class given its supports; instance segmentation is built on the predictor:
 

@@ -2,7 +2,7 @@
 """From one predicted mask per class to scored instances (few-shot instance segmentation).
 
 DiffewS predicts, for a query image and one class's supports, a decoded image whose RGB mean is a
-probability map ``prob`` in [0, 1] and a binary mask (``prob > 0.25 * max(prob)``, METHOD.md 3.2).
+probability map ``prob`` in [0, 1] and a binary mask (``prob > 0.25 * max(prob)``, docs/METHOD.md section 3.2).
 It has no notion of instances, so the mask is split after the fact. Strategies (``MODES``):
 
 * ``"mask"``: the whole mask is one instance (the FSS output as is);

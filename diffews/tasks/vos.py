@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Semi-supervised video object segmentation with DiffewS: a video is a support set.
 
-METHOD.md 7.3 (SINE/Matcher-style memory), on ``DiffewSPredictor``; no model code here.
+docs/METHOD.md section 7.3 (SINE/Matcher-style memory), on ``DiffewSPredictor``; no model code here.
 
 Per video, per object:
 

@@ -3,7 +3,7 @@
 
 Classes are COCO's 80 categories in contiguous order, 0..79. Fold f's test (novel) classes are
 **interleaved**, ``{f + 4 v, v = 0..19}`` (HSNet ``data/coco.py``; not PANet's contiguous split);
-its train (base) classes are the other 60. Images and masks (METHOD.md 6.2)::
+its train (base) classes are the other 60. Images and masks (docs/METHOD.md section 6.2)::
 
     <root>/COCO2014/{train2014,val2014}/COCO_<split>2014_<id>.jpg
     <root>/COCO2014/annotations/{train2014,val2014}/COCO_<split>2014_<id>.png   # class + 1, 0 = bg

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Few-shot instance segmentation data, TFA protocol (METHOD.md 7.2, PROTOCOLS.md 2f).
+"""Few-shot instance segmentation data, TFA protocol (docs/METHOD.md section 7.2, docs/PROTOCOLS.md section 2f).
 
 Registered names (TFA's, ``fsdet/data/builtin.py``), detectron2's standard instance format
 (``file_name, height, width, image_id, annotations: [{bbox (XYWH_ABS), bbox_mode, category_id

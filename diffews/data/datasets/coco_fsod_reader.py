@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Reading the few-shot instance segmentation files, TFA protocol (METHOD.md 7.2, PROTOCOLS.md 2f);
+"""Reading the few-shot instance segmentation files, TFA protocol (docs/METHOD.md section 7.2, docs/PROTOCOLS.md section 2f);
 the registered names and the record format are in ``coco_fsod.py``, which re-exports these names.
 
 * Support splits: ``<root>/cocosplit[/seed{S}]/full_box_{K}shot_{class}_trainval.json`` (class =

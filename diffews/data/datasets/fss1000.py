@@ -8,7 +8,7 @@ offset, 0 for trn, 520 for val and 760 for test (so the test classes are 760..99
     <root>/FSS-1000/data/<class>/{1..10}.jpg         # image
     <root>/FSS-1000/data/<class>/{1..10}.png         # mask beside it, grayscale, >= 128 = object
 
-This is the layout of METHOD.md 6.2; HSNet's own layout, the class folders directly under
+This is the layout of docs/METHOD.md section 6.2; HSNet's own layout, the class folders directly under
 ``FSS-1000/`` (no ``data/``), is accepted when ``FSS-1000/data`` does not exist. Split lists
 (``{trn,val,test}.txt``, one class folder a line) ship in ``datasets/splits/fss/``
 (``splits="tree"``: ``<root>/FSS-1000/splits/``). Record IDs are ``<class>/<name>`` (e.g.
@@ -50,7 +50,7 @@ def fss1000_categories(split: str, root: Optional[str] = None,
 
 
 def fss1000_image_dir(root: Optional[str] = None) -> str:
-    """``<root>/FSS-1000/data`` (METHOD.md layout), else ``<root>/FSS-1000`` (HSNet layout)."""
+    """``<root>/FSS-1000/data`` (docs/METHOD.md layout), else ``<root>/FSS-1000`` (HSNet layout)."""
     base = os.path.join(dataset_root(root), "FSS-1000")
     data = os.path.join(base, "data")
     if os.path.isdir(data):

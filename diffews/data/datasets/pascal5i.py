@@ -2,7 +2,7 @@
 """PASCAL-5i (HSNet split): ``pascal5i_fold{0..3}_{train,test}``.
 
 The 20 VOC classes, 0..19. Fold f's test (novel) classes are **contiguous**, ``5 f .. 5 f + 4``
-(HSNet ``data/pascal.py``); its train classes are the other 15. Files (METHOD.md 6.2)::
+(HSNet ``data/pascal.py``); its train classes are the other 15. Files (docs/METHOD.md section 6.2)::
 
     <root>/VOC2012/JPEGImages/<name>.jpg
     <root>/VOC2012/SegmentationClassAug/<name>.png     # class + 1, 0 = bg, 255 = boundary (ignored)

@@ -62,7 +62,7 @@ class DiffewS(DiffewSBlocks, nn.Module):
                 (``modeling.unet.add_support_conv``); KV-fusion processors are installed here.
             vae: diffusers ``AutoencoderKL``; frozen.
             prompt_embeds_train: (1, T_train, D) text-encoder output of the empty prompt used in
-                training (77 tokens for SD 2.1, METHOD.md 1.6).
+                training (77 tokens for SD 2.1, docs/METHOD.md section 1.6).
             prompt_embeds_test: (1, T_test, D) the same for inference (2 tokens: BOS, EOS).
             timestep: diffusion timestep of both UNet passes.
             rel_threshold: mask = mean_RGB(pred) > rel_threshold * max(pred), pred in [0, 1].
@@ -224,7 +224,7 @@ class DiffewS(DiffewSBlocks, nn.Module):
         return query, supports, masks
 
     def losses(self, batched_inputs: List[Dict], shots: int) -> torch.Tensor:
-        """Latent MSE between the output and minus the VAE-sampled query-mask latent (METHOD.md 4).
+        """Latent MSE between the output and minus the VAE-sampled query-mask latent (docs/METHOD.md section 4).
 
         Every latent is a posterior *sample* (the reference's ``latent_dist.sample()``), and the
         support pass runs on all B*K supports at once, inside the autograd graph.
@@ -245,7 +245,7 @@ class DiffewS(DiffewSBlocks, nn.Module):
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
-        """One-step prediction of episodes with equal K (METHOD.md 3): each episode's supports
+        """One-step prediction of episodes with equal K (docs/METHOD.md section 3): each episode's supports
         become a SupportSet (``encode_supports``), then one query pass for the whole batch."""
         query, _, _ = self._stack(batched_inputs)
         sets = [self.encode_supports(x["support_images"], x["support_masks"])
