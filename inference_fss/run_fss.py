@@ -19,7 +19,12 @@ per fold and their mean over folds, and writes ``results.json`` in ``--output``.
 fixed lists (seed ``TEST.FSS.SEED``), identical for 1 or N GPUs. Everything that can be checked
 (arguments, config, PRETRAINED folder, image size, weights paths, datasets, episodes, output
 folder) is checked before the model is built; an error is one line (exit status 2: command line or
-config, 1: files), ``--debug`` shows the traceback. See inference_fss/README.md.
+config, 1: files), ``--debug`` shows the traceback.
+
+Resumable: every ``--chunk-episodes`` episodes of a fold are journalled in ``OUTPUT/journal/``
+(diffews/tasks/fss.py); the same command started again after a kill evaluates only the chunks
+left and writes the results.json of an uninterrupted run. Another command (config, weights,
+episodes) on the same ``--output`` is refused unless ``--overwrite``. See inference_fss/README.md.
 """
 
 import logging
@@ -30,18 +35,16 @@ import sys
 from diffews.cli import UsageError, check_counts, entry_parser, launch_cli, load_entry_config
 from diffews.cli.preflight import check_output_dir, preflight
 from diffews.checkpoint import load_inference_weights
-from diffews.data import build_fss_test_loader
 from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name
+from diffews.tasks.fss import DEFAULT_CHUNK, episodes_identity, evaluate_fold, fss_episodes
+from diffews.tasks.resume import (JOURNAL, OVERWRITE_HELP, check_resume, config_fingerprint,
+                                  files_identity, open_journal, pretrained_identity)
 from diffews.utils.atomic import atomic_write_json
-from diffews.utils.visualize import save_episode
 
-import torch
-from detectron2.evaluation import inference_context
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
-from tqdm import tqdm
 
 logger = logging.getLogger("diffews.run_fss")
 
@@ -78,6 +81,10 @@ def get_parser():
                    help="0 = protocol count (TEST.FSS.NUM_EPISODES)")
     p.add_argument("--save-vis", type=int, default=0, metavar="N",
                    help="save pictures of the first N episodes of each fold")
+    p.add_argument("--chunk-episodes", type=int, default=DEFAULT_CHUNK, metavar="N",
+                   help="episodes per journal shard, rounded up to whole batches (default "
+                   f"{DEFAULT_CHUNK}): a killed run loses at most this many per process")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return p
 
 
@@ -109,7 +116,7 @@ def parse_args(argv=None):
             p.error(f"--fold {args.fold}: {args.benchmark or 'a custom dataset'} has folds "
                     f"0..{n - 1}")
     check_counts(p, args, {"shot": 1, "num_gpus": 1, "batch_size": 1, "num_episodes": 0,
-                           "save_vis": 0})
+                           "save_vis": 0, "chunk_episodes": 1})
     if args.episodes and len(args.folds) > 1:
         p.error("--episodes needs a single --fold")
     args.output = args.output or DEFAULT_OUTPUT
@@ -140,7 +147,8 @@ def fold_weights(cfg, fold: int) -> str:
 
 def prepare(cfg, args) -> dict:
     """Checks and data of every fold, before the model is built: fold -> (dataset, weights,
-    loader). Raises on a missing PRETRAINED file, weights path, dataset tree or episode file."""
+    episodes). Raises on a missing PRETRAINED file, weights path, dataset tree or episode file,
+    and on an output folder holding another command's journal (unless --overwrite)."""
     preflight(cfg, weights=sorted({fold_weights(cfg, f) for f in args.folds}))
     folds = {}
     for fold in args.folds:
@@ -151,35 +159,21 @@ def prepare(cfg, args) -> dict:
                                        class_names=args.class_names, shot=args.shot)
         else:
             name = test_dataset_name(args.benchmark, fold, args.shot)
-        folds[fold] = (name, fold_weights(cfg, fold), build_fss_test_loader(cfg, name))
+        folds[fold] = (name, fold_weights(cfg, fold), fss_episodes(cfg, name))
+    args.fingerprint = fingerprint(cfg, args, folds)
+    check_resume(os.path.join(args.output, JOURNAL), args.fingerprint, args.overwrite,
+                 f"--output {args.output}")
     return folds
 
 
-def evaluate_fold(cfg, model, dataset_name: str, args, loader=None) -> dict:
-    """Run the model on one fold's episodes; returns the evaluator's "fss" dict (main process),
-    with "skipped_episodes" (episodes dropped for bad data, ``DATALOADER.SKIP_BAD_SAMPLES``)."""
-    from diffews.evaluation import FSSEvaluator
-
-    if loader is None:
-        loader = build_fss_test_loader(cfg, dataset_name)  # loads the records: metadata complete
-    evaluator = FSSEvaluator(dataset_name, distributed=True,
-                             output_dir=os.path.join(args.output, dataset_name),
-                             original_size=cfg.TEST.FSS.ORIGINAL_SIZE)
-    evaluator.reset()
-    vis_dir = os.path.join(args.output, "vis", dataset_name)
-    bar = tqdm(loader, desc=dataset_name, disable=not comm.is_main_process(), dynamic_ncols=True)
-    with inference_context(model), torch.no_grad():
-        for inputs in bar:
-            outputs = model(inputs)
-            evaluator.process(inputs, outputs)
-            bar.set_postfix(mIoU=f"{evaluator.running_miou():.2f}")
-            for x, y in zip(inputs, outputs):
-                if isinstance(x["episode_id"], int) and x["episode_id"] < args.save_vis:
-                    save_episode(x, y, vis_dir)
-    results = evaluator.evaluate()
-    if not results:
-        return {}
-    return {**results["fss"], "skipped_episodes": list(getattr(loader, "skipped", []))}
+def fingerprint(cfg, args, folds: dict) -> dict:
+    """What changes results.json (diffews/tasks/resume.py): the config, the weights of each
+    fold, PRETRAINED, the benchmark or layout and each fold's episodes."""
+    return {"config": config_fingerprint(cfg), "pretrained": pretrained_identity(cfg),
+            "benchmark": args.benchmark or f"layout {args.layout}",
+            "folds": {str(f): {"dataset": name, "weights": files_identity(w),
+                               "episodes": episodes_identity(episodes)}
+                      for f, (name, w, episodes) in folds.items()}}
 
 
 def summarize(fold_results: dict, args) -> dict:
@@ -213,10 +207,14 @@ def summarize(fold_results: dict, args) -> dict:
 def main(args):
     cfg = setup(args)
     folds = prepare(cfg, args)
+    journal = open_journal(os.path.join(args.output, JOURNAL), args.fingerprint, args.overwrite,
+                           f"--output {args.output}",
+                           stale=[os.path.join(args.output, "results.json")]
+                           + [os.path.join(args.output, name) for name, _, _ in folds.values()])
     model = build_model(cfg)
     loaded = None
     fold_results = {}
-    for fold, (name, weights, loader) in folds.items():
+    for fold, (name, weights, episodes) in folds.items():
         # strict few-shot weights are per fold: MODEL.WEIGHTS may contain "{fold}"
         if weights != loaded:
             fold_cfg = cfg.clone()
@@ -224,7 +222,8 @@ def main(args):
             fold_cfg.MODEL.WEIGHTS = weights
             load_inference_weights(model, fold_cfg)
             loaded = weights
-        res = evaluate_fold(cfg, model, name, args, loader)
+        res = evaluate_fold(cfg, model, name, episodes, fold, journal, args.output,
+                            chunk=args.chunk_episodes, save_vis=args.save_vis)
         if comm.is_main_process():
             fold_results[fold] = (name, res)
             logger.info("%s: mIoU %.2f  FB-IoU %.2f", name, res["mIoU"], res["FB-IoU"])
