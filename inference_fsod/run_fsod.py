@@ -10,8 +10,12 @@
 Writes ``DIR/coco_instances_results.json`` (COCO results, RLE masks) and ``DIR/results.json``
 (bbox and segm AP, AP50, AP75, APs, APm, APl on the novel classes); ``--seeds`` runs each seed in
 ``DIR/seed{S}/`` and prints mean and std per metric (``DIR/results_seeds.json``). Datasets under
-``--dataset-root`` or ``$DETECTRON2_DATASETS`` in TFA's layout (datasets/README.md). See
-inference_fsod/README.md.
+``--dataset-root`` or ``$DETECTRON2_DATASETS`` in TFA's layout (datasets/README.md).
+
+Resumable: each seed's detections are journalled per shard of test images in its folder's
+``journal/`` (diffews/tasks/fsod_journal.py); the same command started again after a kill predicts
+only the shards left and gives the AP of an uninterrupted run. Another command (config, weights,
+split) on the same folder is refused unless ``--overwrite``. See inference_fsod/README.md.
 """
 
 import os
@@ -24,6 +28,8 @@ from diffews.cli.preflight import check_output_dir, preflight
 from diffews.data.datasets.coco_fsod import SEEDS, SHOTS, TEST_SETS, load_fsod_test
 from diffews.predictor import DiffewSPredictor
 from diffews.tasks.fsod import check_fsod_config, run_seeds, support_records
+from diffews.tasks.fsod_journal import check_fsod_resume
+from diffews.tasks.resume import OVERWRITE_HELP
 
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -66,6 +72,7 @@ def get_parser():
     seeds.add_argument("--seeds", default=None, metavar="RANGE",
                        help="run several seeds, e.g. 0-9 or 0,1,2, each in OUTPUT/seed{S}/, and "
                        "print mean and std per metric")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return p
 
 
@@ -105,22 +112,26 @@ def setup(args, log: bool = True):
 
 def prepare(cfg, args) -> None:
     """Everything checkable before the model is built: PRETRAINED, image size, MODEL.WEIGHTS,
-    every support split file and image of the seeds, the test set's json and image folder."""
+    every support split file and image of the seeds, the test set's json and image folder, and
+    each seed folder's journal (another command's is refused unless --overwrite)."""
     preflight(cfg, weights=[cfg.MODEL.WEIGHTS])
     root = args.dataset_root
+    test_records = load_fsod_test(TEST_SETS[cfg.TEST.FSOD.TEST_SET], root)
     for seed in args.seed_list or [cfg.TEST.FSOD.SEED]:
         seed_cfg = cfg.clone()
         seed_cfg.defrost()
         seed_cfg.TEST.FSOD.SEED = seed
-        support_records(seed_cfg, root)
-    load_fsod_test(TEST_SETS[cfg.TEST.FSOD.TEST_SET], root)
+        by_class = support_records(seed_cfg, root)
+        folder = os.path.join(args.output, f"seed{seed}") if args.seed_list else args.output
+        check_fsod_resume(seed_cfg, folder, by_class, test_records, args.overwrite)
 
 
 def main(args):
     cfg = setup(args)
     prepare(cfg, args)
     predictor = DiffewSPredictor.from_config(cfg)
-    return run_seeds(cfg, predictor, args.output, args.seed_list, root=args.dataset_root)
+    return run_seeds(cfg, predictor, args.output, args.seed_list, root=args.dataset_root,
+                     overwrite=args.overwrite)
 
 
 def cli(argv=None) -> int:

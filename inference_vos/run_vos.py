@@ -13,6 +13,7 @@ import sys
 from diffews.cli import UsageError, add_list_argument, check_counts, check_output_dir, \
     entry_parser, load_entry_config, parse_list, preflight, run_cli
 from diffews.data.datasets.vos import VOS_DATASETS
+from diffews.tasks.resume import OVERWRITE_HELP
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
@@ -30,7 +31,12 @@ masks are written at the frame's size as palette PNGs in the official results la
 <output>/<video>/<frame>.png (DAVIS) or <output>/Annotations/<video>/<frame>.png plus
 <output>/submission.zip (YouTube-VOS). DAVIS val is scored at the end (global_results-val.csv,
 per-sequence_results-val.csv in --output, as inference_vos/eval_davis.py does); DAVIS test-dev
-and YouTube-VOS are scored by their servers. See inference_vos/README.md.
+and YouTube-VOS are scored by their servers.
+
+Resumable: each finished sequence is recorded in <output>/journal/; the same command started
+again after a kill skips the sequences recorded (their PNGs are written) and gives the scores of
+an uninterrupted run. Another command (config, weights, dataset) on the same --output is refused
+unless --overwrite. See inference_vos/README.md.
 """
 
 
@@ -54,6 +60,7 @@ def get_parser():
     p.add_argument("--save-vis", action="store_true",
                    help="write <output>/vis/<video>.jpg: a strip of frames with the masks")
     p.add_argument("--no-eval", action="store_true", help="do not score DAVIS val at the end")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return p
 
 
@@ -78,18 +85,20 @@ def main(args) -> int:
     preflight(cfg, weights=[cfg.MODEL.WEIGHTS])
     from diffews.evaluation.vos_evaluation import format_davis_tables
     from diffews.tasks.vos import load_vos_records, run_vos
+    from diffews.tasks.vos_run import check_vos_resume
 
     load_vos_records(dataset, args.dataset_root, videos)
     check_output_dir(output)
+    check_vos_resume(cfg, dataset, output, args.overwrite)
 
     logging.getLogger("diffews.run_vos").info(
         "%s: memory %d (first frame + %d), decay ratio %g, support reuse %s -> %s", dataset,
         cfg.TEST.VOS.MEM_SIZE, cfg.TEST.VOS.MEM_SIZE - 1, cfg.TEST.VOS.DECAY_RATIO,
         "on" if cfg.TEST.VOS.REUSE_SUPPORTS else "off", output)
     summary = run_vos(cfg, dataset, output, root=args.dataset_root, videos=videos,
-                      save_vis=args.save_vis, evaluate=not args.no_eval)
-    print(f"{dataset}: {summary['videos']} videos, {summary['frames']} frames, "
-          f"{summary['fps']:.2f} frames/s; results in {output}")
+                      save_vis=args.save_vis, evaluate=not args.no_eval, overwrite=args.overwrite)
+    print(f"{dataset}: {summary['videos']} videos ({summary['resumed']} done by an earlier run), "
+          f"{summary['frames']} frames, {summary['fps']:.2f} frames/s; results in {output}")
     meta = MetadataCatalog.get(dataset)
     if "zip" in summary:
         print(f"Submit {summary['zip']} to the YouTube-VOS evaluation server.")

@@ -32,6 +32,8 @@ the evaluator gathers the predictions. The main process prepares (computes or ch
 the support sets while the others wait, then they load the saved files: one writer per file and
 every process uses the same bytes. Each image is encoded alone and always meets the 20 sets in the
 same batches, so its predictions do not depend on the sharding: N processes give the AP of one.
+With the journal of ``fsod_journal.py`` (``evaluate_fsod``) the processes split the image shards
+left instead, and a killed run started again predicts only those.
 """
 
 import json
@@ -54,6 +56,7 @@ from ..utils.atomic import atomic_write_json
 from ..utils.image import read_image
 from .fsod_supports import (class_support_sets, prepare_support_sets, record_key,  # noqa: F401
                             support_cache_dir, support_records, support_set_path)
+from .fsod_journal import open_fsod_journal, run_journalled
 from .instances import MODES, masks_to_instances
 
 logger = logging.getLogger(__name__)
@@ -131,14 +134,25 @@ def _keep(x):
 
 
 def fsod_inference(predictor, support_sets: Sequence[SupportSet], test_records: Sequence[Dict],
-                   evaluator, cfg, desc: str = "fsod") -> Dict:
+                   evaluator, cfg, desc: str = "fsod", journal=None) -> Dict:
     """Predict this process's shard of the test images against every class's set, feed the
-    evaluator and return its ``evaluate()`` (``{}`` in processes other than the main one)."""
-    indices = list(InferenceSampler(len(test_records)))
+    evaluator and return its ``evaluate()`` (``{}`` in processes other than the main one). With
+    a ``journal`` (``fsod_journal.py``) only the image shards it lacks are predicted."""
+    evaluator.reset()
+    if journal is None:
+        _predict(predictor, support_sets, test_records, list(InferenceSampler(len(test_records))),
+                 evaluator, cfg, desc)
+    else:
+        run_journalled(journal, len(test_records), evaluator, lambda indices, after: _predict(
+            predictor, support_sets, test_records, indices, evaluator, cfg, desc, after), desc)
+    return evaluator.evaluate()
+
+
+def _predict(predictor, support_sets, test_records, indices, evaluator, cfg, desc, after=None):
+    """``evaluator.process`` of each image of ``indices``, in order; ``after()`` after each."""
     loader = torch.utils.data.DataLoader(_TestImages(test_records, indices), batch_size=None,
                                          collate_fn=_keep,
                                          num_workers=cfg.DATALOADER.NUM_WORKERS)
-    evaluator.reset()
     batch = int(cfg.TEST.FSOD.BATCH_SIZE)
     start = time.perf_counter()
     bar = tqdm(loader, total=len(indices), desc=desc, unit="img", dynamic_ncols=True,
@@ -152,16 +166,18 @@ def fsod_inference(predictor, support_sets: Sequence[SupportSet], test_records: 
         predictions = predictor.predict_many(encoded, support_sets, batch_size=batch)
         instances = predictions_to_instances(predictions, size, cfg)
         evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+        if after is not None:
+            after()
     seconds = time.perf_counter() - start
     logger.info("%s: %d images in %.1f s (%.2f images/s in this process)", desc, len(indices),
                 seconds, len(indices) / max(seconds, 1e-9))
-    return evaluator.evaluate()
 
 
 def evaluate_fsod(cfg, predictor, output_dir: str, root: Optional[str] = None,
-                  test_records: Optional[List[Dict]] = None) -> Dict:
-    """One split (``TEST.FSOD`` SHOT, SEED, TEST_SET) end to end: support sets, inference,
-    ``output_dir/coco_instances_results.json`` and ``output_dir/results.json``.
+                  test_records: Optional[List[Dict]] = None, overwrite: bool = False) -> Dict:
+    """One split (``TEST.FSOD`` SHOT, SEED, TEST_SET) end to end: support sets, inference
+    (journalled in ``output_dir/journal/``, ``fsod_journal.py``: resumed; ``overwrite`` starts
+    again), ``output_dir/coco_instances_results.json`` and ``output_dir/results.json``.
 
     Returns:
         detectron2's evaluator dict ``{"bbox": {"AP", "AP50", ...}, "segm": {...}}`` on the novel
@@ -176,11 +192,13 @@ def evaluate_fsod(cfg, predictor, output_dir: str, root: Optional[str] = None,
         test_records = load_fsod_test(test_name, root)
     if not test_records:
         raise ValueError(f"{test_name}: the test set has no image, see {README}")
+    journal = open_fsod_journal(cfg, output_dir, by_class, test_records, overwrite,
+                                stale=[RESULTS_JSON, "coco_instances_results.json"])
     sets = prepare_support_sets(predictor, by_class, support_cache_dir(cfg, output_dir))
     evaluator = FSODEvaluator(test_name, output_dir=output_dir, distributed=True,
                               max_dets_per_image=int(cfg.TEST.FSOD.MAX_DETS), root=root)
     results = fsod_inference(predictor, sets, test_records, evaluator, cfg,
-                             desc=f"{test_name} <- {split}")
+                             desc=f"{test_name} <- {split}", journal=journal)
     if comm.is_main_process():
         results = json.loads(json.dumps(results))  # plain dicts (NaN kept)
         atomic_write_json(results, os.path.join(output_dir, RESULTS_JSON), indent=2)
@@ -190,7 +208,7 @@ def evaluate_fsod(cfg, predictor, output_dir: str, root: Optional[str] = None,
 
 
 def run_seeds(cfg, predictor, output_dir: str, seeds: Optional[Sequence[int]] = None,
-              root: Optional[str] = None) -> Dict:
+              root: Optional[str] = None, overwrite: bool = False) -> Dict:
     """``evaluate_fsod`` for one seed (``TEST.FSOD.SEED``, output in ``output_dir``) or, with
     ``seeds``, for each seed in ``output_dir/seed{S}/``, then mean and population std per metric
     (``aggregate_seeds``), printed and written to ``output_dir/results_seeds.json``.
@@ -202,7 +220,7 @@ def run_seeds(cfg, predictor, output_dir: str, seeds: Optional[Sequence[int]] = 
     from ..evaluation.instance_evaluation import aggregate_seeds, format_seed_table
 
     if seeds is None:
-        return evaluate_fsod(cfg, predictor, output_dir, root)
+        return evaluate_fsod(cfg, predictor, output_dir, root, overwrite=overwrite)
     _, test_name = fsod_dataset_names(cfg)
     test_records = load_fsod_test(test_name, root)  # the same for every seed
     results = {}
@@ -213,7 +231,7 @@ def run_seeds(cfg, predictor, output_dir: str, seeds: Optional[Sequence[int]] = 
         seed_cfg.freeze()
         results[int(seed)] = evaluate_fsod(seed_cfg, predictor,
                                            os.path.join(output_dir, f"seed{seed}"), root,
-                                           test_records)
+                                           test_records, overwrite)
     if not comm.is_main_process():
         return {}
     aggregate = aggregate_seeds(results)

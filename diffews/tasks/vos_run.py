@@ -1,6 +1,12 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Video object segmentation over a registered dataset: records, the run that writes the official
-results layout (and scores DAVIS val), and the visual strips (``diffews.tasks.vos`` re-exports)."""
+results layout (and scores DAVIS val), and the visual strips (``diffews.tasks.vos`` re-exports).
+
+Resumable: a sequence whose PNGs were all written is recorded as one shard of
+``<output>/journal/`` (``tasks/resume.py``; key: the video's name); the same command started again
+skips it, so a killed run redoes at most the sequence it was in. Another command (config,
+weights, PRETRAINED, dataset) on the same folder is refused unless ``overwrite``. The
+fingerprint leaves out ``--videos`` (each sequence depends only on itself) and ``--save-vis``."""
 
 import logging
 import os
@@ -17,10 +23,12 @@ from ..data.datasets.vos import (DAVIS_PALETTE, VOS_DATASETS, load_davis, load_y
                                 write_result, zip_ytvos_submission)
 from ..utils.atomic import atomic_path
 from ..utils.overlay import overlay_mask, side_by_side
+from .resume import (JOURNAL, check_resume, config_fingerprint, files_identity, log_progress,
+                     open_journal, pretrained_identity)
 
 logger = logging.getLogger("diffews.tasks.vos")
 
-__all__ = ["load_vos_records", "overlay_labels", "run_vos"]
+__all__ = ["load_vos_records", "overlay_labels", "run_vos", "vos_fingerprint", "check_vos_resume"]
 
 VIS_FRAMES = 8  # frames per video in a --save-vis strip
 
@@ -60,9 +68,21 @@ def _save_strip(panels: List[Tuple[np.ndarray, str]], path: str) -> None:
         strip.save(tmp, quality=90)
 
 
+def vos_fingerprint(cfg, dataset: str) -> Dict:
+    """What changes a sequence's masks: the config, the weights, PRETRAINED and the dataset."""
+    return {"config": config_fingerprint(cfg), "weights": files_identity(cfg.MODEL.WEIGHTS),
+            "pretrained": pretrained_identity(cfg), "dataset": dataset}
+
+
+def check_vos_resume(cfg, dataset: str, output: str, overwrite: bool = False) -> None:
+    """Refuse, before the model is built, an output folder of another command."""
+    check_resume(os.path.join(output, JOURNAL), vos_fingerprint(cfg, dataset), overwrite,
+                 f"--output {output}")
+
+
 def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
             videos: Optional[Sequence[str]] = None, save_vis: bool = False,
-            evaluate: bool = True, progress: bool = True) -> Dict:
+            evaluate: bool = True, progress: bool = True, overwrite: bool = False) -> Dict:
     """Segment every video of ``dataset`` and write the official results layout in ``output``
     (DAVIS: ``<video>/<frame>.png``; YouTube-VOS: ``Annotations/<video>/<frame>.png`` of the
     frames meta.json lists, and ``submission.zip``); DAVIS val (public ground truth) is scored.
@@ -70,7 +90,8 @@ def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
     Returns:
         {"dataset", "videos", "frames", "seconds", "fps", "output", "zip" (YouTube-VOS),
         "scores" (a ``DAVISScores``, DAVIS val with ``evaluate``), "memory_entries" (frames that
-        entered an object's memory, first frames included)}.
+        entered an object's memory, first frames included), "resumed" (sequences an earlier run
+        of the same command finished)}; "seconds" and "fps" are this run's.
     """
     from ..evaluation.vos_evaluation import evaluate_davis, write_davis_csvs
 
@@ -78,11 +99,20 @@ def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
     meta = MetadataCatalog.get(dataset)
     from .vos import VOSEngine
 
+    journal = open_journal(os.path.join(output, JOURNAL), vos_fingerprint(cfg, dataset), overwrite,
+                           f"--output {output}")
+    todo = set(journal.pending([r["video"] for r in records]))
+    log_progress(logger, dataset, len(records), len(todo), "sequences")
     engine = VOSEngine.from_config(cfg)
     os.makedirs(output, exist_ok=True)
-    frames, entered, start = 0, 0, time.perf_counter()
+    frames, entered, start, done_now = 0, 0, time.perf_counter(), 0
     for record in records:
         n = len(record["frames"])
+        if record["video"] not in todo:  # all its PNGs written by an earlier run
+            frames += n
+            entered += journal.get(record["video"])["memory_entries"]
+            continue
+        video_entered = 0
         show = set(np.linspace(0, n - 1, min(n, VIS_FRAMES)).round().astype(int)) if save_vis \
             else set()
         panels = []
@@ -91,14 +121,16 @@ def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
                 write_result(record, out["index"], out["label_map"], output, meta.results_layout)
                 if out["index"] in show:
                     panels.append((overlay_labels(out["image"], out["label_map"]), out["frame"]))
-                entered += len(out["entered"])
+                video_entered += len(out["entered"])
                 bar.update(1)
         if panels:
             _save_strip(panels, os.path.join(output, "vis", record["video"] + ".jpg"))
-        frames += n
+        journal.put(record["video"], {"frames": n, "memory_entries": video_entered})
+        frames, entered, done_now = frames + n, entered + video_entered, done_now + n
     seconds = time.perf_counter() - start
     summary = {"dataset": dataset, "videos": len(records), "frames": frames, "seconds": seconds,
-               "fps": frames / max(seconds, 1e-9), "output": output, "memory_entries": entered}
+               "fps": done_now / max(seconds, 1e-9), "output": output, "memory_entries": entered,
+               "resumed": len(records) - len(todo)}
     logger.info("%s: %d videos, %d frames in %.1f s (%.2f frames/s), %d memory entries",
                 dataset, len(records), frames, seconds, summary["fps"], entered)
     if meta.results_layout == "ytvos":
