@@ -39,11 +39,11 @@ def _shards(out):
     return sorted(f for f in os.listdir(folder) if f.endswith(".json")) if folder.is_dir() else []
 
 
-def _fss_argv(tiny_sd, out, *extra):
+def _fss_argv(tiny_sd, out, *extra, flags=()):
     # one episode per chunk: 6 shards, so a kill lands between two of them
     return ["--config-file", FSS_CFG, "--benchmark", "synthetic", "--shot", "2",
             "--num-episodes", str(EPISODES), "--chunk-episodes", "1", "--output", str(out),
-            "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True",
+            *flags, "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True",
             "INPUT.IMAGE_SIZE", str(SIZE), *extra]
 
 
@@ -76,7 +76,7 @@ def test_run_fss_kill_9_then_resume_is_identical_and_changed_command_refused(tin
     assert 1 <= done < EPISODES and not (out / "results.json").exists()
 
     # the same command, in 2 processes (detectron2 launch, gloo): only the chunks left
-    assert run_fss.cli(_fss_argv(tiny_sd, out, "--num-gpus", "2")) == 0
+    assert run_fss.cli(_fss_argv(tiny_sd, out, flags=("--num-gpus", "2"))) == 0
     with open(out / "log.txt") as f:
         log = f.read()
     assert f"resuming, {done} of {EPISODES} chunks already done" in log
@@ -96,8 +96,8 @@ def test_run_fss_kill_9_then_resume_is_identical_and_changed_command_refused(tin
     assert "SHOT" in _error(capsys)
     assert _bytes(out / "results.json") == before
     # --overwrite starts again: every chunk of the new command computed
-    assert run_fss.cli(_fss_argv(tiny_sd, out, "--overwrite", "MODEL.DIFFEWS.REL_THRESHOLD",
-                                 "0.5")) == 0
+    assert run_fss.cli(_fss_argv(tiny_sd, out, "MODEL.DIFFEWS.REL_THRESHOLD", "0.5",
+                                 flags=("--overwrite",))) == 0
     assert len(_shards(out)) == EPISODES
     with open(out / "journal" / "journal.json") as f:
         header = json.load(f)
@@ -179,17 +179,18 @@ def test_run_vos_interrupted_then_resumed_equals_uninterrupted(tiny_sd, tiny_mod
 
     monkeypatch.setattr(vos.VOSEngine, "segment_video", counted)
     cfg = make_cfg(tiny_sd, "TEST.VOS.MEM_SIZE", 2)
-    ref = run_vos(cfg, "davis17_val", str(tmp_path / "ref"), root=root, progress=False)
-    videos = list(calls["videos"])
-    assert len(videos) == 3
+    videos = ["crossing", "thin"]  # 2 of the 3 sequences: enough to stop between them
+    ref = run_vos(cfg, "davis17_val", str(tmp_path / "ref"), root=root, videos=videos,
+                  progress=False)
+    assert calls["videos"] == videos
 
     out = tmp_path / "out"
     calls.update(videos=[], fail_at=2)
     with pytest.raises(Interrupt):
-        run_vos(cfg, "davis17_val", str(out), root=root, progress=False)
+        run_vos(cfg, "davis17_val", str(out), root=root, videos=videos, progress=False)
     assert len(_shards(out)) == 1
     calls.update(videos=[], fail_at=None)
-    res = run_vos(cfg, "davis17_val", str(out), root=root, progress=False)
+    res = run_vos(cfg, "davis17_val", str(out), root=root, videos=videos, progress=False)
     assert calls["videos"] == videos[1:] and res["resumed"] == 1  # only the sequences left
     assert res["frames"] == ref["frames"] and res["memory_entries"] == ref["memory_entries"]
     assert res["scores"].global_ == ref["scores"].global_
