@@ -200,7 +200,9 @@ def suite(args) -> int:
     size = 512 if model != "tiny" else args.size
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
     print(f"device: {name}; model {model}; {size} px")
-    rows = run_suite(device, model, size, reps=args.reps)
+    # a CPU dry run also runs the ONNX Runtime rows' code with the CPU execution provider
+    runtimes = ("cuda", "tensorrt") if device.type == "cuda" else ("cpu", "cuda", "tensorrt")
+    rows = run_suite(device, model, size, reps=args.reps, onnx_runtimes=runtimes)
     print(format_rows(rows))
     if not args.no_record:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "BENCHMARKS.md")
