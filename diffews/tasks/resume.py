@@ -11,7 +11,8 @@ uninterrupted run's. Several processes (detectron2 ``launch``) split the pending
 rank::world; the main process creates the journal, the others attach after a barrier.
 
 The fingerprint of a command is the config without what cannot change a result
-(``config_fingerprint``: ``OUTPUT_DIR``, ``DATALOADER.NUM_WORKERS``, the device's index,
+(``config_fingerprint``: ``OUTPUT_DIR``, ``DATALOADER`` (workers, and the bad-data policy, which
+decides whether a run stops, not what a finished unit holds), the device's index,
 ``TEST.FSOD.SUPPORT_DIR``, a cache whose sets are checked against the model anyway), the
 identity of the weights and of ``PRETRAINED``'s UNet and VAE (``files_identity``: size plus the
 first and last MiB of each file, of the local files a hub id resolves to), and each runner's
@@ -45,7 +46,7 @@ def config_fingerprint(cfg, drop: Sequence[str] = ()) -> Dict:
     them), nor the dotted keys of ``drop``."""
     config = json.loads(json.dumps(cfg))
     config.pop("OUTPUT_DIR", None)
-    config.get("DATALOADER", {}).pop("NUM_WORKERS", None)
+    config.pop("DATALOADER", None)  # as tasks/autolabel.py: loading, not results
     config.get("TEST", {}).get("FSOD", {}).pop("SUPPORT_DIR", None)
     model = config.get("MODEL", {})
     model["DEVICE"] = str(model.get("DEVICE", "")).split(":")[0]  # cuda:1 computes as cuda:0
