@@ -48,6 +48,7 @@ from ..utils.journal import Journal, stat_files
 from .autolabel_io import (ANNOTATIONS, MASKS, SKIP_PREFIX, SKIPPED, list_label_images,
                            mask_path, save_label, too_many_bad, write_outputs)
 from .autolabel_supports import SupportSource, read_supports, support_sets
+from .distributed import main_process_first
 from .fsod import CLASS_SCORES, predictions_to_instances
 from .instances import MODES
 
@@ -184,20 +185,9 @@ def _open_journal(job: LabelJob, fingerprint: Dict) -> Journal:
 def _prepare_sets(predictor, source: SupportSource, folder: str):
     """``support_sets`` in the main process, then loaded by the others (a failure in the main
     process is raised in all)."""
-    if comm.get_world_size() == 1:
-        return support_sets(predictor, source, folder)
-    sets, error, failure = None, None, None
-    if comm.is_main_process():
-        try:
-            sets = support_sets(predictor, source, folder)
-        except Exception as e:  # noqa: BLE001 (re-raised below, after the others are told)
-            error, failure = e, f"{type(e).__name__}: {e}"
-    status = comm.all_gather(failure)
-    if error is not None:
-        raise error
-    if status[0] is not None:
-        raise RuntimeError(f"the main process failed to prepare the support sets: {status[0]}")
-    return sets if sets is not None else support_sets(predictor, source, folder, compute=False)
+    return main_process_first(lambda: support_sets(predictor, source, folder),
+                              lambda: support_sets(predictor, source, folder, compute=False),
+                              "the support sets")
 
 
 def run_autolabel(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:

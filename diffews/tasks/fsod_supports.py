@@ -8,13 +8,13 @@ import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
-from detectron2.utils import comm
 
 from ..data.datasets.coco_fsod import (NOVEL_CLASSES, annotation_mask, fsod_dataset_names,
                                       load_fsod_support, support_split_file)
 from ..data.datasets.common import README, dataset_root
 from ..modeling.support_set import SupportSet, SupportSetError
 from ..utils.image import check_image_file
+from .distributed import main_process_first
 
 logger = logging.getLogger("diffews.tasks.fsod")
 
@@ -128,17 +128,6 @@ def prepare_support_sets(predictor, by_class: Sequence[List[Dict]], folder: str
                          ) -> List[SupportSet]:
     """``class_support_sets`` in the main process; the other processes wait for it, then load
     the saved files (a failure in the main process is raised in every process)."""
-    if comm.get_world_size() == 1:
-        return class_support_sets(predictor, by_class, folder)
-    sets, error, failure = None, None, None
-    if comm.is_main_process():
-        try:
-            sets = class_support_sets(predictor, by_class, folder)
-        except Exception as e:  # noqa: BLE001 (re-raised below, after the others are told)
-            error, failure = e, f"{type(e).__name__}: {e}"
-    status = comm.all_gather(failure)  # also the barrier the other processes wait at
-    if error is not None:
-        raise error
-    if status[0] is not None:
-        raise RuntimeError(f"the main process failed to prepare the support sets: {status[0]}")
-    return sets if sets is not None else class_support_sets(predictor, by_class, folder, False)
+    return main_process_first(lambda: class_support_sets(predictor, by_class, folder),
+                              lambda: class_support_sets(predictor, by_class, folder, False),
+                              "the support sets")
