@@ -1,6 +1,8 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """All DiffewS config keys, with their defaults (the paper's main setting) and what each means."""
 
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
 
 
@@ -14,7 +16,7 @@ def add_diffews_config(cfg: CN) -> None:
     # MODEL.WEIGHTS (detectron2's own key) may name a checkpoint written by our trainer (.pth) or a
     # released DiffewS UNet in diffusers layout: `<name>/`, `<name>/unet/` or `<name>/unet/unet/`.
     # Both MODEL.WEIGHTS and MODEL.DIFFEWS.PRETRAINED also take a hub id, `hf://ORG/NAME[/SUB][@REV]`
-    # or `modelscope://ORG/NAME[/SUB]` (diffews/utils/hub.py, MODEL_ZOO.md); load_config resolves it.
+    # or `modelscope://ORG/NAME[/SUB]` (diffews/utils/hub.py, MODEL_ZOO.md); build_config resolves it.
 
     cfg.MODEL.DIFFEWS = CN()
     # Local Stable Diffusion folder in diffusers layout, with unet/ vae/ text_encoder/ tokenizer/.
@@ -93,7 +95,7 @@ def add_diffews_config(cfg: CN) -> None:
     # episode draws its dataset with these probabilities, then a class, query and supports in it.
     # Empty = uniform over the datasets. Example: configs/incontext/diffews_sd21_incontext.yaml.
     cfg.DATASETS.TRAIN_WEIGHTS = ()
-    # Your own datasets (diffews/data/datasets/custom.py), registered by load_config: one entry per
+    # Your own datasets (diffews/data/datasets/custom.py), registered by build_config: one entry per
     # dataset, `<name>: {LAYOUT: coco|semseg|folder, ROOT: DIR, ...}`, registering <name>_train and
     # <name>_test. Keys: LAYOUT, ROOT, COCO_JSON (coco), CLASS_NAMES (semseg: file or list),
     # IMAGE_DIR, LABEL_DIR, TRAIN_CLASSES / TEST_CLASSES (names or indices; default all classes in
@@ -174,7 +176,7 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSOD.SAMPLE_SEED = 0
     # "coco": coco_test_novel (5k val2014 images); "voc": VOCSegm_val_novel (COCO-to-VOC).
     cfg.TEST.FSOD.TEST_SET = "coco"
-    # Predicted mask -> instances (diffews/tasks/instances.py): "mask", "components" or
+    # Predicted mask -> instances (diffews/predictor/instances.py): "mask", "components" or
     # "mask+components" (components plus their union when there are several).
     cfg.TEST.FSOD.INSTANCE_MODE = "mask+components"
     # Connected components smaller than this many pixels (at the original image size) are dropped.
@@ -184,7 +186,7 @@ def add_diffews_config(cfg: CN) -> None:
     # The evaluator's maximum detections per image, the AP definition (COCO: 100). Separate from
     # TOPK, so that keeping fewer or more instances never changes what AP means.
     cfg.TEST.FSOD.MAX_DETS = 100
-    # Per-class confidence multiplying each instance's mean probability (diffews/tasks/fsod.py):
+    # Per-class confidence multiplying each instance's mean probability (diffews/predictor/instances.py):
     # "none" = 1 (score = mean probability over the instance), "contrast" = the prediction's
     # score (readout.prediction_score), "presence" = its presence signal, "contrast*presence"
     # both (tools/BENCHMARKS.md: AP of each on the synthetic tree).
@@ -195,7 +197,8 @@ def add_diffews_config(cfg: CN) -> None:
     # COCO and COCO-to-VOC runs of the same shot and seed use the same COCO supports: share it.
     cfg.TEST.FSOD.SUPPORT_DIR = ""
 
-    # Semi-supervised video object segmentation (inference_vos/, diffews/tasks/vos.py, docs/METHOD.md section 7.3).
+    # Semi-supervised video object segmentation (inference_vos/, diffews/tasks/vos/,
+    # docs/METHOD.md section 7.3).
     cfg.TEST.VOS = CN()
     # Supports per object and frame, the fixed first annotated frame included (SINE's --num_frame):
     # 6 for DAVIS 2017 and YouTube-VOS, 2 for DAVIS 2016; 1 = the first frame only.
@@ -212,25 +215,31 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.VOS.BATCH_SIZE = 8
 
 
-def load_config(config_file: str, opts=()) -> CN:
-    """detectron2's defaults plus every DiffewS key, then ``config_file``, then ``opts``
-    (``[KEY, VALUE, ...]``); hub ids in ``MODEL.WEIGHTS`` / ``MODEL.DIFFEWS.PRETRAINED`` resolved
-    to local folders (``diffews.utils.hub``); registers the ``DATASETS.CUSTOM`` datasets.
-    Returned unfrozen."""
+def build_config(config_file: str = "", opts: Sequence = ()) -> CN:
+    """The one config builder: detectron2's defaults plus every key of ours, then
+    ``config_file`` (if given), then ``opts`` (``[KEY, VALUE, ...]``). Hub ids in
+    ``MODEL.WEIGHTS`` / ``MODEL.DIFFEWS.PRETRAINED`` become local folders here, once
+    (``diffews.utils.hub``; a ``MODEL.WEIGHTS`` with ``{fold}`` waits for ``fold_weights``), and
+    the ``DATASETS.CUSTOM`` datasets are registered. Returned unfrozen."""
     from detectron2.config import get_cfg
+
+    from .utils.hub import resolve_config_paths
 
     cfg = get_cfg()
     add_diffews_config(cfg)
-    cfg.merge_from_file(config_file)
+    if config_file:
+        cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    # hub ids (hf://, modelscope://) become local folders here, so that every later step (the
-    # preflight, build_model, the checkpointer) sees a path; MODEL.WEIGHTS with {fold} waits
-    # for its fold (checked and loaded through resolve_hub_path as well)
-    from .utils.hub import resolve_config_paths
-
     resolve_config_paths(cfg)
     if cfg.DATASETS.CUSTOM:
         from .data.datasets.custom import register_custom_from_config
 
         register_custom_from_config(cfg)
     return cfg
+
+
+def fold_weights(cfg, fold: int) -> str:
+    """``MODEL.WEIGHTS`` of a fold: ``{fold}`` replaced, a hub id made a local folder."""
+    from .utils.hub import resolve_hub_path
+
+    return resolve_hub_path(cfg.MODEL.WEIGHTS.replace("{fold}", str(fold)), "MODEL.WEIGHTS")

@@ -25,10 +25,9 @@ import sys
 from diffews.cli import check_counts, entry_parser, launch_cli, load_config_checked, \
     load_entry_config
 from diffews.cli.preflight import check_output_dir, preflight
-from diffews.data.datasets.coco_fsod import SEEDS, SHOTS, TEST_SETS, load_fsod_test
-from diffews.predictor import DiffewSPredictor
-from diffews.tasks.fsod import check_fsod_config, run_seeds, support_records
-from diffews.tasks.fsod_journal import check_fsod_resume
+from diffews.data.datasets.coco_fsod_reader import SEEDS, SHOTS
+from diffews.data.datasets.coco_fsod import TEST_SETS
+from diffews.tasks import fsod
 from diffews.tasks.resume import OVERWRITE_HELP
 
 from detectron2.utils import comm
@@ -101,7 +100,7 @@ def setup(args, log: bool = True):
                                    f"{cfg.TEST.FSOD.TEST_SET}_{cfg.TEST.FSOD.SHOT}shot")
         cfg = load_entry_config(args, FLAGS)  # again, with OUTPUT_DIR from --output
     cfg.freeze()
-    check_fsod_config(cfg)
+    fsod.check_fsod_config(cfg)
     check_output_dir(args.output)
     if log:
         for name, abbrev in (("diffews", "diffews"), ("detectron2", "d2")):
@@ -110,28 +109,22 @@ def setup(args, log: bool = True):
     return cfg
 
 
+def job(args) -> fsod.FSODJob:
+    return fsod.FSODJob(args.output, args.seed_list, root=args.dataset_root,
+                        overwrite=args.overwrite)
+
+
 def prepare(cfg, args) -> None:
-    """Everything checkable before the model is built: PRETRAINED, image size, MODEL.WEIGHTS,
-    every support split file and image of the seeds, the test set's json and image folder, and
-    each seed folder's journal (another command's is refused unless --overwrite)."""
+    """Everything checkable before the model is built: the model's files, MODEL.WEIGHTS, then
+    the splits, the test set and each seed folder's journal (``fsod.check``)."""
     preflight(cfg, weights=[cfg.MODEL.WEIGHTS])
-    root = args.dataset_root
-    test_records = load_fsod_test(TEST_SETS[cfg.TEST.FSOD.TEST_SET], root)
-    for seed in args.seed_list or [cfg.TEST.FSOD.SEED]:
-        seed_cfg = cfg.clone()
-        seed_cfg.defrost()
-        seed_cfg.TEST.FSOD.SEED = seed
-        by_class = support_records(seed_cfg, root)
-        folder = os.path.join(args.output, f"seed{seed}") if args.seed_list else args.output
-        check_fsod_resume(seed_cfg, folder, by_class, test_records, args.overwrite)
+    fsod.check(cfg, job(args))
 
 
 def main(args):
     cfg = setup(args)
     prepare(cfg, args)
-    predictor = DiffewSPredictor.from_config(cfg)
-    return run_seeds(cfg, predictor, args.output, args.seed_list, root=args.dataset_root,
-                     overwrite=args.overwrite)
+    return fsod.run(cfg, job(args))
 
 
 def cli(argv=None) -> int:

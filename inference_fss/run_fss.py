@@ -22,33 +22,26 @@ folder) is checked before the model is built; an error is one line (exit status 
 config, 1: files), ``--debug`` shows the traceback.
 
 Resumable: every ``--chunk-episodes`` episodes of a fold are journalled in ``OUTPUT/journal/``
-(diffews/tasks/fss.py); the same command started again after a kill evaluates only the chunks
+(diffews/tasks/fss/); the same command started again after a kill evaluates only the chunks
 left and writes the results.json of an uninterrupted run. Another command (config, weights,
 episodes) on the same ``--output`` is refused unless ``--overwrite``. See inference_fss/README.md.
 """
 
-import logging
 import os
 import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
 from diffews.cli import UsageError, check_counts, entry_parser, launch_cli, load_entry_config
 from diffews.cli.preflight import check_output_dir, preflight
-from diffews.checkpoint import load_inference_weights
-from diffews.data.episodes import BENCHMARK_FOLDS, test_dataset_name
-from diffews.tasks.fss import DEFAULT_CHUNK, episodes_identity, evaluate_fold, fss_episodes
-from diffews.tasks.resume import (JOURNAL, OVERWRITE_HELP, check_resume, config_fingerprint,
-                                  files_identity, open_journal, pretrained_identity)
-from diffews.utils.atomic import atomic_write_json
+from diffews.data.episodes import BENCHMARK_FOLDS
+from diffews.tasks import fss
+from diffews.tasks.resume import OVERWRITE_HELP
 
-from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from tabulate import tabulate
-
-logger = logging.getLogger("diffews.run_fss")
 
 DEFAULT_OUTPUT = "output/fss"
+DEFAULT_CHUNK = fss.DEFAULT_CHUNK
 # flag -> config key, merged after the trailing overrides (diffews.cli.load_entry_config)
 FLAGS = {"shot": "TEST.FSS.SHOT", "episodes": "TEST.FSS.EPISODES_FILE",
          "num_episodes": "TEST.FSS.NUM_EPISODES", "batch_size": "TEST.FSS.BATCH_SIZE",
@@ -124,14 +117,14 @@ def parse_args(argv=None):
 
 
 def setup(args, log: bool = True):
+    """The config (flags merged), its checks, the output folder and (``log``) the log files."""
     if args.benchmark and args.dataset_root:
         # the registered benchmarks read $DETECTRON2_DATASETS when their records are loaded
         os.environ["DETECTRON2_DATASETS"] = args.dataset_root
     cfg = load_entry_config(args, FLAGS)
     cfg.freeze()
-    args.shot = cfg.TEST.FSS.SHOT
-    if args.shot < 1:
-        raise UsageError(f"TEST.FSS.SHOT must be >= 1, got {args.shot}")
+    if cfg.TEST.FSS.SHOT < 1:
+        raise UsageError(f"TEST.FSS.SHOT must be >= 1, got {cfg.TEST.FSS.SHOT}")
     check_output_dir(args.output)
     if log:
         setup_logger(args.output, distributed_rank=comm.get_rank(), name="diffews")
@@ -140,102 +133,29 @@ def setup(args, log: bool = True):
     return cfg
 
 
-def fold_weights(cfg, fold: int) -> str:
-    """``MODEL.WEIGHTS`` of a fold (``{fold}`` replaced)."""
-    return cfg.MODEL.WEIGHTS.replace("{fold}", str(fold))
+def job(args) -> fss.FSSJob:
+    return fss.FSSJob(benchmark=args.benchmark, layout=args.layout,
+                      dataset_root=args.dataset_root, coco_json=args.coco_json,
+                      class_names=args.class_names, folds=args.folds, output=args.output,
+                      chunk_episodes=args.chunk_episodes, save_vis=args.save_vis,
+                      overwrite=args.overwrite)
 
 
-def prepare(cfg, args) -> dict:
-    """Checks and data of every fold, before the model is built: fold -> (dataset, weights,
-    episodes). Raises on a missing PRETRAINED file, weights path, dataset tree or episode file,
-    and on an output folder holding another command's journal (unless --overwrite)."""
-    preflight(cfg, weights=sorted({fold_weights(cfg, f) for f in args.folds}))
-    folds = {}
-    for fold in args.folds:
-        if args.layout:  # registers the dataset (and reads its records: a bad layout fails here)
-            from diffews.data.datasets.custom import custom_test_dataset
-
-            name = custom_test_dataset(args.layout, args.dataset_root, coco_json=args.coco_json,
-                                       class_names=args.class_names, shot=args.shot)
-        else:
-            name = test_dataset_name(args.benchmark, fold, args.shot)
-        folds[fold] = (name, fold_weights(cfg, fold), fss_episodes(cfg, name))
-    args.fingerprint = fingerprint(cfg, args, folds)
-    check_resume(os.path.join(args.output, JOURNAL), args.fingerprint, args.overwrite,
-                 f"--output {args.output}")
-    return folds
-
-
-def fingerprint(cfg, args, folds: dict) -> dict:
-    """What changes results.json (diffews/tasks/resume.py): the config, the weights of each
-    fold, PRETRAINED, the benchmark or layout and each fold's episodes."""
-    return {"config": config_fingerprint(cfg), "pretrained": pretrained_identity(cfg),
-            "benchmark": args.benchmark or f"layout {args.layout}",
-            "folds": {str(f): {"dataset": name, "weights": files_identity(w),
-                               "episodes": episodes_identity(episodes)}
-                      for f, (name, w, episodes) in folds.items()}}
-
-
-def summarize(fold_results: dict, args) -> dict:
-    """Per-fold table and mean over folds; writes results.json (atomically)."""
-    benchmark = args.benchmark or f"custom ({args.layout}: {args.dataset_root})"
-    rows, summary = [], {"benchmark": benchmark, "shot": args.shot, "folds": {}}
-    for fold, (name, res) in fold_results.items():
-        if args.layout:
-            from diffews.data.datasets.custom import per_class_iou_by_name
-
-            per_class = per_class_iou_by_name(name, res)
-        else:
-            per_class = res.get("per_class_iou") or {
-                k[len("IoU-"):]: v for k, v in res.items() if k.startswith("IoU-")}
-        summary["folds"][fold] = {"dataset": name, "mIoU": res["mIoU"], "FB-IoU": res["FB-IoU"],
-                                  "num_episodes": res.get("num_episodes"),
-                                  "skipped_episodes": res.get("skipped_episodes", []),
-                                  "per_class_iou": per_class}
-        rows.append([fold, name, f"{res['mIoU']:.2f}", f"{res['FB-IoU']:.2f}"])
-    n = len(fold_results)
-    folds = summary["folds"].values()
-    summary["mean"] = {k: sum(f[k] for f in folds) / n for k in ("mIoU", "FB-IoU")}
-    rows.append(["mean", f"{n} fold(s)", f"{summary['mean']['mIoU']:.2f}",
-                 f"{summary['mean']['FB-IoU']:.2f}"])
-    logger.info("%s %d-shot:\n%s", benchmark, args.shot,
-                tabulate(rows, headers=["fold", "dataset", "mIoU", "FB-IoU"], tablefmt="pipe"))
-    atomic_write_json(summary, os.path.join(args.output, "results.json"), indent=2)
-    return summary
+def check(cfg, args):
+    """Everything before the model: config files, weights of every fold, data, journal."""
+    preflight(cfg, weights=job(args).weights(cfg))
+    return fss.check(cfg, job(args))
 
 
 def main(args):
     cfg = setup(args)
-    folds = prepare(cfg, args)
-    journal = open_journal(os.path.join(args.output, JOURNAL), args.fingerprint, args.overwrite,
-                           f"--output {args.output}",
-                           stale=[os.path.join(args.output, "results.json")]
-                           + [os.path.join(args.output, name) for name, _, _ in folds.values()])
-    model = build_model(cfg)
-    loaded = None
-    fold_results = {}
-    for fold, (name, weights, episodes) in folds.items():
-        # strict few-shot weights are per fold: MODEL.WEIGHTS may contain "{fold}"
-        if weights != loaded:
-            fold_cfg = cfg.clone()
-            fold_cfg.defrost()
-            fold_cfg.MODEL.WEIGHTS = weights
-            load_inference_weights(model, fold_cfg)
-            loaded = weights
-        res = evaluate_fold(cfg, model, name, episodes, fold, journal, args.output,
-                            chunk=args.chunk_episodes, save_vis=args.save_vis)
-        if comm.is_main_process():
-            fold_results[fold] = (name, res)
-            logger.info("%s: mIoU %.2f  FB-IoU %.2f", name, res["mIoU"], res["FB-IoU"])
-    if comm.is_main_process():
-        return summarize(fold_results, args)
-    return None
+    return fss.run(cfg, job(args), check(cfg, args))
 
 
 def cli(argv=None) -> int:
     """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
     args = parse_args(argv)
-    return launch_cli(args, main, lambda: prepare(setup(args, log=False), args))
+    return launch_cli(args, main, lambda: check(setup(args, log=False), args))
 
 
 if __name__ == "__main__":

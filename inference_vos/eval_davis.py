@@ -21,9 +21,9 @@ import sys
 import time
 
 from diffews.cli import add_list_argument, deprecate, entry_parser, parse_list, run_cli
-from diffews.data.datasets.common import dataset_root
-from diffews.evaluation.vos_evaluation import evaluate_davis, format_davis_tables, \
-    write_davis_csvs
+from diffews.data.datasets.roots import dataset_root
+from diffews.evaluation.vos_evaluation import evaluate_davis
+from diffews.evaluation.davis_report import format_davis_tables, write_davis_csvs
 
 
 class _DavisFolder(argparse.Action):

@@ -13,6 +13,8 @@ import sys
 from diffews.cli import UsageError, add_list_argument, check_counts, check_output_dir, \
     entry_parser, load_entry_config, parse_list, preflight, run_cli
 from diffews.data.datasets.vos import VOS_DATASETS
+from diffews.evaluation.davis_report import format_davis_tables
+from diffews.tasks import vos
 from diffews.tasks.resume import OVERWRITE_HELP
 
 from detectron2.data import MetadataCatalog
@@ -26,7 +28,7 @@ EPILOG = """\
 Per object, the first annotated frame with its given mask is a fixed support and up to
 MEM_SIZE - 1 past predicted frames, chosen by score decayed linearly with their distance in time
 (ratio DECAY_RATIO), are added; every frame is one query per object, VAE-encoded once, and each
-memory entry is encoded once (diffews/tasks/vos.py). Frames are resized to INPUT.IMAGE_SIZE squared;
+memory entry is encoded once (diffews/tasks/vos/). Frames are resized to INPUT.IMAGE_SIZE squared;
 masks are written at the frame's size as palette PNGs in the official results layout:
 <output>/<video>/<frame>.png (DAVIS) or <output>/Annotations/<video>/<frame>.png plus
 <output>/submission.zip (YouTube-VOS). DAVIS val is scored at the end (global_results-val.csv,
@@ -83,20 +85,17 @@ def main(args) -> int:
     # (a missing tree or --videos name), then the output folder (not created for a run that
     # cannot start)
     preflight(cfg, weights=[cfg.MODEL.WEIGHTS])
-    from diffews.evaluation.vos_evaluation import format_davis_tables
-    from diffews.tasks.vos import load_vos_records, run_vos
-    from diffews.tasks.vos_run import check_vos_resume
-
-    load_vos_records(dataset, args.dataset_root, videos)
+    job = vos.VOSJob(dataset, output, root=args.dataset_root, videos=videos,
+                     save_vis=args.save_vis, evaluate=not args.no_eval, overwrite=args.overwrite)
+    records = vos.load_vos_records(dataset, args.dataset_root, videos)
     check_output_dir(output)
-    check_vos_resume(cfg, dataset, output, args.overwrite)
+    vos.check(cfg, job, records)
 
     logging.getLogger("diffews.run_vos").info(
         "%s: memory %d (first frame + %d), decay ratio %g, support reuse %s -> %s", dataset,
         cfg.TEST.VOS.MEM_SIZE, cfg.TEST.VOS.MEM_SIZE - 1, cfg.TEST.VOS.DECAY_RATIO,
         "on" if cfg.TEST.VOS.REUSE_SUPPORTS else "off", output)
-    summary = run_vos(cfg, dataset, output, root=args.dataset_root, videos=videos,
-                      save_vis=args.save_vis, evaluate=not args.no_eval, overwrite=args.overwrite)
+    summary = vos.run(cfg, job)
     print(f"{dataset}: {summary['videos']} videos ({summary['resumed']} done by an earlier run), "
           f"{summary['frames']} frames, {summary['fps']:.2f} frames/s; results in {output}")
     meta = MetadataCatalog.get(dataset)

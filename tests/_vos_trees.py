@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-from diffews.data.datasets.vos import DAVIS_PALETTE
+from diffews.data.datasets.vos_results import DAVIS_PALETTE
 
 
 def palette_png(path: str, label: np.ndarray) -> None:

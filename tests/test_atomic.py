@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from diffews.data.datasets import vos_results
-from diffews.data.datasets.common import save_json
+from diffews.data.datasets.split_files import save_json
 from diffews.data.episodes import save_episodes
-from diffews.evaluation.vos_evaluation import DAVISScores, write_davis_csvs
+from diffews.evaluation.davis_report import DAVISScores, write_davis_csvs
 from diffews.modeling.support_set import SupportSet
 from diffews.utils.atomic import atomic_open, atomic_path, atomic_write
 

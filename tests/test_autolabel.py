@@ -69,7 +69,7 @@ def _reference_instances(tiny_sd, job):
     from detectron2.config import get_cfg
 
     from diffews import DiffewSPredictor, add_diffews_config
-    from diffews.tasks.instances import masks_to_instances
+    from diffews.predictor.instances import masks_to_instances
     from diffews.utils.image import read_image, read_label, resize_mask
 
     cfg = get_cfg()

@@ -20,7 +20,7 @@ import diffews  # noqa: F401  (registers the datasets)
 from diffews import DiffewSCheckpointer, add_diffews_config
 from diffews.data import build_fss_test_loader, load_sample
 from diffews.data.records import BadSampleError
-from diffews.data.train_episodes import EpisodicTrainDataset
+from diffews.data.episodes import EpisodicTrainDataset
 from diffews.utils.atomic import atomic_folder, atomic_write_json
 from tests._fss_trees import register_all, write_fss_tree, write_pascal_tree
 
@@ -84,7 +84,7 @@ def test_evaluation_stops_or_skips_and_lists(tree, caplog):
         list(loader)
     loader = build_fss_test_loader(_cfg("DATALOADER.SKIP_BAD_SAMPLES", True,
                                         "DATALOADER.MAX_BAD_FRACTION", 0.5), "fss1000_test")
-    with caplog.at_level(logging.WARNING, logger="diffews.data.episode_dataset"):
+    with caplog.at_level(logging.WARNING, logger="diffews.data.episodes.test"):
         batches = list(loader)
     ids = [x["episode_id"] for b in batches for x in b]
     skipped = [s["episode_id"] for s in loader.skipped]
@@ -127,7 +127,7 @@ def test_training_stops_or_drops_bad_images(tree, caplog):
         episodes(EpisodicTrainDataset(["fss1000_train"], 16, 2, seed=0), 60)
     dataset = EpisodicTrainDataset(["fss1000_train"], 16, 2, seed=0, skip_bad=True,
                                    max_bad_fraction=0.1)
-    with caplog.at_level(logging.WARNING, logger="diffews.data.train_episodes"):
+    with caplog.at_level(logging.WARNING, logger="diffews.data.episodes.train"):
         drawn = episodes(dataset, 60)
     assert dataset.bad == [bad] and "skipping a bad training image (1 of 20 so far)" in caplog.text
     assert all("cat/3" not in i for e in drawn for i in [e["query_id"], *e["support_ids"]])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffews.benchmark.episodes import random_episode
-from diffews.benchmark.paths import compare_paths
+from diffews.benchmark.inference_paths import compare_paths
 from diffews.benchmark.random_sd import build_random_diffews
 from diffews.modeling.support_cache import SupportLatentCache
 

@@ -47,9 +47,9 @@ def test_calibration_writes_a_config_fragment(tiny_sd, tmp_path, capsys):
     best = max(report["signals"].values(), key=lambda r: r["AUROC"])
     assert report["signals"][report["chosen"]] is not None
     assert report["signals"][report["chosen"]]["AUROC"] == best["AUROC"]
-    from diffews.config import load_config
+    from diffews.config import build_config
 
-    cfg = load_config(CONFIG)
+    cfg = build_config(CONFIG)
     cfg.merge_from_file(str(out / "presence.yaml"))
     assert cfg.MODEL.DIFFEWS.PRESENCE_SIGNAL == report["chosen"]
     assert cfg.MODEL.DIFFEWS.PRESENCE_THRESHOLD == pytest.approx(

@@ -20,12 +20,13 @@ from pycocotools import mask as mask_util
 
 import diffews  # noqa: F401  (registers the datasets)
 from conftest import make_cfg
+from diffews.data.datasets.custom_layouts import CustomLayoutError
 from diffews.data.datasets.custom import (
-    CustomLayoutError, custom_test_dataset, per_class_iou_by_name, register_custom_fss,
+    custom_test_dataset, per_class_iou_by_name, register_custom_fss
 )
 from diffews.data.episodes import get_episodes
 from diffews.data.records import load_sample
-from diffews.data.train_episodes import EpisodicTrainDataset
+from diffews.data.episodes import EpisodicTrainDataset
 from tests._custom_trees import (
     H, W, write_ade20k_tree, write_coco_tree, write_folder_tree, write_semseg_tree,
 )
@@ -282,7 +283,7 @@ def test_training_iterations_on_a_weighted_mixture(tiny_sd, tmp_path):
 
 
 def test_finetune_config_from_released_weights_on_a_coco_json(tiny_sd, tiny_model, tmp_path):
-    from diffews.config import load_config
+    from diffews.config import build_config
     from diffews.engine import DiffewSTrainer
     from diffews.modeling import save_release_unet
 
@@ -291,7 +292,7 @@ def test_finetune_config_from_released_weights_on_a_coco_json(tiny_sd, tiny_mode
         {"name": f"i{k}", "instances": [(1 + k % 2, masks[k % 3], False)]} for k in range(6)])
     release = tmp_path / "release"
     save_release_unet(tiny_model.unet, str(release / "unet"))
-    cfg = load_config(os.path.join(ROOT, "configs/custom/diffews_sd21_custom_coco_finetune.yaml"), [
+    cfg = build_config(os.path.join(ROOT, "configs/custom/diffews_sd21_custom_coco_finetune.yaml"), [
         "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "MODEL.WEIGHTS", str(release), "MODEL.DEVICE", "cpu",
         "DATASETS.CUSTOM.my_coco.ROOT", coco["image_dir"],
         "DATASETS.CUSTOM.my_coco.COCO_JSON", coco["json"],
@@ -341,14 +342,14 @@ def test_evaluation_end_to_end(tiny_sd, tiny_model, tmp_path):
 
 
 def test_config_key_registers_datasets(tmp_path):
-    from diffews.config import load_config
+    from diffews.config import build_config
 
     write_folder_tree(str(tmp_path / "cfgdata"), {"x": 3, "y": 3})
     path = tmp_path / "c.yaml"
     path.write_text(f'_BASE_: "{ROOT}/configs/Base-DiffewS.yaml"\nDATASETS:\n  CUSTOM:\n'
                     f'    mine: {{LAYOUT: "folder", ROOT: "{tmp_path}/cfgdata", '
                     'TEST_CLASSES: ["y"]}\n  TRAIN: ("mine_train",)\nTEST:\n  FSS:\n    SHOT: 2\n')
-    load_config(str(path))
+    build_config(str(path))
     DatasetCatalog.get("mine_test")
     meta = MetadataCatalog.get("mine_test")
     assert meta.class_ids == [1] and meta.shot_filter == 2
@@ -356,7 +357,7 @@ def test_config_key_registers_datasets(tmp_path):
     assert MetadataCatalog.get("mine_train").class_ids == [0]
     path.write_text(path.read_text().replace("TEST_CLASSES", "TEST_CLASS"))
     with pytest.raises(ValueError, match=r"DATASETS.CUSTOM.mine.TEST_CLASS: unknown key"):
-        load_config(str(path))
+        build_config(str(path))
 
 
 # ---- in-context training sets ----
@@ -422,12 +423,14 @@ def test_incontext_training_sets(tmp_path, monkeypatch):
 def test_run_incontext_table(tiny_sd, tiny_model, tmp_path):
     from diffews.modeling import save_release_unet
 
+    from diffews.tasks.fss import incontext
+
     sys.path.insert(0, os.path.join(ROOT, "inference_fss"))
     import run_incontext
 
     fake = {(b, k): {"folds": {0: {}, 1: {}}, "mean": {"mIoU": 50.0 + k, "FB-IoU": 70.0}}
             for b in ("coco", "pascal") for k in (1, 5)}
-    headers, rows = run_incontext.table(fake, [1, 5])
+    headers, rows = incontext.table(fake, [1, 5])
     assert rows[0] == ["COCO-20i", 2, "51.0", "55.0", "71.3", "72.2", "70.0", "70.0"]
     assert rows[1][4:6] == ["-", "-"]  # no paper number for PASCAL-5i
 

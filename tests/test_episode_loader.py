@@ -85,7 +85,7 @@ def test_empty_support_mask_warns_and_keeps(tree_env, caplog):
 
     Image.fromarray(np.zeros((24, 32), np.uint8)).save(empty["mask_file"])
     episode = dict(episode, supports=[empty])
-    with caplog.at_level(logging.WARNING, logger="diffews.data.episode_dataset"):
+    with caplog.at_level(logging.WARNING, logger="diffews.data.episodes.test"):
         out = EpisodeMapper(S, "threshold128", False)(episode)
     assert out["support_masks"].sum() == 0
     assert f"support {empty['image_id']} has an empty mask" in caplog.text

@@ -15,8 +15,9 @@ import pytest
 
 import diffews  # noqa: F401  (registers the datasets)
 from diffews.data import episodes as ep
+from diffews.data.episodes import benchmarks
 from diffews.data.datasets import synthetic
-from diffews.data.datasets.common import shipped_splits_dir
+from diffews.data.datasets.roots import shipped_splits_dir
 from tests._fss_trees import register_all, write_fss_tree, write_lvis_tree, write_pascal_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,7 +238,7 @@ def test_get_episodes_caches(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("regenerated instead of reusing the cache")
 
-    monkeypatch.setattr(ep, "make_episodes", boom)
+    monkeypatch.setattr(benchmarks, "make_episodes", boom)
     assert ep.get_episodes("pascal5i_fold0_test", 1, 0) == episodes
     with pytest.raises(AssertionError):
         ep.get_episodes("pascal5i_fold0_test", 1, 0, num_episodes=5)
@@ -255,7 +256,7 @@ def test_stale_episode_cache_is_regenerated(tmp_path, monkeypatch, caplog, stale
             "version 1": json.dumps({"generator_version": 1, "episodes": wrong}),
             "half-written": json.dumps({"generator_version": 2, "episodes": wrong})[:40]}[stale]
     cache.write_text(text)
-    with caplog.at_level("WARNING", logger="diffews.data.episodes"):
+    with caplog.at_level("WARNING", logger="diffews.data.episodes.benchmarks"):
         again = ep.get_episodes("pascal5i_fold1_test", 1, 0, num_episodes=6)
     assert again == episodes
     assert "regenerating the cached episodes" in caplog.text and str(cache) in caplog.text

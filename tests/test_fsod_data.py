@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 import diffews  # noqa: F401  (registers the datasets)
 from diffews import add_diffews_config
 from diffews.data.datasets import coco_fsod
-from diffews.data.datasets.common import MissingDataError
+from diffews.data.datasets.roots import MissingDataError
 from tests._fsod_trees import NOVEL, split_path, write_fsod_tree
 
 NOVEL_IDS = [i for i, _ in NOVEL]

@@ -22,7 +22,7 @@ import diffews  # noqa: F401  (registers the datasets)
 from diffews.data.datasets import coco_fsod
 from diffews.evaluation import FSODEvaluator, aggregate_seeds, write_coco_results
 from diffews.evaluation.instance_evaluation import format_seed_table
-from diffews.tasks.instances import masks_to_instances
+from diffews.predictor.instances import masks_to_instances
 from tests._fsod_trees import NOVEL, write_fsod_tree
 
 NOVEL_IDS = [i for i, _ in NOVEL]

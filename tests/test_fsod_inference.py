@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Few-shot instance segmentation inference (diffews/tasks/fsod.py, inference_fsod/run_fsod.py) on the
+"""Few-shot instance segmentation inference (diffews/tasks/fsod/, inference_fsod/run_fsod.py) on the
 synthetic TFA tree: results files and AP equal to pycocotools on the written json, support sets
 saved once and reused (hook counts), stale sets recomputed, seeds aggregated, 2 processes = 1,
 one-line errors, and the instance modes with oracle predictions."""
@@ -29,7 +29,8 @@ from diffews import DiffewSPredictor, SupportSet
 from diffews.data.datasets import coco_fsod
 from diffews.evaluation import FSODEvaluator
 from diffews.modeling import save_release_unet
-from diffews.tasks.instances import MODES
+from diffews.predictor import instances
+from diffews.predictor.instances import MODES
 from diffews.utils.image import read_image, resize_mask
 from tests._fsod_trees import NOVEL, split_path, write_fsod_tree
 
@@ -38,6 +39,7 @@ sys.path.insert(0, os.path.join(ROOT, "inference_fsod"))
 import run_fsod  # noqa: E402
 
 from diffews.tasks import fsod  # noqa: E402
+from diffews.tasks.fsod import run as fsod_run  # noqa: E402
 
 CFG = os.path.join(ROOT, "configs", "fsod", "coco", "diffews_sd21_fsod_coco_1shot.yaml")
 NOVEL_IDS = [i for i, _ in NOVEL]
@@ -393,12 +395,11 @@ def test_absent_class_gives_no_instance_and_class_confidence(env):
               "present": False}
     for mode, expected in [("none", 1.0), ("contrast", 0.5), ("presence", 0.8),
                            ("contrast*presence", 0.4)]:
-        cfg = _cfg(env, "TEST.FSOD.CLASS_SCORE", mode, "TEST.FSOD.INSTANCE_MODE", "mask",
-                   "TEST.FSOD.MIN_AREA", "0")
-        inst = fsod.predictions_to_instances([absent, present], (20, 30), cfg)
+        inst = instances.predictions_to_instances([absent, present], (20, 30), mode="mask",
+                                                  min_area=0, class_score=mode)
         assert inst.pred_classes.tolist() == [1]  # only the present class
         assert inst.scores.tolist() == pytest.approx([expected])  # mean probability 1 x conf
-    assert fsod.class_confidence({**present, "presence": 3.0}, "presence") == 1.0
+    assert instances.class_confidence({**present, "presence": 3.0}, "presence") == 1.0
 
 
 def test_max_dets_is_the_evaluators_not_topk(env, tmp_path, monkeypatch):
@@ -413,7 +414,7 @@ def test_max_dets_is_the_evaluators_not_topk(env, tmp_path, monkeypatch):
             raise RuntimeError("captured")
 
     monkeypatch.setattr(instance_evaluation, "FSODEvaluator", Capture)
-    monkeypatch.setattr(fsod, "prepare_support_sets", lambda *a, **k: [None] * 20)
+    monkeypatch.setattr(fsod_run, "prepare_support_sets", lambda *a, **k: [None] * 20)
     cfg = _cfg(env, "TEST.FSOD.TOPK", "7", "TEST.FSOD.MAX_DETS", "100")
     with pytest.raises(RuntimeError, match="captured"):
         fsod.evaluate_fsod(cfg, None, str(tmp_path), env["root"])

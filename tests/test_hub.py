@@ -208,10 +208,10 @@ def _unet_equal(model, reference):
 
 
 def test_load_config_resolves_both_keys_and_the_model_loads_from_the_cache(filled_cache, folds):
-    from diffews.config import load_config
+    from diffews.config import build_config
     from diffews.predictor import DiffewSPredictor
 
-    cfg = load_config(BASE_CONFIG, ["MODEL.DIFFEWS.PRETRAINED", "hf://org/tiny-sd",
+    cfg = build_config(BASE_CONFIG, ["MODEL.DIFFEWS.PRETRAINED", "hf://org/tiny-sd",
                                     "MODEL.WEIGHTS", "hf://org/diffews/weight/coco_fold1",
                                     "INPUT.IMAGE_SIZE", SIZE, "MODEL.DEVICE", "cpu"])
     snapshots = os.path.join(filled_cache, "models--org--{}", "snapshots", COMMIT)
@@ -237,10 +237,10 @@ def test_fold_template_resolves_per_fold_at_check_and_load(filled_cache, folds):
 
     from diffews.checkpoint import load_inference_weights
     from diffews.cli.preflight import check_weights
-    from diffews.config import load_config
+    from diffews.config import build_config
 
     template = "hf://org/diffews/weight/coco_fold{fold}"
-    cfg = load_config(BASE_CONFIG, ["MODEL.DIFFEWS.PRETRAINED", "hf://org/tiny-sd",
+    cfg = build_config(BASE_CONFIG, ["MODEL.DIFFEWS.PRETRAINED", "hf://org/tiny-sd",
                                     "MODEL.WEIGHTS", template, "INPUT.IMAGE_SIZE", SIZE,
                                     "MODEL.DEVICE", "cpu"])
     assert cfg.MODEL.WEIGHTS == template  # left for its fold

@@ -9,7 +9,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from conftest import make_episode
 from diffews.modeling.kv_fusion import (KVBank, KVFusionAttnProcessor2_0, fused_layer_names,
                                         set_kv_fusion_processors)
-from diffews.modeling.support_set import SupportSetError
+from diffews.utils.errors import SupportSetError
 
 
 def _unet_inputs(n=2, seed=0):

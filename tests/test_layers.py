@@ -20,7 +20,7 @@ LAYERS = [
     "checkpoint",   # weights in and out
     "data",         # datasets, episodes, loaders
     "evaluation",   # mIoU/FB-IoU, J&F, instance AP (reads dataset metadata)
-    "config",       # add_diffews_config, load_config (registers DATASETS.CUSTOM datasets)
+    "config",       # add_diffews_config, build_config (registers DATASETS.CUSTOM datasets)
     "engine",       # trainer, hooks, solver
     "predictor",    # DiffewSPredictor, the user object over modeling
     "tasks",        # VOS, instance segmentation, mask -> instances, demo outputs

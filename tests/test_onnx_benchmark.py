@@ -13,7 +13,7 @@ from diffews.benchmark.random_sd import build_random_diffews
 
 
 def test_compare_paths_with_the_backend(tmp_path):
-    from diffews.benchmark.paths import compare_paths
+    from diffews.benchmark.inference_paths import compare_paths
     from diffews.modeling.onnx.attach import OnnxBackends
 
     torch.manual_seed(0)

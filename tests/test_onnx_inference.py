@@ -20,7 +20,7 @@ from conftest import SIZE, make_cfg, make_episode
 from tests._capture import capture_episodes
 from diffews import DiffewSPredictor
 from diffews.modeling import save_release_unet
-from diffews.modeling.meta_arch.blocks import DiffewSBlocks
+from diffews.modeling.meta_arch.building_blocks import DiffewSBlocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "inference_fss"))

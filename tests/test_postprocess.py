@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Mask -> instances strategies on hand-made masks (diffews/tasks/instances.py)."""
+"""Mask -> instances strategies on hand-made masks (diffews/predictor/instances.py)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import BitMasks
 
-from diffews.tasks.instances import MODES, class_instances, mask_box, masks_to_instances
+from diffews.predictor.instances import MODES, class_instances, mask_box, masks_to_instances
 
 
 def scene():

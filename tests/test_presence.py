@@ -5,11 +5,10 @@ options off leaving FSS masks exactly as they were, absent-target episodes and t
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import SIZE, make_cfg, make_episode
 from diffews import DiffewSPredictor
-from diffews.data.negatives import add_negative_episodes, holds_class
+from diffews.data.episodes import add_negative_episodes, holds_class
 from diffews.evaluation import FSSEvaluator
 from diffews.evaluation.presence import auroc, best_threshold, precision_recall
 from diffews.modeling.kv_fusion import _support_share

@@ -10,7 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import diffews  # noqa: F401  (registers the datasets)
 from diffews.data import load_sample
-from diffews.data.datasets import coco20i, common, fss1000, lvis92i, pascal5i
+from diffews.data.datasets import coco20i, fss1000, lvis92i, pascal5i, split_files
 from tests._fss_trees import FSS_SPLITS, register_all, write_coco_tree, write_fss_tree
 from tests._fss_trees import write_lvis_tree, write_pascal_tree
 
@@ -202,9 +202,9 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({0: [Evil()]}))
     with pytest.raises(ValueError, match="evil.pkl.*refusing to load global"):
-        common.load_pickle(str(path))
+        split_files.load_pickle(str(path))
     path.write_bytes(pickle.dumps({0: ["a", 1, 2.5, (1, 2), {3}], "k": {"x": None}}))
-    assert common.load_pickle(str(path)) == {0: ["a", 1, 2.5, (1, 2), {3}], "k": {"x": None}}
+    assert split_files.load_pickle(str(path)) == {0: ["a", 1, 2.5, (1, 2), {3}], "k": {"x": None}}
 
 
 def test_registration_reads_no_disk(tmp_path, monkeypatch):

@@ -160,8 +160,10 @@ def test_run_vos_interrupted_then_resumed_equals_uninterrupted(tiny_sd, tiny_mod
                                                                 monkeypatch):
     from diffews import DiffewSPredictor
     from diffews.tasks import vos
-    from diffews.tasks.vos import run_vos
     from diffews.utils.journal import JournalMismatch
+
+    def run_vos(cfg, dataset, output, **kwargs):
+        return vos.run(cfg, vos.VOSJob(dataset, output, **kwargs))
 
     root = str(tmp_path / "data")
     write_davis_tree(root)

@@ -121,7 +121,7 @@ def test_compare_paths_on_the_tiny_model():
     """tools/benchmark.py --compare's three paths: the same masks, the reuse path skips the
     support pass and its FLOPs, and the stage profile accounts for each path's VAE calls
     (the reference path's own contiguous VAE included)."""
-    from diffews.benchmark.paths import compare_paths
+    from diffews.benchmark.inference_paths import compare_paths
     from diffews.benchmark.episodes import random_episode
 
     torch.manual_seed(0)

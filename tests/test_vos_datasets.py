@@ -13,8 +13,9 @@ from PIL import Image
 
 import diffews  # noqa: F401  (registers the datasets)
 from diffews.data.datasets import vos
-from diffews.data.datasets.common import MissingDataError
-from diffews.evaluation.vos_evaluation import VOSEvaluationError, VOSEvaluator, evaluate_davis
+from diffews.data.datasets.roots import MissingDataError
+from diffews.evaluation.davis_metrics import VOSEvaluationError
+from diffews.evaluation.vos_evaluation import evaluate_davis, VOSEvaluator
 from tests._vos_trees import palette_png, scene_sequences, write_davis_tree, write_ytvos_tree
 
 @pytest.fixture

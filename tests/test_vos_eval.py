@@ -13,10 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from diffews.evaluation.vos_evaluation import (
-    VOSEvaluationError, VOSEvaluator, boundary_tolerance, db_eval_iou, db_statistics, disk,
-    evaluate_davis, f_measure, format_davis_tables, seg2bmap, write_davis_csvs,
+from diffews.evaluation.davis_metrics import (
+    boundary_tolerance, db_eval_iou, db_statistics, disk, f_measure, seg2bmap, VOSEvaluationError
 )
+from diffews.evaluation.vos_evaluation import evaluate_davis, VOSEvaluator
+from diffews.evaluation.davis_report import format_davis_tables, write_davis_csvs
 from tests._vos_trees import (
     block, scene_sequences, write_davis_sequence, write_davis_tree, write_list, write_results,
 )
@@ -255,7 +256,7 @@ def test_streaming_evaluator_matches_disk_and_any_order(tmp_path):
     root, res = _rules_tree(tmp_path)
     disk_scores = evaluate_davis(root, res, progress=False)
     ev = VOSEvaluator(distributed=False, output_dir=str(tmp_path / "stream"))
-    from diffews.evaluation.vos_evaluation import read_label_png
+    from diffews.evaluation.davis_metrics import read_label_png
 
     for seq, T in (("alpha", 5), ("beta", 3)):
         order = list(range(T))[::-1]  # last frame first: frames wait for the first frame

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Video object segmentation with DiffewS (diffews/tasks/vos.py, inference_vos/run_vos.py): the memory
+"""Video object segmentation with DiffewS (diffews/tasks/vos/, inference_vos/run_vos.py): the memory
 rule and the merge rule against hand-worked examples, the cost per frame counted with hooks,
 support reuse on/off, and the whole pipeline on synthetic DAVIS / YouTube-VOS trees in their
 official layouts (tests/_vos_trees.py) with the tiny model."""
@@ -18,14 +18,20 @@ from diffews import DiffewSPredictor
 from diffews.evaluation.vos_evaluation import evaluate_davis
 from diffews.modeling import save_release_unet
 from diffews.cli import run_cli
-from diffews.tasks.vos import (VOSEngine, decay_factor, load_vos_records, merge_objects, run_vos,
-                         select_memory)
+from diffews.predictor.merge import merge_objects
+from diffews.tasks import vos
+from diffews.tasks.vos import VOSEngine, decay_factor, load_vos_records, select_memory
 from tests._vos_trees import (block, write_davis_sequence, write_davis_tree, write_list,
                                write_ytvos_tree)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "inference_vos"))
 import run_vos as run_vos_cli  # noqa: E402
+
+
+def run_vos(cfg, dataset, output, **kwargs):
+    """``vos.run`` of a ``VOSJob`` built from the keyword arguments."""
+    return vos.run(cfg, vos.VOSJob(dataset, output, **kwargs))
 
 
 @pytest.fixture(scope="module")

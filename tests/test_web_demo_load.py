@@ -23,7 +23,7 @@ from PIL import Image
 from conftest import SIZE
 from diffews import DiffewSPredictor
 from diffews.web_demo import InputLimits, WebDemoSession, build_demo, launch_demo
-from diffews.web_demo.load import segment_args, write_client_inputs
+from diffews.web_demo.soak import segment_args, write_client_inputs
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ import sys
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
 from diffews.cli import (check_counts, entry_parser, launch_cli, load_entry_config,
                          preflight)
-from diffews.tasks.autolabel import LabelJob, check_job, run_autolabel
+from diffews.tasks import autolabel
 
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -70,21 +70,21 @@ def setup(args):
     cfg = load_entry_config(args, {"batch_size": "TEST.FSOD.BATCH_SIZE"})
     cfg.OUTPUT_DIR = args.output
     cfg.freeze()
-    job = LabelJob(supports=args.supports, images=args.images, output=args.output,
-                   supports_images=args.supports_images,
-                   presence_threshold=args.presence_threshold,
-                   max_bad_fraction=(cfg.DATALOADER.MAX_BAD_FRACTION
-                                     if args.max_bad_fraction is None else args.max_bad_fraction),
-                   save_masks=args.save_masks, overwrite=args.overwrite)
+    job = autolabel.LabelJob(
+        supports=args.supports, images=args.images, output=args.output,
+        supports_images=args.supports_images, presence_threshold=args.presence_threshold,
+        max_bad_fraction=(cfg.DATALOADER.MAX_BAD_FRACTION if args.max_bad_fraction is None
+                          else args.max_bad_fraction),
+        save_masks=args.save_masks, overwrite=args.overwrite)
     preflight(cfg, output_dir=args.output, weights=[cfg.MODEL.WEIGHTS])
-    return cfg, job, check_job(cfg, job)
+    return cfg, job, autolabel.check_job(cfg, job)
 
 
 def main(args) -> int:
     setup_logger(args.output, distributed_rank=comm.get_rank(), name="diffews",
                  abbrev_name="diffews")
     cfg, job, checked = setup(args)  # in every process, before any model is built
-    summary = run_autolabel(cfg, job, checked=checked)
+    summary = autolabel.run(cfg, job, checked=checked)
     if summary:
         logging.getLogger("diffews.autolabel").info(
             "%d images (%d labelled now), %d annotations, %d unreadable", summary["images"],

@@ -44,7 +44,7 @@ def main(args) -> int:
     from detectron2.utils.logger import setup_logger
 
     from diffews.cli import UsageError
-    from diffews.predictor import DiffewSPredictor
+    from diffews.predictor import build_predictor
     from diffews.tasks.presence import calibrate, config_fragment, dataset_episodes, measure_signals
     from diffews.utils.atomic import atomic_write, atomic_write_json
 
@@ -62,7 +62,7 @@ def main(args) -> int:
     held = dataset_episodes(args.held_out, args.episodes, args.shot, args.seed) \
         if args.held_out else None
     cfg.freeze()
-    predictor = DiffewSPredictor.from_config(cfg)
+    predictor = build_predictor(cfg)
     samples = measure_signals(predictor, train, episodes)
     held_samples = measure_signals(predictor, args.held_out, held) if held else None
     report = calibrate(samples, args.precision, held_samples)

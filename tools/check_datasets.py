@@ -16,7 +16,7 @@ import sys
 from diffews.cli import README_SECTIONS, check_counts, entry_parser, run_cli
 from diffews.data.datasets.coco20i import check_coco20i
 from diffews.data.datasets.coco_fsod import check_fsod
-from diffews.data.datasets.common import dataset_root
+from diffews.data.datasets.roots import dataset_root
 from diffews.data.datasets.fss1000 import check_fss1000
 from diffews.data.datasets.lvis92i import check_lvis92i
 from diffews.data.datasets.pascal5i import check_pascal5i

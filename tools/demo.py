@@ -14,7 +14,7 @@ import sys
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
 from diffews.cli import check_counts, entry_parser, load_entry_config, preflight, run_cli, \
     take_trailing_overrides
-from diffews.predictor import DiffewSPredictor, list_images
+from diffews.predictor import build_predictor, list_images
 from diffews.tasks.demo import support_panels, write_outputs
 from diffews.utils.image import check_image_file
 
@@ -24,7 +24,7 @@ from tqdm import tqdm
 DEFAULT_OUTPUT = "output/demo"
 
 EPILOG = """\
-The supports are encoded once (DiffewSPredictor.encode_supports) and every query is segmented
+The supports are encoded once (the predictor's encode_supports) and every query is segmented
 against all of them (K = number of --support). A --query folder stands for its image files.
 Images are resized to INPUT.IMAGE_SIZE squared (bilinear), masks with nearest; a mask file is any
 image where a non-zero pixel means foreground. For each query QUERY.jpg the demo writes, in
@@ -73,7 +73,7 @@ def main(args) -> int:
     for q in queries:  # a missing or non-image query fails before the model is loaded
         check_image_file(q)
     panels = support_panels(args.support)  # reads every support file: errors before the model
-    predictor = DiffewSPredictor.from_config(cfg)
+    predictor = build_predictor(cfg)
     supports = predictor.encode_supports([i for i, _ in args.support], [m for _, m in args.support])
     log.info("%d support(s) encoded once, %d query image(s), working size %d", len(supports),
              len(queries), predictor.image_size)

@@ -16,20 +16,15 @@ MODEL.WEIGHTS are checked; an error is one line, exit status 2 for a wrong comma
 1 for missing or broken files (--debug shows the traceback).
 """
 
-import logging
 import os
 import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
-from diffews import DiffewSCheckpointer
-from diffews.checkpoint import load_inference_weights
+from diffews import engine
 from diffews.cli import check_counts, entry_parser, load_entry_config, run_cli
 from diffews.cli.preflight import check_datasets, preflight
-from diffews.engine import DiffewSTrainer
 
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from detectron2.engine import default_argument_parser, launch
 
 # flag -> config key, merged after the trailing overrides (diffews.cli.load_entry_config)
 FLAGS = {"output": "OUTPUT_DIR"}
@@ -59,11 +54,7 @@ def setup(args):
     _dataset_root(args)
     cfg = load_entry_config(args, FLAGS)
     cfg.freeze()
-    # default_setup's environment report imports torch.utils.cpp_extension, which warns on stderr
-    # on any machine without a CUDA toolkit; the report itself still lists the CUDA state
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="diffews")
+    engine.setup(cfg, args)
     return cfg
 
 
@@ -82,16 +73,8 @@ def check(args) -> None:
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = DiffewSTrainer.build_model(cfg)
-        checkpointer = DiffewSCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        if args.resume and checkpointer.has_checkpoint():
-            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
-        else:  # an error if MODEL.WEIGHTS is empty, unless MODEL.DIFFEWS.ALLOW_UNTRAINED
-            load_inference_weights(model, cfg)
-        return DiffewSTrainer.test(cfg, model)
-    trainer = DiffewSTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        return engine.evaluate(cfg, resume=args.resume)
+    return engine.train(cfg, resume=args.resume)
 
 
 def cli(argv=None) -> int:

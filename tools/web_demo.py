@@ -21,7 +21,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from diffews.cli import (UsageError, entry_parser, load_entry_config,  # noqa: E402
                          preflight, run_cli)
-from diffews.predictor import DiffewSPredictor  # noqa: E402
+from diffews.predictor import build_predictor  # noqa: E402
 from diffews.web_demo import (QUICKSTART_DIR, FolderPolicy, InputLimits,  # noqa: E402
                               WebDemoSession, build_demo, folder_roots, launch_demo,
                               quickstart_overrides, write_synthetic_examples)
@@ -111,7 +111,7 @@ def main(args) -> int:
     cfg = load_entry_config(args, config_file=config_file)
     cfg.freeze()
     preflight(cfg, output_dir=args.output, weights=[cfg.MODEL.WEIGHTS])
-    predictor = DiffewSPredictor.from_config(cfg)
+    predictor = build_predictor(cfg)
     session = WebDemoSession(predictor, batch_size=args.batch_size, cache_bytes=cache_bytes,
                              max_queries=args.max_queries, allowed_roots=roots, limits=limits,
                              output_dir=args.output)

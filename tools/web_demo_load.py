@@ -18,7 +18,7 @@ import tempfile
 from diffews.cli import UsageError, config_overrides, entry_parser, run_cli
 from diffews.utils.atomic import atomic_write_json
 from diffews.web_demo.access import parse_auth
-from diffews.web_demo.load import (check_local_url, format_report, memory_of, run_load,
+from diffews.web_demo.soak import (check_local_url, format_report, memory_of, run_load,
                                    start_server, write_client_inputs)
 
 EPILOG = """\

@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Throughput of autolabelling (``tools/autolabel.py``) with and without reuse.
 
-* **reuse** (as built, ``tasks/autolabel.label_image``): every class's supports are encoded once
+* **reuse** (as built, ``tasks.autolabel.label_image``): every class's supports are encoded once
   (timed apart), then per image one VAE encode and ``predict_many`` against all C sets
   (``TEST.FSOD.BATCH_SIZE`` sets per query pass), then the instance postprocessing;
 * **per-episode** (what an episodic FSS loop does): per image and class, the class's supports are
@@ -28,17 +28,16 @@ __all__ = ["throughput"]
 
 def throughput(cfg, source, images: List[np.ndarray]) -> Dict[str, float]:
     """Images per second of both paths on ``images`` (H x W x 3 uint8) with the supports of
-    ``source`` (``autolabel_supports.read_supports``); one warm-up image each, not timed.
+    ``source`` (``tasks.autolabel.read_supports``); one warm-up image each, not timed.
 
     Seconds are this process's CPU time (``time.process_time``): on a shared machine the wall
     clock measures the neighbours; with one torch thread CPU time is the time of a free core."""
-    from ..predictor import DiffewSPredictor
-    from ..tasks.autolabel import label_image
-    from ..tasks.autolabel_supports import support_mask
-    from ..tasks.fsod import predictions_to_instances
+    from ..predictor import build_predictor
+    from ..predictor.instances import predictions_to_instances
+    from ..tasks.autolabel import label_image, support_mask
     from ..utils.image import read_image
 
-    predictor = DiffewSPredictor.from_config(cfg)
+    predictor = build_predictor(cfg)
     supports = []
     for c, records in enumerate(source.records):
         ims = [read_image(r["file_name"]) for r in records]
@@ -57,7 +56,7 @@ def throughput(cfg, source, images: List[np.ndarray]) -> Dict[str, float]:
         def per_episode(image):
             preds = [predictor.predict([image], predictor.encode_supports(ims, masks))[0]
                      for ims, masks in supports]
-            return predictions_to_instances(preds, image.shape[:2], cfg)
+            return predictions_to_instances(preds, image.shape[:2], **predictor.instances)
 
         per_episode(images[0])
         t = time.process_time()
@@ -90,11 +89,9 @@ def _write(stem, seed: int, c: int, h: int = 20, w: int = 24):
 
 
 def main(argv=None) -> None:
-    from detectron2.config import get_cfg
-
-    from ..config import add_diffews_config
+    from ..config import build_config
     from ..quickstart.tiny_sd import build_tiny_sd
-    from ..tasks.autolabel_supports import read_supports
+    from ..tasks.autolabel import read_supports
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--classes", type=int, default=4)
@@ -109,11 +106,9 @@ def main(argv=None) -> None:
         for i in range(args.shots):
             _write(os.path.join(root, "supports", name, f"{i}"), 100 * c + i, c)
     images = [_write(None, 5000 + i, i % args.classes) for i in range(args.images)]
-    cfg = get_cfg()
-    add_diffews_config(cfg)
-    cfg.merge_from_list(["MODEL.DIFFEWS.PRETRAINED", build_tiny_sd(os.path.join(root, "sd"), 0),
-                         "INPUT.IMAGE_SIZE", args.size, "MODEL.DEVICE", "cpu",
-                         "MODEL.DIFFEWS.ALLOW_UNTRAINED", True])
+    cfg = build_config(opts=["MODEL.DIFFEWS.PRETRAINED", build_tiny_sd(os.path.join(root, "sd"), 0),
+                             "INPUT.IMAGE_SIZE", args.size, "MODEL.DEVICE", "cpu",
+                             "MODEL.DIFFEWS.ALLOW_UNTRAINED", True])
     r = throughput(cfg, read_supports(os.path.join(root, "supports")), images)
     print(f"{r['classes']} classes x {r['shots']} shots, {r['images']} images (20x24) at "
           f"{args.size} px, 1 thread, CPU seconds: supports encoded once in "

@@ -1,23 +1,20 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Measuring instruments of the benchmark: FLOPs of a call, the device's peak rate, peak memory of
-a call, and wall time per inference stage (VAE encode/decode, UNet support/query pass)."""
+"""Measuring instruments of the benchmark: FLOPs of a call, the device's peak rate and wall time
+per inference stage (VAE encode/decode, UNet support/query pass). Peak memory and device
+synchronisation: ``diffews.utils.timing``."""
 
 import time
 from typing import Callable, Dict
 
 import torch
 
-__all__ = ["count_flops", "device_peak_gflops", "peak_memory_of", "StageTimer", "profile_path",
-           "sync"]
+from ..utils.timing import sync
+
+__all__ = ["count_flops", "device_peak_gflops", "StageTimer", "profile_path"]
 
 # dense peak TFLOP/s of common GPUs, for "% of peak" (fp32 without TF32 / bf16 tensor cores)
 GPU_PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0),
                    "L40S": (91.6, 362.0), "4090": (82.6, 165.0), "A6000": (38.7, 155.0)}
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -49,36 +46,6 @@ def device_peak_gflops(device: torch.device, dtype=torch.float32) -> float:
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best / 1e9
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {key}")
-
-
-def peak_memory_of(fn: Callable[[], object], device: torch.device) -> float:
-    """GiB above the baseline while ``fn`` runs: CUDA's allocator peak, or on the CPU (Linux) the
-    process's peak resident set (VmHWM, reset first through /proc/self/clear_refs) above its
-    resident set before the call; NaN where neither is available."""
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 30
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak resident set to the current one
-        base = _status_kib("VmRSS")
-        fn()
-        return (_status_kib("VmHWM") - base) / 2 ** 20
-    except OSError:
-        fn()
-        return float("nan")
 
 
 class StageTimer:

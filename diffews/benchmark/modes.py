@@ -76,7 +76,7 @@ def mode_accuracy(cfg, dataset_name: str, modes=None, log=print) -> Dict[str, Di
     from detectron2.modeling import build_model
 
     from ..checkpoint import load_inference_weights
-    from ..data.episode_dataset import build_fss_test_loader
+    from ..data.episodes import build_fss_test_loader
 
     out, reference = {}, None
     for name in modes or list(MODES):

@@ -20,26 +20,12 @@ from typing import Dict, List
 
 import torch
 
-from .random_sd import build_random_diffews
+from ..utils.timing import peak_gib, reset_peak, sync
 from .episodes import random_episode
+from .random_sd import build_random_diffews
 from .suite_onnx import ORT_RUNTIMES, ort_rows
 
 __all__ = ["run_suite", "format_rows", "append_to_benchmarks"]
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_gib(device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
-
-
-def _reset_peak(device):
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 @torch.no_grad()
@@ -47,22 +33,22 @@ def _time_inference(model, shots: int, batch: int, size: int, reps: int) -> Dict
     device = model.device
     batches = [[random_episode(shots, size, 100 * r + i) for i in range(batch)]
                for r in range(reps + 1)]
-    _reset_peak(device)
-    _sync(device)
+    reset_peak(device)
+    sync(device)
     start = time.perf_counter()
     model(batches[0])
-    _sync(device)
+    sync(device)
     first = time.perf_counter() - start
     times = []
     for episodes in batches[1:]:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         model(episodes)
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - start) / batch)
     times.sort()
     return {"ms_per_episode": 1000 * times[len(times) // 2], "first_call_s": first,
-            "peak_gib": _peak_gib(device)}
+            "peak_gib": peak_gib(device)}
 
 
 def _time_training(model_name: str, device, size: int, checkpointing: bool, reps: int) -> Dict:
@@ -79,19 +65,19 @@ def _time_training(model_name: str, device, size: int, checkpointing: bool, reps
     trainer = EpisodeTrainer(model, loader, optimizer, accumulation_steps=1, amp=amp,
                              clip_norm=1.0)
     times = []
-    _reset_peak(device)
+    reset_peak(device)
     with EventStorage() as storage:
         trainer.storage = storage
         for i in range(reps + 1):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             trainer.iter = i
             trainer.run_step()
-            _sync(device)
+            sync(device)
             if i:
                 times.append(time.perf_counter() - start)
     times.sort()
-    out = {"s_per_step": times[len(times) // 2], "peak_gib": _peak_gib(device)}
+    out = {"s_per_step": times[len(times) // 2], "peak_gib": peak_gib(device)}
     del trainer, model, optimizer
     return out
 

@@ -40,24 +40,20 @@ def _unknown_key(key: str, cfg, where: str) -> UsageError:
 
 
 def _default_cfg():
-    from detectron2.config import get_cfg
+    from ..config import build_config
 
-    from ..config import add_diffews_config
-
-    cfg = get_cfg()
-    add_diffews_config(cfg)
-    return cfg
+    return build_config()
 
 
 def load_config_checked(config_file: str, opts: Sequence[str] = ()):
-    """``diffews.config.load_config`` with one-line ``UsageError`` s: a missing or unreadable config
+    """``diffews.config.build_config`` with one-line ``UsageError`` s: a missing or unreadable config
     file, an option given after the overrides, an odd number of overrides, an unknown key (the
     closest valid key is named; nodes that allow new keys, e.g. ``DATASETS.CUSTOM``, still do) or
     a value of the wrong type. Missing files named by the config stay ``OSError`` (exit status 1).
     Returned unfrozen."""
     import yaml
 
-    from ..config import load_config
+    from ..config import build_config
 
     if not config_file:
         raise UsageError("--config-file is required")
@@ -72,7 +68,7 @@ def load_config_checked(config_file: str, opts: Sequence[str] = ()):
         raise UsageError(f"config overrides must be KEY VALUE pairs; got {len(opts)} items "
                          f"ending with {opts[-1]!r}")
     try:
-        return load_config(config_file, opts)
+        return build_config(config_file, opts)
     except OSError:
         raise
     except (KeyError, AssertionError, ValueError, TypeError, yaml.YAMLError) as e:

@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 from . import datasets  # noqa: F401  (registers the benchmarks)
-from .episode_dataset import EpisodeMapper, build_fss_test_loader, resolve_episodes
-from .episodes import get_episodes, load_episodes, make_episodes, save_episodes, test_dataset_name
+from .episodes import (EpisodeMapper, build_fss_test_loader, get_episodes, load_episodes,
+                       make_episodes, resolve_episodes, save_episodes, test_dataset_name)
 from .records import load_sample
 
 __all__ = [

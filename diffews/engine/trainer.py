@@ -3,6 +3,7 @@
 
 import logging
 import weakref
+from collections import OrderedDict
 
 import torch
 
@@ -12,7 +13,8 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import DiffewSCheckpointer
-from ..data.train_episodes import build_episodic_train_loader
+from ..data.episodes import build_episodic_train_loader, build_fss_test_loader
+from ..evaluation import FSSEvaluator, evaluate_episodes
 from .hooks import PredictionVisualizer
 from .solver import build_lr_scheduler, build_optimizer
 from .train_loop import EpisodeTrainer
@@ -92,13 +94,27 @@ class DiffewSTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        from ..data.episode_dataset import build_fss_test_loader
-
         return build_fss_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import FSSEvaluator
-
         return FSSEvaluator(dataset_name, distributed=True, output_dir=output_folder or cfg.OUTPUT_DIR,
                             original_size=cfg.TEST.FSS.ORIGINAL_SIZE)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate ``model`` on every ``DATASETS.TEST`` set with the one FSS evaluation loop
+        (``evaluation/fss_loop.py``), as detectron2's ``DefaultTrainer.test`` does with
+        ``inference_on_dataset``: ``{dataset: {"fss": {...}}}``, or the one dataset's dict."""
+        from detectron2.evaluation import inference_context, print_csv_format
+
+        results = OrderedDict()
+        for idx, name in enumerate(cfg.DATASETS.TEST):
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = evaluators[idx] if evaluators else cls.build_evaluator(cfg, name)
+            with inference_context(model):
+                results[name] = evaluate_episodes(model, loader, evaluator, desc=name)
+            if comm.is_main_process():
+                logger.info("Evaluation results for %s in csv format:", name)
+                print_csv_format(results[name])
+        return list(results.values())[0] if len(results) == 1 else results

@@ -36,7 +36,9 @@ from detectron2.evaluation import COCOEvaluator
 from pycocotools.coco import COCO
 from tabulate import tabulate
 
-from ..data.datasets.common import require, save_json, update_metadata
+from ..data.datasets.roots import require
+from ..data.datasets.split_files import save_json
+from ..data.datasets.registration import update_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,8 @@ class FSODEvaluator(COCOEvaluator):
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None,
                  distributed: bool = True, tasks=("bbox", "segm"),
                  max_dets_per_image: Optional[int] = None, root: Optional[str] = None):
-        from ..data.datasets.coco_fsod import TEST_SETS, fsod_test_metadata
+        from ..data.datasets.coco_fsod import TEST_SETS
+        from ..data.datasets.coco_fsod_reader import fsod_test_metadata
 
         ours = dataset_name in TEST_SETS.values()
         if ours:  # the json path follows $DETECTRON2_DATASETS now, even if the set was not loaded

@@ -48,19 +48,15 @@ from detectron2.utils import comm
 from tqdm import tqdm
 
 from .davis_metrics import (
-    BOUND_TH, VOSEvaluationError, boundary_tolerance, db_eval_iou, db_statistics, disk,
-    f_measure, read_label_png, seg2bmap,
+    VOSEvaluationError, db_eval_iou, db_statistics, f_measure, read_label_png,
 )
-from .davis_report import (  # noqa: F401  (re-exported: the reports are imported from here)
-    GLOBAL_COLUMNS, SEQUENCE_COLUMNS, DAVISScores, format_davis_tables, write_davis_csvs,
+from .davis_report import (
+    DAVISScores, write_davis_csvs,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VOSEvaluator", "VOSEvaluationError", "DAVISScores", "boundary_tolerance", "disk",
-           "seg2bmap", "db_eval_iou", "f_measure", "db_statistics", "read_label_png",
-           "evaluate_davis", "write_davis_csvs", "format_davis_tables", "GLOBAL_COLUMNS",
-           "SEQUENCE_COLUMNS", "BOUND_TH"]
+__all__ = ["VOSEvaluator", "evaluate_davis"]
 
 VOID_LABEL = 255
 README = "datasets/README.md"

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from .support_set import SupportSet, SupportSetError, flatten_supports
+from ..utils.errors import SupportSetError
+from .support_set import SupportSet, flatten_supports
 
 
 class SupportPassDone(Exception):

@@ -30,15 +30,12 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from ..utils.atomic import atomic_path
+from ..utils.errors import SupportSetError
 
 FORMAT = "diffews.SupportSet"
 VERSION = 1
 
-__all__ = ["SupportSet", "SupportSetError", "model_signature"]
-
-
-class SupportSetError(ValueError):
-    """A SupportSet that cannot be used as asked (empty, another model, a bad file)."""
+__all__ = ["SupportSet", "model_signature"]
 
 
 class SupportSet:

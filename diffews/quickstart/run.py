@@ -1,82 +1,77 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""The quick start's pieces: a tiny SD folder with a warmed-up VAE, trivial baselines, the table.
+"""The quick start (``tools/quickstart.py``): train a tiny DiffewS on the built-in synthetic
+benchmark through the same training code as real runs (``engine.train``, the config
+``configs/quick_schedules/diffews_tiny_synthetic_cpu.yaml``), then score it and two trivial
+baselines on the same held-out episodes with the same evaluator, print the table and save a
+picture of predictions."""
 
-``tools/quickstart.py`` trains a tiny DiffewS on the built-in synthetic benchmark through the same
-``tools/train_net.py`` code path as real runs, then scores it and two trivial baselines on the same
-held-out episodes with the same ``FSSEvaluator``.
-"""
-
-import json
 import logging
 import os
-from typing import Dict, List
+import time
+from typing import Dict, Optional, Sequence
 
-import torch
-from detectron2.data import DatasetCatalog
-from detectron2.evaluation import inference_on_dataset
-from torch import nn
+from detectron2.modeling import build_model
+from PIL import Image
 
-from .tiny_sd import TINY_UNET, TINY_VAE, build_tiny_sd
+from .. import engine
+from ..checkpoint import DiffewSCheckpointer
+from ..cli import load_config_checked
+from ..cli.preflight import check_datasets, preflight
+from ..data.episodes import build_fss_test_loader
+from ..evaluation import FSSEvaluator
+from ..utils.atomic import atomic_write_json
+from ..utils.visualize import episode_grid
+from .baselines import evaluate_with_baselines, format_table, prepare_tiny_sd
 
 logger = logging.getLogger(__name__)
 
-# Narrower than the test VAE, so that it warms up in about a minute on 2 CPU cores, and with 3
-# levels (4x downsampling, 16x16 latents at 64 px): the synthetic objects are ~17 px wide, which
-# 8x8 latents would cover with about 2x2 cells.
-QUICK_VAE = dict(TINY_VAE, down_block_types=("DownEncoderBlock2D",) * 3,
-                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
-                 norm_num_groups=4)
-QUICK_UNET = dict(TINY_UNET)
-MARKER = "quickstart.json"
+__all__ = ["CONFIG", "quickstart"]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
 
 
-def prepare_tiny_sd(folder: str, image_size: int = 64, vae_steps: int = 300, seed: int = 0) -> str:
-    """Write the tiny SD folder once (random UNet and text encoder, VAE warmed up as an
-    autoencoder on the synthetic *training* classes); later calls reuse it."""
-    marker = os.path.join(folder, MARKER)
-    if os.path.isfile(marker):
-        logger.info("Reusing the tiny SD folder %s (%s)", folder, open(marker).read().strip())
-        return folder
-    from diffusers import AutoencoderKL
+def quickstart(output: str, fresh: bool = False, opts: Sequence[str] = (),
+               device: Optional[str] = None) -> Dict[str, Dict]:
+    """The whole quick start in ``output`` (``tiny_sd/``, ``train/``, ``results.json``,
+    ``predictions.png``); a finished training is resumed unless ``fresh``.
 
-    from .vae_warmup import warmup_vae
+    Args:
+        opts: config overrides ``[KEY, VALUE, ...]`` of the quick start's config.
+        device: ``MODEL.DEVICE`` (None: the config's).
+    Returns:
+        {method: {"mIoU", "FB-IoU"}} of the model and the two baselines.
+    """
+    start = time.perf_counter()
+    flags = ["OUTPUT_DIR", os.path.join(output, "train")] + (
+        ["MODEL.DEVICE", device] if device else [])
+    load_config_checked(CONFIG, list(opts) + flags)  # a wrong override fails now, not after the VAE
+    sd = prepare_tiny_sd(os.path.join(output, "tiny_sd"))
+    cfg = load_config_checked(CONFIG, list(opts) + flags + ["MODEL.DIFFEWS.PRETRAINED", sd])
+    cfg.freeze()
+    preflight(cfg, output_dir=cfg.OUTPUT_DIR, output_key="OUTPUT_DIR")
+    check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN", required=True)
+    for handler in list(logging.getLogger("diffews").handlers):  # engine.setup adds its own
+        logging.getLogger("diffews").removeHandler(handler)     # (two would print lines twice)
+    engine.setup(cfg)
+    engine.train(cfg, resume=not fresh)
+    train_time = time.perf_counter() - start
 
-    build_tiny_sd(folder, seed=seed, unet=QUICK_UNET, vae=QUICK_VAE)
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-    iou = warmup_vae(vae, DatasetCatalog.get("synthetic_fss_train"), "synthetic", image_size,
-                     steps=vae_steps, seed=seed)
-    vae.save_pretrained(os.path.join(folder, "vae"))
-    with open(marker, "w") as f:
-        json.dump({"vae_warmup_steps": vae_steps, "mask_reconstruction_iou": round(iou, 4)}, f)
-    return folder
-
-
-class AllForeground(nn.Module):
-    """Baseline: every query pixel is foreground."""
-
-    def forward(self, batched_inputs: List[Dict]):
-        return [{"pred_mask": torch.ones(x["image"].shape[-2:], dtype=torch.bool)} for x in batched_inputs]
-
-
-class SupportMaskCopy(nn.Module):
-    """Baseline: the (union of the) support mask(s) copied onto the query."""
-
-    def forward(self, batched_inputs: List[Dict]):
-        return [{"pred_mask": (x["support_masks"] > 0).any(dim=0)} for x in batched_inputs]
-
-
-def evaluate_with_baselines(model, loader_fn, evaluator_fn) -> Dict[str, Dict]:
-    """Score the model and both baselines on the same episodes; returns {method: {"mIoU", "FB-IoU"}}."""
-    results = {}
-    for name, m in (("DiffewS (tiny)", model), ("all foreground", AllForeground()),
-                    ("support mask copied", SupportMaskCopy())):
-        res = inference_on_dataset(m, loader_fn(), evaluator_fn())
-        results[name] = {k: res["fss"][k] for k in ("mIoU", "FB-IoU")}
+    model = build_model(cfg).eval()
+    DiffewSCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    dataset = cfg.DATASETS.TEST[0]
+    results = evaluate_with_baselines(
+        {"DiffewS (tiny)": model}, lambda: build_fss_test_loader(cfg, dataset),
+        lambda: FSSEvaluator(dataset, distributed=False))
+    episodes = [b[0] for _, b in zip(range(6), build_fss_test_loader(cfg, dataset))]
+    picture = os.path.join(output, "predictions.png")
+    Image.fromarray(episode_grid(episodes, model(episodes))).save(picture)
+    atomic_write_json(results, os.path.join(output, "results.json"), indent=2)
+    logger.info("done in %.0f s (training included: %.0f s)", time.perf_counter() - start,
+                train_time)
+    print(f"\nSynthetic benchmark, held-out classes, {cfg.TEST.FSS.SHOT}-shot, same episodes "
+          f"for all:\n")
+    print(format_table(results))
+    print(f"\nPredictions (query with ground truth | prediction | decoded | supports): {picture}")
     return results
-
-
-def format_table(results: Dict[str, Dict]) -> str:
-    from tabulate import tabulate
-
-    rows = [(name, f"{r['mIoU']:.1f}", f"{r['FB-IoU']:.1f}") for name, r in results.items()]
-    return tabulate(rows, headers=["method", "mIoU", "FB-IoU"], tablefmt="github")

@@ -5,7 +5,7 @@ Episodes are drawn from one registered few-shot dataset (the training classes fo
 a held-out split only to report how the choice transfers), seeded: episode i takes a class
 uniform over the dataset's classes, ``shot`` distinct supports of that class, a positive query
 (another image of the class) and a negative query (an image that cannot hold the class,
-``data.negatives.holds_class``). Both queries meet the same supports in one query pass, which
+``data.episodes.holds_class``). Both queries meet the same supports in one query pass, which
 measures every signal of ``readout.PRESENCE_SIGNALS`` at once. Per signal: AUROC, and the
 threshold of best F1 of "present" (or the lowest reaching ``precision``) with its precision and
 recall (``evaluation.presence``); the signal of highest AUROC is chosen.
@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..data.negatives import holds_class
+from ..data.episodes import holds_class
 from ..data.records import load_sample
 from ..evaluation.presence import auroc, best_threshold, precision_recall
 from ..modeling.readout import PRESENCE_SIGNALS
@@ -57,9 +57,8 @@ def measure_signals(predictor, dataset: str, episodes: List[Dict]) -> Dict[str, 
     """Every presence signal of each episode's positive then negative query:
     ``{"labels": (2n,) bool, <signal>: (2n,) float}``."""
     fmt = MetadataCatalog.get(dataset).label_format
-    model = predictor.model
-    model.measure_attention, rows = True, []
-    try:
+    rows = []
+    with predictor.measuring_signals():
         for e in episodes:
             c = e["class_id"]
             sup = [load_sample(r, c, fmt) for r in e["supports"]]
@@ -69,8 +68,6 @@ def measure_signals(predictor, dataset: str, episodes: List[Dict]) -> Dict[str, 
             results = predictor.predict([pos, neg], supports, batch_size=2, presence_threshold=-1)
             rows.append((bool((label == 1).any()), results[0]["signals"]))
             rows.append((False, results[1]["signals"]))
-    finally:
-        model.measure_attention = False
     out = {"labels": np.array([r[0] for r in rows])}
     for name in PRESENCE_SIGNALS:
         out[name] = np.array([r[1][name] for r in rows], np.float64)

@@ -10,13 +10,13 @@ shard and computes its final numbers from all shards, read in key order: the sam
 uninterrupted run's. Several processes (detectron2 ``launch``) split the pending units
 rank::world; the main process creates the journal, the others attach after a barrier.
 
-The fingerprint of a command is the config without what cannot change a result
-(``config_fingerprint``: ``OUTPUT_DIR``, ``DATALOADER`` (workers, and the bad-data policy, which
-decides whether a run stops, not what a finished unit holds), the device's index,
-``TEST.FSOD.SUPPORT_DIR``, a cache whose sets are checked against the model anyway), the
-identity of the weights and of ``PRETRAINED``'s UNet and VAE (``files_identity``: size plus the
-first and last MiB of each file, of the local files a hub id resolves to), and each runner's
-identity of its data (episodes, support split, test images, dataset). Another command on the same
+The fingerprint of a command (``run_fingerprint``, the one builder every runner uses) is the config
+without what cannot change a result (``config_fingerprint``: ``OUTPUT_DIR``, ``DATALOADER``
+(workers, and the bad-data policy, which decides whether a run stops, not what a finished unit
+holds), the device's index, ``TEST.FSOD.SUPPORT_DIR``, a cache whose sets are checked against the
+model anyway, and the paths of the weights), the identity of the weights and of the other files
+the model reads (``files_identity``; for DiffewS ``PRETRAINED``'s UNet and VAE), and each
+runner's identity of its data (episodes, support split, test images, dataset, supports). Another command on the same
 folder is refused before the model is built (``check_resume``), one line naming the first key
 that differs, unless ``--overwrite``, which deletes the old shards and final files first.
 """
@@ -30,10 +30,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from detectron2.utils import comm
 
-from ..utils.hub import resolve_hub_path
+from ..predictor import predictor_class
 from ..utils.journal import Journal, stat_files
 
-__all__ = ["JOURNAL", "config_fingerprint", "files_identity", "pretrained_identity", "digest",
+__all__ = ["JOURNAL", "run_fingerprint", "config_fingerprint", "files_identity", "digest",
            "chunk_ranges", "check_resume", "open_journal", "my_share", "log_progress"]
 
 JOURNAL = "journal"  # the journal's folder inside a run's output folder
@@ -42,17 +42,15 @@ OVERWRITE_HELP = "start again in an output folder that holds another command's r
 
 def config_fingerprint(cfg, drop: Sequence[str] = ()) -> Dict:
     """The config as a JSON dict without what cannot change a result (module docstring), nor
-    ``MODEL.WEIGHTS`` and ``MODEL.DIFFEWS.PRETRAINED`` (paths: ``files_identity`` stands for
-    them), nor the dotted keys of ``drop``."""
+    ``MODEL.WEIGHTS`` and the model's other paths (``Predictor.path_keys``: ``files_identity``
+    stands for them), nor the dotted keys of ``drop``."""
     config = json.loads(json.dumps(cfg))
     config.pop("OUTPUT_DIR", None)
-    config.pop("DATALOADER", None)  # as tasks/autolabel.py: loading, not results
+    config.pop("DATALOADER", None)
     config.get("TEST", {}).get("FSOD", {}).pop("SUPPORT_DIR", None)
     model = config.get("MODEL", {})
     model["DEVICE"] = str(model.get("DEVICE", "")).split(":")[0]  # cuda:1 computes as cuda:0
-    model.pop("WEIGHTS", None)
-    model.get("DIFFEWS", {}).pop("PRETRAINED", None)
-    for dotted in drop:
+    for dotted in ["MODEL.WEIGHTS", *predictor_class(cfg).path_keys, *drop]:
         *path, last = dotted.split(".")
         node = config
         for part in path:
@@ -61,25 +59,30 @@ def config_fingerprint(cfg, drop: Sequence[str] = ()) -> Dict:
     return config
 
 
-def files_identity(path: str, key: str = "MODEL.WEIGHTS") -> str:
-    """``stat_files`` of a weights file or folder (a hub id: its local snapshot); "" when empty
-    (an untrained model), the path itself when it does not exist (preflight reports it)."""
+def files_identity(path: str) -> str:
+    """``stat_files`` of a local weights file or folder; "" when empty (an untrained model), the
+    path itself when it does not exist (the preflight reports it)."""
     if not path:
         return ""
-    local = resolve_hub_path(path, key)
-    return stat_files([local]) if os.path.exists(local) else path
+    return stat_files([path]) if os.path.exists(path) else path
 
 
-def pretrained_identity(cfg) -> str:
-    """``stat_files`` of ``MODEL.DIFFEWS.PRETRAINED``'s ``unet/`` and ``vae/`` (the parts the
-    model uses)."""
-    path = cfg.MODEL.DIFFEWS.PRETRAINED
-    if not path:
-        return ""
-    local = resolve_hub_path(path, "MODEL.DIFFEWS.PRETRAINED")
-    parts = [os.path.join(local, d) for d in ("unet", "vae")
-             if os.path.isdir(os.path.join(local, d))]
-    return stat_files(parts) if parts else path
+def run_fingerprint(cfg, weights: Optional[str] = "", drop: Sequence[str] = (), **data) -> Dict:
+    """The fingerprint of a resumable run: ``{"config", "weights", "model_files", **data}``.
+
+    Args:
+        weights: the weights whose identity goes in ("" = ``cfg.MODEL.WEIGHTS``; None = none,
+            e.g. when ``data`` holds each fold's).
+        drop: dotted config keys that cannot change this runner's results.
+        data: the runner's identity of its inputs (episodes, supports, test images ...).
+    """
+    model_files = predictor_class(cfg).model_files(cfg)
+    out = {"config": config_fingerprint(cfg, drop),
+           "model_files": stat_files(model_files) if model_files else ""}
+    if weights is not None:
+        out["weights"] = files_identity(weights or cfg.MODEL.WEIGHTS)
+    out.update(data)
+    return out
 
 
 def digest(obj) -> str:

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""The web demo (``tools/web_demo.py``): a Gradio page over ``DiffewSPredictor``.
+"""The web demo (``tools/web_demo.py``): a Gradio page over a ``Predictor``.
 
 ``WebDemoSession`` (no Gradio) reads the uploads within ``InputLimits``, caches encoded support
 sets within a byte bound (``SupportCache``), reads server folders only under allowed roots

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 import gradio as gr
 from gradio.components.base import server
 
-from ..modeling.support_set import SupportSetError
+from ..predictor import SupportSetError
 from ..cli import format_error
 from ..utils.image import ImageReadError
 from .access import exposure_warning

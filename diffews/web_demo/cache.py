@@ -2,16 +2,15 @@
 """The web demo's cache of encoded support sets, bounded by bytes.
 
 A set's size grows with shots and resolution (a 5-shot set at SD 2.1 / 512 px is 441 MiB in
-fp32), so a bound by count says nothing about memory; each set is charged ``SupportSet.nbytes``.
+fp32), so a bound by count says nothing about memory; each set is charged its ``nbytes``.
 """
 
 import os
 from collections import OrderedDict
-from typing import List, Optional
+from typing import List
 
 import torch
 
-from ..modeling.support_set import SupportSet
 
 __all__ = ["SupportCache", "default_cache_bytes"]
 
@@ -41,7 +40,7 @@ class SupportCache:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.max_bytes = int(max_bytes)
-        self._sets: "OrderedDict[str, SupportSet]" = OrderedDict()
+        self._sets: "OrderedDict[str, object]" = OrderedDict()
         self._evicted: "OrderedDict[str, None]" = OrderedDict()
         self.evictions = 0
 
@@ -55,7 +54,7 @@ class SupportCache:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self._sets.values())
 
-    def get(self, key: str) -> Optional[SupportSet]:
+    def get(self, key: str):
         """The set of ``key`` (now the most recently used), or None."""
         if key not in self._sets:
             return None
@@ -66,7 +65,7 @@ class SupportCache:
         """Whether ``key``'s set was in the cache and was dropped to make room."""
         return key in self._evicted
 
-    def put(self, key: str, support_set: SupportSet) -> List[str]:
+    def put(self, key: str, support_set) -> List[str]:
         """Keep ``support_set``, dropping the least recently used sets until the total fits.
         A set larger than ``max_bytes`` on its own is not kept (nothing else is dropped for it).
 

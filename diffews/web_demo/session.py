@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """What the web demo does with one press of its button, without any Gradio: read the uploads
 (within ``InputLimits``), encode the supports (once per distinct support set, in a cache bounded
-by bytes), segment the queries with ``DiffewSPredictor``, draw the results and zip the masks.
+by bytes), segment the queries with the ``Predictor``, draw the results and zip the masks.
 
 The page (``diffews.web_demo.app``) is a view over ``WebDemoSession.run``; every input error is a
 ``DemoInputError`` whose one-line message the page shows.
@@ -18,8 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..modeling.support_set import SupportSet
-from ..predictor import DiffewSPredictor
+from ..predictor import Predictor
 from ..utils.atomic import atomic_open
 from .access import FolderPolicy
 from .cache import SupportCache, default_cache_bytes
@@ -41,9 +40,9 @@ class WebDemoSession:
     the folder the mask zips are written to. ``run`` is thread-safe (one model call at a time).
 
     Args:
-        predictor: the loaded ``DiffewSPredictor``.
+        predictor: the loaded ``Predictor`` (``build_predictor``).
         batch_size: queries per model pass.
-        cache_bytes: most bytes of encoded support sets kept (``SupportSet.nbytes``; least
+        cache_bytes: most bytes of encoded support sets kept (each set's ``nbytes``; least
             recently used dropped first); None: ``default_cache_bytes`` of the predictor's device.
         max_queries: most queries per run (a folder with more is an error).
         allowed_roots: server folders (and their subtrees) whose images may be queries; none:
@@ -53,7 +52,7 @@ class WebDemoSession:
             ``keep_runs`` runs are kept.
     """
 
-    def __init__(self, predictor: DiffewSPredictor, batch_size: int = 4,
+    def __init__(self, predictor: Predictor, batch_size: int = 4,
                  cache_bytes: Optional[int] = None, max_queries: int = 200,
                  allowed_roots: Sequence[str] = (), limits: InputLimits = InputLimits(),
                  output_dir: Optional[str] = None, keep_runs: int = 20):
@@ -112,7 +111,7 @@ class WebDemoSession:
         return queries
 
     # -- supports ------------------------------------------------------------------------------
-    def support_set(self, supports: Sequence[SupportInput]) -> Tuple[SupportSet, Dict]:
+    def support_set(self, supports: Sequence[SupportInput]) -> Tuple[object, Dict]:
         """The encoded set of these supports, from the cache when the same pixels and masks were
         encoded before. Returns (set, info) with info's keys key, state ("reused", "encoded",
         "re-encoded"), seconds (spent encoding), evicted (sets dropped now), cached."""
@@ -156,7 +155,7 @@ class WebDemoSession:
                          encoded.nbytes, info["evicted"], info["cached"], self.cache.max_bytes,
                          zip_path)
 
-    def _segment(self, queries: Sequence[Tuple[str, str, str]], encoded: SupportSet,
+    def _segment(self, queries: Sequence[Tuple[str, str, str]], encoded,
                  progress: Optional[Callable[[int, int], None]]
                  ) -> Tuple[str, List[QueryResult]]:
         """Segment ``queries`` batch by batch, each mask written at once into ``masks.zip``

@@ -19,11 +19,9 @@ import logging
 import os
 from typing import Dict, List, Optional
 
-from .common import (
-    dataset_root, find_split_file, image_id, load_json, load_pickle,
-    missing_sampled_files, register_fss,
-    require, save_json, shipped_splits_dir, splits_dir,
-)
+from .roots import dataset_root, find_split_file, require, shipped_splits_dir, splits_dir
+from .registration import image_id, missing_sampled_files, register_fss
+from .split_files import load_json, load_pickle, save_json
 
 logger = logging.getLogger(__name__)
 

@@ -25,17 +25,14 @@ from typing import List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco_fsod_reader import (  # noqa: F401  (re-exported: the readers are imported from here)
-    NOVEL_CLASSES, NOVEL_ID_MAP, NOVEL_IDS, SEEDS, SHOTS, SUPPORT_IMAGES, TEST_PATHS,
-    annotation_mask, check_shot_seed, fsod_test_metadata, load_fsod_support, load_fsod_test,
-    load_support_class_file, support_split_file, voc_category_map,
+from .coco_fsod_reader import (
+    NOVEL_CLASSES, NOVEL_ID_MAP, SEEDS, SHOTS, SUPPORT_IMAGES, TEST_PATHS,
+    check_shot_seed, fsod_test_metadata, load_fsod_support, load_fsod_test,
+    load_support_class_file, support_split_file,
 )
-from .common import MissingDataError, dataset_root
+from .roots import dataset_root, MissingDataError
 
-__all__ = ["NOVEL_IDS", "NOVEL_CLASSES", "SHOTS", "SEEDS", "TEST_SETS", "support_split_file",
-           "fsod_support_name", "fsod_dataset_names", "load_support_class_file",
-           "load_fsod_support", "load_fsod_test",
-           "fsod_test_metadata", "voc_category_map", "annotation_mask", "check_fsod",
+__all__ = ["TEST_SETS", "fsod_support_name", "fsod_dataset_names", "check_fsod",
            "register_all_fsod"]
 
 TEST_SETS = {"coco": "coco_test_novel", "voc": "VOCSegm_val_novel"}

@@ -28,7 +28,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
 
-from .common import README, dataset_root, load_json, require, update_metadata
+from .roots import README, dataset_root, require
+from .split_files import load_json
+from .registration import update_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Layouts ("coco", "semseg", "folder") and their label rules: ``custom_layouts.py`
     # -> ["parts_train", "parts_test"]
 
 or one config entry per dataset under ``DATASETS.CUSTOM`` (registered by
-``diffews.config.load_config``; ``register_custom_from_config(cfg)`` for hand-built configs)::
+``diffews.config.build_config``; ``register_custom_from_config(cfg)`` for hand-built configs)::
 
     DATASETS:
       CUSTOM:
@@ -17,7 +17,7 @@ or one config entry per dataset under ``DATASETS.CUSTOM`` (registered by
       TEST: ("parts_test",)
 
 **What is registered.** ``<name>_train`` holds the train (base) classes that have at least 2
-images (a query and a support; training draws supports with repeats, ``train_episodes.py``);
+images (a query and a support; training draws supports with repeats, ``data/episodes/train.py``);
 ``<name>_test`` the test (novel) classes with at least ``shot + 1`` images (a query and ``shot``
 distinct supports). Without a split every class is in both. Classes with too few images are left
 out with a warning naming them; a split left with no class is an error naming the dataset's file.
@@ -41,16 +41,17 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .common import register_fss, update_metadata
-from .custom_layouts import (  # noqa: F401  (custom_label: records.py imports it from here)
-    IGNORE, CustomLayoutError, custom_label, read_class_names, read_coco_layout,
-    read_folder_layout, read_semseg_layout, resolve_path,
+from .registration import register_fss, update_metadata
+from .custom_labels import IGNORE
+from .custom_layouts import (
+    CustomLayoutError, read_class_names, read_coco_layout, read_folder_layout, read_semseg_layout,
+    resolve_path
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LAYOUTS", "CustomLayoutError", "register_custom_fss", "custom_test_dataset",
-           "register_custom_from_config", "per_class_iou_by_name", "custom_label"]
+__all__ = ["LAYOUTS", "register_custom_fss", "custom_test_dataset", "register_custom_from_config",
+           "per_class_iou_by_name"]
 
 LAYOUTS = ("coco", "semseg", "folder")
 TEST_EPISODES = 1000

@@ -36,13 +36,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ...utils.image import read_label
-from .common import dataset_root, load_json, require, save_json
-from .custom_labels import IGNORE, custom_label  # noqa: F401  (re-exported: custom.py imports it)
+from .roots import dataset_root, require
+from .split_files import load_json, save_json
+from .custom_labels import IGNORE
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CustomLayoutError", "IMAGE_EXTS", "read_coco_layout", "read_semseg_layout",
-           "read_folder_layout", "scan_semseg_labels", "read_class_names", "custom_label"]
+           "read_folder_layout", "scan_semseg_labels", "read_class_names"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SEMSEG_IMAGE_EXTS = IMAGE_EXTS + (".png",)

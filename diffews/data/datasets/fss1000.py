@@ -20,10 +20,9 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
-from .common import (
-    MissingDataError, dataset_root, read_lines, register_fss, require, splits_dir,
-    update_metadata,
-)
+from .roots import dataset_root, MissingDataError, require, splits_dir
+from .split_files import read_lines
+from .registration import register_fss, update_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from typing import Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .coco20i import COCO_CLASSES, load_coco20i
-from .common import register_fss, require
+from .registration import register_fss
+from .roots import require
 from .custom_layouts import scan_semseg_labels
 from .pascal5i import PASCAL_CLASSES, load_pascal5i
 

@@ -31,7 +31,9 @@ from typing import Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog
 
-from .common import dataset_root, image_id, load_pickle, register_fss, require, update_metadata
+from .roots import dataset_root, require
+from .registration import image_id, register_fss, update_metadata
+from .split_files import load_pickle
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,9 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
-from .common import (
-    dataset_root, missing_sampled_files, read_lines, register_fss, require,
-    splits_dir,
-)
+from .roots import dataset_root, require, splits_dir
+from .registration import missing_sampled_files, register_fss
+from .split_files import read_lines
 
 logger = logging.getLogger(__name__)
 

@@ -35,16 +35,16 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from .common import MissingDataError, dataset_root, load_json, require
-from .vos_results import (  # noqa: F401  (re-exported: written results are imported from here)
-    DAVIS_PALETTE, missing_results, result_file, save_label_png, write_result, zip_ytvos_submission,
+from .roots import dataset_root, MissingDataError, require
+from .split_files import load_json
+from .vos_results import (
+    DAVIS_PALETTE,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DAVIS_PALETTE", "VOS_DATASETS", "load_davis", "load_ytvos", "read_annotation",
-           "save_label_png", "result_file", "write_result", "zip_ytvos_submission",
-           "missing_results", "check_vos", "register_all_vos"]
+__all__ = ["VOS_DATASETS", "load_davis", "load_ytvos", "read_annotation", "check_vos",
+           "register_all_vos"]
 
 VOID_LABEL = 255
 # name -> (loader kind, arguments); the registered datasets

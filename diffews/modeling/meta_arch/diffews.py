@@ -8,7 +8,7 @@ its own and the supports' keys/values. The output, negated, is the VAE latent of
 which the VAE decodes and a relative threshold binarises.
 
 The building blocks (``encode_supports``, ``encode``, ``query_pass``, ``decode``, ``postprocess``,
-in ``blocks.py``) are the one implementation of the method: ``forward`` (training and benchmarks),
+in ``building_blocks.py``) are the one implementation of the method: ``forward`` (training and benchmarks),
 ``DiffewSPredictor``, video object segmentation and instance segmentation all call them.
 """
 
@@ -26,7 +26,7 @@ from ..speed import compile_for_inference, set_inference_dtype
 from ..support_cache import SupportLatentCache
 from ..unet import load_pretrained_unet
 from ..vae import encode_empty_prompt, load_frozen_vae
-from .blocks import DiffewSBlocks
+from .building_blocks import DiffewSBlocks
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class DiffewS(DiffewSBlocks, nn.Module):
         set_inference_dtype(self, inference_dtype)
         if compile:
             compile_for_inference(self)
-        self.set_presence(presence_signal, presence_threshold)  # blocks.py: readout
+        self.set_presence(presence_signal, presence_threshold)  # building_blocks.py: readout
 
     @classmethod
     def from_config(cls, cfg):

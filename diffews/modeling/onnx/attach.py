@@ -4,7 +4,7 @@
 ``backend_from_config`` is called once the weights are loaded (``checkpoint.
 load_inference_weights``): the export depends on them. It exports the model at
 ``INPUT.IMAGE_SIZE`` (or finds the cached export; a stale one is rebuilt with a log line) and
-returns an ``OnnxBackends``, which the model's building blocks (``meta_arch/blocks.py``) ask for
+returns an ``OnnxBackends``, which the model's building blocks (``meta_arch/building_blocks.py``) ask for
 the backend of each input size; another square size is exported on first use.
 """
 

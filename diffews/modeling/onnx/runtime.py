@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..readout import prediction_score, relative_threshold
-from ..support_set import SupportSet, SupportSetError, signature_difference
+from ...utils.errors import SupportSetError
+from ..support_set import SupportSet, signature_difference
 from .export import GRAPHS, OnnxExportError, read_manifest, require, weights_digest
 from .graphs import kv_names
 

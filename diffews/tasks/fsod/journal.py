@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Few-shot instance segmentation, resumable (``inference_fsod/run_fsod.py``, ``tasks/fsod.py``).
+"""Few-shot instance segmentation, resumable (``inference_fsod/run_fsod.py``, ``run.py``).
 
 Per seed, the test images are cut into shards of ``ceil(images / 100)`` (at most 100 shards; 50
 images for COCO's 5,000) and each finished shard is one journal entry of
@@ -9,9 +9,9 @@ box, score, class, RLE mask). Each image is predicted alone against the same cla
 its detections do not depend on the run or the process that computed them; the AP is computed
 from every shard's detections in image order, as an uninterrupted run feeds them.
 
-The fingerprint: the config (``TEST.FSOD`` SHOT, SEED, thresholds ...; ``resume.
-config_fingerprint``), the weights and PRETRAINED, the split's support instances
-(``fsod_supports.record_key``) and the test images (id, file name, size).
+The fingerprint (``resume.run_fingerprint``): the config (``TEST.FSOD`` SHOT, SEED, thresholds ...),
+the weights and the model's other files, the split's support instances (``supports.record_key``)
+and the test images (id, file name, size).
 """
 
 import logging
@@ -20,10 +20,10 @@ from typing import Callable, Dict, List, Sequence
 
 from detectron2.utils import comm
 
-from ..utils.journal import Journal
-from .fsod_supports import record_key
-from .resume import (JOURNAL, check_resume, chunk_ranges, config_fingerprint, digest,
-                     files_identity, log_progress, my_share, open_journal, pretrained_identity)
+from ...utils.journal import Journal
+from ..resume import (JOURNAL, check_resume, chunk_ranges, digest, log_progress, my_share,
+                      open_journal, run_fingerprint)
+from .supports import record_key
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,10 @@ def shard_keys(num_images: int) -> Dict[str, tuple]:
 def fsod_fingerprint(cfg, by_class: Sequence[Sequence[Dict]], test_records: Sequence[Dict]
                      ) -> Dict:
     """What changes a seed's detections (module docstring)."""
-    return {"config": config_fingerprint(cfg), "weights": files_identity(cfg.MODEL.WEIGHTS),
-            "pretrained": pretrained_identity(cfg),
-            "supports": digest([[record_key(r) for r in recs] for recs in by_class]),
-            "test": digest([[r["image_id"], os.path.basename(r["file_name"]), r["height"],
-                             r["width"]] for r in test_records])}
+    return run_fingerprint(
+        cfg, supports=digest([[record_key(r) for r in recs] for recs in by_class]),
+        test=digest([[r["image_id"], os.path.basename(r["file_name"]), r["height"], r["width"]]
+                     for r in test_records]))
 
 
 def check_fsod_resume(cfg, output_dir: str, by_class, test_records, overwrite: bool) -> None:

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from ..modeling.kv_fusion import KVBank
+from ..utils.timing import peak_memory_of, sync
+from .measure import count_flops, profile_path
 
-from .measure import count_flops, device_peak_gflops, peak_memory_of, profile_path, sync
-
-__all__ = ["PATHS", "BACKEND_PATHS", "reference_episode", "default_episode", "reuse_query", "compare_paths",
-           "device_peak_gflops", "count_flops", "peak_memory_of"]
+__all__ = ["PATHS", "BACKEND_PATHS", "reference_episode", "default_episode", "reuse_query",
+           "compare_paths"]
 
 PATHS = ("reference", "default", "reuse")
 BACKEND_PATHS = ("onnxruntime", "onnxruntime reuse")

@@ -5,15 +5,15 @@ An episode is ``{"episode_id": int, "class_id": int, "query": ID, "supports": [I
 of episodes (``save_episodes``) is a JSON object ``{"generator_version": GENERATOR_VERSION,
 "episodes": [...]}`` with one episode per line; ``load_episodes`` also reads a plain JSON list of
 episodes (files written by hand or by older versions, which carry no generator version).
-``stale_version`` says why a file was not drawn by this generator (``episode_draw.py``).
+``stale_version`` says why a file was not drawn by this generator (``draw.py``).
 """
 
 import json
 import os
 from typing import Dict, List, Optional, Tuple
 
-from ..utils.atomic import atomic_write
-from .episode_draw import GENERATOR_VERSION
+from ...utils.atomic import atomic_write
+from .draw import GENERATOR_VERSION
 
 __all__ = ["save_episodes", "read_episode_file", "load_episodes", "stale_version"]
 

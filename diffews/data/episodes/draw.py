@@ -1,6 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """How each benchmark draws its fixed test episodes, as the HSNet-family code draws them
-(docs/PROTOCOLS.md section 2a, 2c). ``episodes.make_episodes`` / ``get_episodes`` call these.
+(docs/PROTOCOLS.md section 2a, 2c). ``benchmarks.make_episodes`` / ``get_episodes`` call these.
 
 The reference code draws episodes with the *global* numpy RNG seeded once (``np.random.seed(0)``),
 in dataset order, one ``np.random.choice(x, 1, replace=False)[0]`` per draw (``replace=False``
@@ -31,13 +31,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .datasets.coco20i import TEST_EPISODES as COCO_EPISODES
-from .datasets.coco20i import coco20i_class_ids, load_coco20i_classwise
-from .datasets.fss1000 import fss1000_image_list
-from .datasets.lvis92i import TEST_EPISODES as LVIS_EPISODES
-from .datasets.lvis92i import lvis92i_fold_classes, load_lvis_annotations
-from .datasets.pascal5i import TEST_EPISODES as PASCAL_EPISODES
-from .datasets.pascal5i import load_pascal5i_metadata, pascal5i_classwise
+from ..datasets.coco20i import TEST_EPISODES as COCO_EPISODES
+from ..datasets.coco20i import coco20i_class_ids, load_coco20i_classwise
+from ..datasets.fss1000 import fss1000_image_list
+from ..datasets.lvis92i import TEST_EPISODES as LVIS_EPISODES
+from ..datasets.lvis92i import lvis92i_fold_classes, load_lvis_annotations
+from ..datasets.pascal5i import TEST_EPISODES as PASCAL_EPISODES
+from ..datasets.pascal5i import load_pascal5i_metadata, pascal5i_classwise
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,6 @@ def _stem(name) -> str:
 
 
 def episode_dict(i: int, cls: int, query: str, supports: List[str]) -> Dict:
-    """One episode as episode files hold it (``episode_file.py``)."""
+    """One episode as episode files hold it (``file.py``)."""
     return {"episode_id": i, "class_id": int(cls), "query": str(query),
             "supports": [str(s) for s in supports]}

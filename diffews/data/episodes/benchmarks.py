@@ -3,9 +3,8 @@
 fold's episodes, ``get_episodes`` gives a registered test dataset's episodes from a file or from
 a cache it keeps.
 
-How each benchmark draws them: ``episode_draw.py``. The file format (``save_episodes``,
-``load_episodes``, ``read_episode_file``, ``stale_version``): ``episode_file.py``; both are
-re-exported here. Cached lists whose ``generator_version`` is not ``GENERATOR_VERSION`` are
+How each benchmark draws them: ``draw.py``. The file format (``save_episodes``,
+``load_episodes``, ``read_episode_file``, ``stale_version``): ``file.py``. Cached lists whose ``generator_version`` is not ``GENERATOR_VERSION`` are
 regenerated, never reused.
 """
 
@@ -16,20 +15,16 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .datasets.common import SPLITS_ENV, dataset_root
-from .datasets.lvis92i import lvis92i_test_name
-from .episode_draw import (
+from ..datasets.roots import SPLITS_ENV, dataset_root
+from ..datasets.lvis92i import lvis92i_test_name
+from .draw import (
     GENERATOR_VERSION, draw_coco, draw_custom, draw_fss, draw_lvis, draw_pascal, episode_dict,
 )
-from .episode_file import (  # noqa: F401  (re-exported: episode files are read from here)
-    load_episodes, read_episode_file, save_episodes, stale_version,
-)
+from .file import read_episode_file, save_episodes, stale_version
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BENCHMARK_FOLDS", "GENERATOR_VERSION", "make_episodes", "save_episodes",
-           "load_episodes", "read_episode_file", "stale_version", "get_episodes",
-           "test_dataset_name"]
+__all__ = ["BENCHMARK_FOLDS", "make_episodes", "get_episodes", "test_dataset_name"]
 
 BENCHMARK_FOLDS = {"coco": 4, "pascal": 4, "fss": 1, "lvis": 10, "synthetic": 1}
 # benchmark -> registered test dataset of a fold (LVIS depends on the shot, see lvis92i.py)
@@ -66,7 +61,7 @@ def make_episodes(benchmark: str, fold: int = 0, shot: int = 1, root: Optional[s
         seed: seed of the episode RNG (0 is the protocol).
         num_episodes: None or 0 for the protocol count (1000 / 1000 / one per image / 2300);
             otherwise the first N of the same stream (FSS and PASCAL cycle their image list).
-        splits: which split lists to read ("shipped", "tree" or a folder; see datasets/common.py).
+        splits: which split lists to read ("shipped", "tree" or a folder; see datasets/roots.py).
     Returns:
         list of ``{"episode_id", "class_id", "query", "supports"}``; IDs are record image IDs.
     """
@@ -83,7 +78,7 @@ def make_episodes(benchmark: str, fold: int = 0, shot: int = 1, root: Optional[s
     elif benchmark == "lvis":
         episodes = draw_lvis(fold, shot, rng, num_episodes, root)
     else:
-        from .datasets.synthetic import make_synthetic_episodes
+        from ..datasets.synthetic import make_synthetic_episodes
 
         drawn = make_synthetic_episodes("test", shot, seed, num_episodes or None)
         episodes = [episode_dict(i, e["class_id"], e["query"], e["supports"])

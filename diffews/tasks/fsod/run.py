@@ -1,117 +1,76 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Few-shot instance segmentation with DiffewS, TFA protocol (docs/METHOD.md section 7.2, docs/PROTOCOLS.md section 2f).
-
-DiffewS segments one class given its supports; instance segmentation is built on the predictor:
+"""Few-shot instance segmentation, TFA protocol (docs/METHOD.md section 7.2, docs/PROTOCOLS.md
+section 2f), on any ``Predictor``:
 
 1. **Supports, once per split.** For each of the 20 novel classes, its K support instances of
    ``coco_trainval_novel_{K}shot[_seed{S}]`` (one record per annotation: the support image is the
-   instance's image, the support mask that instance's mask) are encoded into one ``SupportSet``
-   and saved as ``<TEST.FSOD.SUPPORT_DIR or output/support_sets>/<split>/<class>.pt``. A later
-   run, or another process, loads it. A saved set is used only if its model signature (weights
-   fingerprint, architecture, latent size) and the fingerprints of its support instances match
-   this run; otherwise it is recomputed and overwritten, with a warning naming the file.
-2. **Test images, once each.** Every test image is VAE-encoded once (``EncodedImage``) and
-   predicted against the 20 sets with ``predict_many``, ``TEST.FSOD.BATCH_SIZE`` sets per query
-   pass. Each class's predicted mask (at the image's original size) becomes instances with
-   ``diffews.tasks.instances.masks_to_instances`` (``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``), scored
-   by their mean predicted probability times the class's confidence (``TEST.FSOD.CLASS_SCORE``:
-   1, the prediction's score, its presence or both), boxed by their mask's tight box; each image
-   keeps its ``TOPK`` best. A class judged absent (MODEL.DIFFEWS.PRESENCE_THRESHOLD) has an
-   empty mask and gives no instance.
+   instance's image, the support mask that instance's mask) are encoded into one support set
+   and saved as ``<TEST.FSOD.SUPPORT_DIR or output/support_sets>/<split>/<class>.pt``
+   (``supports.py``). A later run, or another process, loads it. A saved set is used only if the
+   predictor accepts it (model signature, working size) and the fingerprints of its support
+   instances match this run; otherwise it is recomputed and overwritten, with a warning naming
+   the file.
+2. **Test images, once each.** Every test image is predicted against the 20 sets with
+   ``predict_instances``: each model's own instance rule, ``TEST.FSOD.BATCH_SIZE`` sets per call
+   where the model batches them. DiffewS splits each class's predicted mask into scored
+   instances (``predictor/instances.py``: ``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``,
+   ``CLASS_SCORE``, ``TOPK``); a class judged absent gives no instance.
 3. **Evaluation.** detectron2 ``Instances`` go to ``FSODEvaluator`` (COCO bbox and segm AP on the
-   novel classes, at most ``TEST.FSOD.MAX_DETS`` per image: the AP definition, apart from
-   ``TOPK``), which writes ``coco_instances_results.json`` (RLE masks); the metric dict is
+   novel classes, at most ``TEST.FSOD.MAX_DETS`` per image: the AP definition, apart from what
+   a model keeps), which writes ``coco_instances_results.json`` (RLE masks); the metric dict is
    written to ``results.json``.
-
-Cost per test image, with 20 sets of K supports and B = BATCH_SIZE: 1 VAE encode, ceil(20 / B)
-UNet query passes and VAE decode calls (20 decoded predictions), no support pass. The supports
-cost 20 K support passes and 40 K VAE encodes once per split, nothing when the saved sets are used.
 
 Several processes: test images are sharded as detectron2's ``InferenceSampler`` shards them and
 the evaluator gathers the predictions. The main process prepares (computes or checks) and saves
 the support sets while the others wait, then they load the saved files: one writer per file and
-every process uses the same bytes. Each image is encoded alone and always meets the 20 sets in the
-same batches, so its predictions do not depend on the sharding: N processes give the AP of one.
-With the journal of ``fsod_journal.py`` (``evaluate_fsod``) the processes split the image shards
-left instead, and a killed run started again predicts only those.
+every process uses the same bytes. Each image is predicted alone against the same sets, so its
+predictions do not depend on the sharding: N processes give the AP of one. With the journal of
+``journal.py`` the processes split the image shards left instead, and a killed run started again
+predicts only those.
 """
 
 import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from ..data.datasets.coco_fsod import fsod_dataset_names, load_fsod_test
-from ..data.datasets.common import README
-from ..modeling.readout import confidence_map
-from ..modeling.support_set import SupportSet
-from ..utils.atomic import atomic_write_json
-from ..utils.image import read_image
-from .fsod_supports import (class_support_sets, prepare_support_sets, record_key,  # noqa: F401
-                            support_cache_dir, support_records, support_set_path)
-from .fsod_journal import open_fsod_journal, run_journalled
-from .instances import MODES, masks_to_instances
+from ...data.datasets.coco_fsod import TEST_SETS, fsod_dataset_names
+from ...data.datasets.coco_fsod_reader import load_fsod_test
+from ...data.datasets.roots import README
+from ...predictor import build_predictor, predictor_class
+from ...utils.atomic import atomic_write_json
+from ...utils.errors import UsageError
+from ...utils.image import read_image
+from .journal import check_fsod_resume, open_fsod_journal, run_journalled
+from .supports import prepare_support_sets, support_cache_dir, support_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLASS_SCORES", "check_fsod_config", "support_records", "record_key",
-           "support_cache_dir", "support_set_path", "class_support_sets", "prepare_support_sets",
-           "class_confidence", "predictions_to_instances", "fsod_inference", "evaluate_fsod",
-           "run_seeds"]
+__all__ = ["FSODJob", "check_fsod_config", "check", "fsod_inference", "evaluate_fsod", "run"]
 
-# TEST.FSOD.CLASS_SCORE: what multiplies an instance's mean probability (``class_confidence``)
-CLASS_SCORES = ("none", "contrast", "presence", "contrast*presence")
 RESULTS_JSON = "results.json"
 SEEDS_JSON = "results_seeds.json"
 
 
 def check_fsod_config(cfg) -> None:
-    """``TEST.FSOD`` values that nothing should discover after the model is built."""
-    from ..utils.errors import UsageError
-
+    """``TEST.FSOD`` values that nothing should discover after the model is built (the model's
+    own instance settings: its predictor's ``check_config``)."""
     f = cfg.TEST.FSOD
     try:
         fsod_dataset_names(cfg)  # SHOT, SEED and TEST_SET
     except ValueError as e:
         raise UsageError(str(e)) from e
-    if f.INSTANCE_MODE not in MODES:
-        raise UsageError(f"TEST.FSOD.INSTANCE_MODE must be one of {MODES}, got {f.INSTANCE_MODE!r}")
-    if f.CLASS_SCORE not in CLASS_SCORES:
-        raise UsageError(f"TEST.FSOD.CLASS_SCORE must be one of {CLASS_SCORES}, got "
-                         f"{f.CLASS_SCORE!r}")
-    for key in ("BATCH_SIZE", "TOPK", "MAX_DETS"):
+    for key in ("BATCH_SIZE", "MAX_DETS"):
         if f[key] < 1:
             raise UsageError(f"TEST.FSOD.{key} must be >= 1, got {f[key]}")
-    if f.MIN_AREA < 0:
-        raise UsageError(f"TEST.FSOD.MIN_AREA must be >= 0, got {f.MIN_AREA}")
-
-
-# -- predictions to instances ---------------------------------------------------------------------
-def class_confidence(prediction: Dict, mode: str) -> float:
-    """The per-class confidence of one ``predict_many`` result (TEST.FSOD.CLASS_SCORE): 1,
-    its score, its presence signal, or their product (a presence outside [0, 1] is clipped)."""
-    presence = min(max(float(prediction.get("presence", 1.0)), 0.0), 1.0)
-    return {"none": 1.0, "contrast": float(prediction["score"]), "presence": presence,
-            "contrast*presence": float(prediction["score"]) * presence}[mode]
-
-
-def predictions_to_instances(predictions: Sequence[Dict], size: Tuple[int, int], cfg):
-    """One image's ``predict_many`` results (one per class, novel order) -> detectron2
-    ``Instances`` (``pred_masks`` (N, H, W), ``pred_boxes``, ``scores``, ``pred_classes``)."""
-    f = cfg.TEST.FSOD
-    masks = np.stack([p["mask"] for p in predictions])
-    probs = np.stack([confidence_map(p["pred_image"], size) for p in predictions])
-    # a class judged absent (present False) has an empty mask: it gives no instance
-    scores = [class_confidence(p, f.CLASS_SCORE) for p in predictions]
-    return masks_to_instances(masks, probs, class_scores=scores, mode=f.INSTANCE_MODE,
-                              min_area=int(f.MIN_AREA), topk=int(f.TOPK))
+    predictor_class(cfg).check_config(cfg)
 
 
 # -- test loop ------------------------------------------------------------------------------------
@@ -133,7 +92,7 @@ def _keep(x):
     return x
 
 
-def fsod_inference(predictor, support_sets: Sequence[SupportSet], test_records: Sequence[Dict],
+def fsod_inference(predictor, support_sets: Sequence, test_records: Sequence[Dict],
                    evaluator, cfg, desc: str = "fsod", journal=None) -> Dict:
     """Predict this process's shard of the test images against every class's set, feed the
     evaluator and return its ``evaluate()`` (``{}`` in processes other than the main one). With
@@ -162,9 +121,7 @@ def _predict(predictor, support_sets, test_records, indices, evaluator, cfg, des
         if image.shape[:2] != size:
             raise ValueError(f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} "
                              f"but its annotation file says {size[1]}x{size[0]}")
-        (encoded,) = predictor.encode_images([image])
-        predictions = predictor.predict_many(encoded, support_sets, batch_size=batch)
-        instances = predictions_to_instances(predictions, size, cfg)
+        instances = predictor.predict_instances(image, support_sets, batch_size=batch)
         evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
         if after is not None:
             after()
@@ -183,7 +140,7 @@ def evaluate_fsod(cfg, predictor, output_dir: str, root: Optional[str] = None,
         detectron2's evaluator dict ``{"bbox": {"AP", "AP50", ...}, "segm": {...}}`` on the novel
         classes in the main process, ``{}`` in the others.
     """
-    from ..evaluation.instance_evaluation import FSODEvaluator
+    from ...evaluation.instance_evaluation import FSODEvaluator
 
     check_fsod_config(cfg)
     split, test_name = fsod_dataset_names(cfg)
@@ -217,7 +174,7 @@ def run_seeds(cfg, predictor, output_dir: str, seeds: Optional[Sequence[int]] = 
         the evaluator dict (one seed) or ``{"seeds": {S: dict}, "aggregate": {...}}`` in the main
         process; ``{}`` in the others.
     """
-    from ..evaluation.instance_evaluation import aggregate_seeds, format_seed_table
+    from ...evaluation.instance_evaluation import aggregate_seeds, format_seed_table
 
     if seeds is None:
         return evaluate_fsod(cfg, predictor, output_dir, root, overwrite=overwrite)
@@ -242,3 +199,43 @@ def run_seeds(cfg, predictor, output_dir: str, seeds: Optional[Sequence[int]] = 
     summary = {"seeds": results, "aggregate": aggregate}
     atomic_write_json(summary, os.path.join(output_dir, SEEDS_JSON), indent=2)
     return summary
+
+
+@dataclass
+class FSODJob:
+    """What ``run`` evaluates (``inference_fsod/run_fsod.py`` builds it from its flags).
+
+    Attributes:
+        output: results folder (with ``seeds``, one ``seed{S}/`` folder per seed).
+        seeds: several TFA seeds to run and aggregate (None: ``TEST.FSOD.SEED`` alone).
+        root: datasets root (default ``$DETECTRON2_DATASETS``).
+        overwrite: start again in folders holding another job's journal.
+    """
+
+    output: str
+    seeds: Optional[List[int]] = None
+    root: Optional[str] = None
+    overwrite: bool = False
+
+
+def check(cfg, job: FSODJob) -> None:
+    """Everything checkable without the model: ``TEST.FSOD``, every support split file and image
+    of the seeds, the test set's json and image folder, and each seed folder's journal (another
+    job's is refused unless ``overwrite``)."""
+    check_fsod_config(cfg)
+    test_records = load_fsod_test(TEST_SETS[cfg.TEST.FSOD.TEST_SET], job.root)
+    for seed in job.seeds or [cfg.TEST.FSOD.SEED]:
+        seed_cfg = cfg.clone()
+        seed_cfg.defrost()
+        seed_cfg.TEST.FSOD.SEED = seed
+        by_class = support_records(seed_cfg, job.root)
+        folder = os.path.join(job.output, f"seed{seed}") if job.seeds else job.output
+        check_fsod_resume(seed_cfg, folder, by_class, test_records, job.overwrite)
+
+
+def run(cfg, job: FSODJob, predictor=None) -> Dict:
+    """``run_seeds`` of ``job`` with ``predictor`` (default ``build_predictor(cfg)``); call it in
+    every process of a launch."""
+    predictor = predictor or build_predictor(cfg)
+    return run_seeds(cfg, predictor, job.output, job.seeds, root=job.root,
+                     overwrite=job.overwrite)

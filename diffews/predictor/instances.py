@@ -17,21 +17,26 @@ Score of an instance with pixels P: ``class_score * mean(prob[P])``. ``mean(prob
 (the relative threshold always yields pixels, even for a class absent from the image, whose
 probabilities are then low; a class the predictor judges absent arrives with an empty mask and
 gives no instance); ``class_score`` (default 1) is whatever per-class confidence the caller has
-(``fsod.class_confidence``). Box: the mask's tight box, XYXY with exclusive max (detectron2 ``BitMasks``).
+(``class_confidence``). Box: the mask's tight box, XYXY with exclusive max (detectron2 ``BitMasks``).
 All masks are at the output (original image) resolution. Each image keeps its ``topk`` best
 instances over all classes (TFA/SINE: 100, no score threshold).
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["MODES", "mask_box", "class_instances", "masks_to_instances"]
+from ..modeling.readout import confidence_map
+
+__all__ = ["MODES", "CLASS_SCORES", "mask_box", "class_instances", "masks_to_instances",
+           "class_confidence", "predictions_to_instances"]
 
 MODES = ("mask", "components", "mask+components")
+# TEST.FSOD.CLASS_SCORE: what multiplies an instance's mean probability (``class_confidence``)
+CLASS_SCORES = ("none", "contrast", "presence", "contrast*presence")
 
 
 def mask_box(mask: np.ndarray) -> Tuple[float, float, float, float]:
@@ -133,3 +138,27 @@ def masks_to_instances(masks: np.ndarray, probs: Optional[np.ndarray] = None,
     out.scores = torch.tensor([s for s, _, _ in keep], dtype=torch.float32)
     out.pred_classes = torch.tensor([class_ids[i] for _, i, _ in keep], dtype=torch.int64)
     return out
+
+
+def class_confidence(prediction: Dict, mode: str) -> float:
+    """The per-class confidence of one ``predict_many`` result (TEST.FSOD.CLASS_SCORE): 1,
+    its score, its presence signal, or their product (a presence outside [0, 1] is clipped)."""
+    presence = min(max(float(prediction.get("presence", 1.0)), 0.0), 1.0)
+    return {"none": 1.0, "contrast": float(prediction["score"]), "presence": presence,
+            "contrast*presence": float(prediction["score"]) * presence}[mode]
+
+
+def predictions_to_instances(predictions: Sequence[Dict], size: Tuple[int, int],
+                             mode: str = "mask+components", min_area: int = 16, topk: int = 100,
+                             class_score: str = "none") -> Instances:
+    """One image's ``predict_many`` results (one per class, in class order) -> ``Instances``
+    (``pred_masks`` (N, H, W), ``pred_boxes``, ``scores``, ``pred_classes``): each class's mask
+    split by ``mode`` (TEST.FSOD.INSTANCE_MODE, MIN_AREA), scored by the mean of its probability
+    map times ``class_confidence`` (CLASS_SCORE), the ``topk`` best kept (TOPK). A class judged
+    absent (``present`` False) has an empty mask and gives no instance."""
+    masks = np.stack([p["mask"] if p.get("present", True) is not False
+                      else np.zeros_like(p["mask"]) for p in predictions])
+    probs = np.stack([confidence_map(p["pred_image"], size) for p in predictions])
+    scores = [class_confidence(p, class_score) for p in predictions]
+    return masks_to_instances(masks, probs, class_scores=scores, mode=mode, min_area=min_area,
+                              topk=topk)

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Episodic few-shot segmentation evaluation of one fold, resumable (``inference_fss/run_fss.py``).
+"""One fold of an episodic few-shot segmentation evaluation, resumable (``run.py``).
 
 The fold's fixed episodes (``TEST.FSS`` SHOT, SEED, NUM_EPISODES or EPISODES_FILE, NEGATIVE_RATIO)
 are cut into chunks of ``--chunk-episodes`` (rounded up to whole batches of
@@ -17,36 +17,19 @@ import os
 from typing import Dict, List, Sequence
 
 import numpy as np
-import torch
-from detectron2.data import DatasetCatalog, build_detection_test_loader
-from detectron2.evaluation import inference_context
 from detectron2.utils import comm
-from tqdm import tqdm
 
-from ..data.episode_dataset import BadSampleFilter, EpisodeMapper, resolve_episodes
-from ..data.episodes import get_episodes
-from ..data.negatives import add_negative_episodes
-from ..evaluation import FSSEvaluator
-from ..utils.journal import Journal
-from ..utils.visualize import save_episode
-from .resume import chunk_ranges, digest, log_progress, my_share
+from ...data.episodes import build_fss_test_loader
+from ...evaluation import FSSEvaluator, run_episodes
+from ...utils.journal import Journal
+from ...utils.visualize import save_episode
+from ..resume import chunk_ranges, digest, log_progress, my_share
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fss_episodes", "episodes_identity", "chunk_keys", "ChunkEvaluator", "evaluate_fold"]
+__all__ = ["DEFAULT_CHUNK", "episodes_identity", "chunk_keys", "ChunkEvaluator", "evaluate_fold"]
 
 DEFAULT_CHUNK = 100  # episodes per journal shard (a kill loses at most this many per process)
-
-
-def fss_episodes(cfg, dataset_name: str) -> List[Dict]:
-    """The fold's resolved test episodes, as ``build_fss_test_loader`` evaluates them."""
-    records = DatasetCatalog.get(dataset_name)
-    episodes = get_episodes(dataset_name, cfg.TEST.FSS.SHOT, cfg.TEST.FSS.SEED,
-                            cfg.TEST.FSS.EPISODES_FILE, cfg.TEST.FSS.NUM_EPISODES)
-    if not episodes:
-        raise ValueError(f"{dataset_name}: no test episodes")
-    dataset = resolve_episodes(episodes, records, dataset_name)
-    return add_negative_episodes(dataset, records, cfg.TEST.FSS.NEGATIVE_RATIO, cfg.TEST.FSS.SEED)
 
 
 def episodes_identity(dataset: Sequence[Dict]) -> str:
@@ -85,19 +68,14 @@ class ChunkEvaluator(FSSEvaluator):
             self._presence.append((e, *presence))
 
 
-def _run_chunks(cfg, model, dataset_name, dataset, journal: Journal, spans: Dict[str, tuple],
+def _run_chunks(cfg, predictor, dataset_name, dataset, journal: Journal, spans: Dict[str, tuple],
                 mine: List[str], vis_dir: str, save_vis: int, desc: str) -> None:
     """Evaluate this process's chunks, one shard per finished chunk."""
     indices = [i for k in mine for i in range(*spans[k])]
     owner = {dataset[i]["episode_id"]: k for k in mine for i in range(*spans[k])}
     left = {k: spans[k][1] - spans[k][0] for k in mine}
     rows: Dict[str, Dict] = {k: {"episodes": [], "skipped": []} for k in mine}
-    loader = BadSampleFilter(
-        build_detection_test_loader(dataset=dataset, mapper=EpisodeMapper(cfg, dataset_name),
-                                    sampler=indices, batch_size=cfg.TEST.FSS.BATCH_SIZE,
-                                    num_workers=cfg.DATALOADER.NUM_WORKERS),
-        cfg.DATALOADER.SKIP_BAD_SAMPLES, cfg.DATALOADER.MAX_BAD_FRACTION, len(indices),
-        dataset_name)
+    loader = build_fss_test_loader(cfg, dataset_name, episodes=dataset, indices=indices)
     evaluator = ChunkEvaluator(dataset_name, distributed=False,
                                original_size=cfg.TEST.FSS.ORIGINAL_SIZE)
     skipped_seen = 0
@@ -115,23 +93,20 @@ def _run_chunks(cfg, model, dataset_name, dataset, journal: Journal, spans: Dict
             journal.put(key, rows.pop(key))  # the chunk is complete: one atomic shard
             del left[key]
 
-    bar = tqdm(loader, desc=desc, disable=not comm.is_main_process(), dynamic_ncols=True)
-    with inference_context(model), torch.no_grad():
-        for inputs in bar:
-            outputs = model(inputs)
-            evaluator.process(inputs, outputs)
-            bar.set_postfix(mIoU=f"{evaluator.running_miou():.2f}")
-            for x, y in zip(inputs, outputs):
-                if isinstance(x["episode_id"], int) and x["episode_id"] < save_vis:
-                    save_episode(x, y, vis_dir)
-            flush()
+    def after(inputs, outputs):
+        for x, y in zip(inputs, outputs):
+            if isinstance(x["episode_id"], int) and x["episode_id"] < save_vis:
+                save_episode(x, y, vis_dir)
+        flush()
+
+    run_episodes(predictor.predict_episodes, loader, evaluator, desc, on_batch=after)
     flush()
     if left:
         raise RuntimeError(f"{dataset_name}: chunks {sorted(left)} incomplete after the loader "
                            "ended (episode ids not unique?)")
 
 
-def evaluate_fold(cfg, model, dataset_name: str, dataset: List[Dict], fold: int,
+def evaluate_fold(cfg, predictor, dataset_name: str, dataset: List[Dict], fold: int,
                   journal: Journal, output: str, chunk: int = DEFAULT_CHUNK,
                   save_vis: int = 0) -> Dict:
     """One fold in every process: the chunks without a shard, split rank::world, then (main
@@ -145,7 +120,7 @@ def evaluate_fold(cfg, model, dataset_name: str, dataset: List[Dict], fold: int,
     comm.synchronize()  # every process listed the same pending chunks before anyone writes
     mine = my_share(todo)
     if mine:
-        _run_chunks(cfg, model, dataset_name, dataset, journal, spans, mine,
+        _run_chunks(cfg, predictor, dataset_name, dataset, journal, spans, mine,
                     os.path.join(output, "vis", dataset_name), save_vis, dataset_name)
     comm.synchronize()
     if not comm.is_main_process():

@@ -17,8 +17,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.utils import comm
 
-from .episode_dataset import SKIP_HINT, EpisodeMapper
-from .records import BadSampleError
+from .test import SKIP_HINT, EpisodeMapper
+from ..records import BadSampleError
 
 logger = logging.getLogger(__name__)
 

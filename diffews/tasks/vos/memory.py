@@ -1,15 +1,13 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Video object segmentation: the memory rule and the merge of objects into one label map
-(docs/METHOD.md section 7.3; ``diffews.tasks.vos`` explains both and uses them)."""
+"""Video object segmentation: the memory rule (docs/METHOD.md section 7.3; ``engine.py`` explains
+it and uses it)."""
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..modeling.support_set import SupportSet
-
-__all__ = ["decay_factor", "select_memory", "merge_objects", "MemoryEntry", "ObjectMemory"]
+__all__ = ["decay_factor", "select_memory", "MemoryEntry", "ObjectMemory"]
 
 
 def decay_factor(dt: int, ratio: float) -> float:
@@ -36,25 +34,6 @@ def select_memory(entries: Sequence[Tuple[int, float]], new: Tuple[int, float], 
     return sorted(t for _, _, t in keys[max(0, len(keys) - max(capacity, 0)):])
 
 
-def merge_objects(masks: Dict[int, np.ndarray], confidence: Dict[int, np.ndarray],
-                  size: Tuple[int, int]) -> np.ndarray:
-    """One (H, W) int64 label map from per-object (H, W) bool masks: a pixel belongs to the object
-    with the highest confidence among those whose mask covers it (a tie: the higher id); 0 where
-    no mask is on."""
-    label = np.zeros(size, np.int64)
-    ids = sorted(masks)
-    if not ids:
-        return label
-    on = np.stack([masks[o].astype(bool) for o in ids])  # (N, H, W)
-    conf = np.stack([np.asarray(confidence[o], np.float64) for o in ids])
-    if on.shape[1:] != tuple(size) or conf.shape != on.shape:
-        raise ValueError(f"merge_objects: masks {on.shape[1:]} / confidences {conf.shape[1:]} "
-                         f"are not of the frame's size {tuple(size)}")
-    conf = np.where(on, conf, -np.inf)[::-1]  # highest id first, so argmax's first max is it
-    winner = np.asarray(ids)[::-1][np.argmax(conf, axis=0)]
-    return np.where(on.any(axis=0), winner, 0).astype(np.int64)
-
-
 @dataclass
 class MemoryEntry:
     """One support of an object: its frame, score, and either its encoded entry (reuse) or the
@@ -62,7 +41,7 @@ class MemoryEntry:
 
     t: int
     score: float
-    support: Optional[SupportSet] = None
+    support: Optional[Any] = None  # the predictor's support set of this one frame
     image: Optional[np.ndarray] = None
     mask: Optional[np.ndarray] = None
 

@@ -9,11 +9,11 @@ SRC is one of:
 * a **COCO instances json** (images under ``--supports-images``, default the json's folder):
   categories and ids from the json; a class's supports are the images holding a non-crowd
   instance of it, its mask the union of those instances;
-* a **folder of saved SupportSet files** (``SupportSet.save``), one per class: the class is the
+* a **folder of saved support-set files** (``save``), one per class: the class is the
   file name without ``.pt``, category ids 1..C in sorted file-name order.
 
 ``read_supports`` reads and checks SRC without any model (the preflight); ``support_sets``
-encodes one ``SupportSet`` per class and saves it as ``<folder>/<class>.pt`` (the main
+encodes one support set per class and saves it as ``<folder>/<class>.pt`` (the main
 process; the others, and a resumed run, load the saved files, so every process uses the same
 bits).
 """
@@ -24,11 +24,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..data.datasets.custom_layouts import (CustomLayoutError, custom_label, read_coco_layout,
-                                            read_folder_layout)
-from ..modeling.support_set import SupportSet, SupportSetError
-from ..utils.image import check_image_file, read_image
-from ..utils.journal import hash_files
+from ...data.datasets.custom_layouts import CustomLayoutError, read_coco_layout, read_folder_layout
+from ...data.datasets.custom_labels import custom_label
+from ...predictor import SupportSetError
+from ...utils.image import check_image_file, read_image
+from ...utils.journal import hash_files
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class SupportSource:
         path: SRC.
         categories: COCO categories ``[{"id", "name", ...}]``, one per class, in class order.
         records: per class, its support records (image file, mask source) ("sets": empty).
-        set_files: per class, its SupportSet file ("sets" only).
+        set_files: per class, its support-set file ("sets" only).
         files: every file the supports are read from (their content is the fingerprint).
     """
 
@@ -102,7 +102,7 @@ def _coco(path: str, images: Optional[str]) -> SupportSource:
 def _sets(path: str) -> SupportSource:
     files = sorted(f for f in os.listdir(path) if f.endswith(".pt") and not f.startswith("."))
     if not files:
-        raise FileNotFoundError(f"{path}: no SupportSet files (<class>.pt)")
+        raise FileNotFoundError(f"{path}: no support-set files (<class>.pt)")
     full = [os.path.join(path, f) for f in files]
     cats = [{"id": i + 1, "name": f[:-3]} for i, f in enumerate(files)]
     return SupportSource("sets", path, cats, set_files=full, files=full)
@@ -113,7 +113,7 @@ def read_supports(src: str, supports_images: Optional[str] = None) -> SupportSou
     Errors are one line naming the file at fault."""
     if not src:
         raise FileNotFoundError("--supports is empty: name a class-folder tree, a COCO json or a "
-                                "folder of SupportSet files")
+                                "folder of support-set files")
     if os.path.isfile(src):
         if not src.lower().endswith(".json"):
             raise ValueError(f"{src}: --supports must be a folder or a COCO .json file")
@@ -123,7 +123,7 @@ def read_supports(src: str, supports_images: Optional[str] = None) -> SupportSou
         has_sets = any(e.endswith(".pt") for e in entries)
         has_dirs = any(os.path.isdir(os.path.join(src, e)) for e in entries)
         if has_sets and has_dirs:
-            raise ValueError(f"{src}: holds both SupportSet files (.pt) and class folders; keep "
+            raise ValueError(f"{src}: holds both support-set files (.pt) and class folders; keep "
                              "one kind of supports")
         source = _sets(src) if has_sets else _folder(src)
     else:
@@ -159,22 +159,15 @@ def set_file(folder: str, name: str) -> str:
     return os.path.join(folder, f"{safe}.pt")
 
 
-def _load(path: str, predictor) -> SupportSet:
-    s = SupportSet.load(path)
+def _load(path: str, predictor):
     try:
-        s.check_compatible(predictor.signature, "this run's model")
+        return predictor.load_support_set(path)
     except SupportSetError as e:
         raise SupportSetError(f"{path}: {e}") from e
-    if tuple(s.latents.shape[-2:]) != (predictor.latent_size, predictor.latent_size):
-        raise SupportSetError(f"{path}: encoded at another working size (latent "
-                              f"{tuple(s.latents.shape[-2:])}, this run uses "
-                              f"{predictor.latent_size}x{predictor.latent_size})")
-    return s
 
 
-def support_sets(predictor, source: SupportSource, folder: str, compute: bool = True
-                 ) -> List[SupportSet]:
-    """One ``SupportSet`` per class, on the predictor's device.
+def support_sets(predictor, source: SupportSource, folder: str, compute: bool = True) -> List:
+    """One support set per class, on the predictor's device.
 
     "sets": the files of SRC, checked against the predictor's model. Otherwise the saved file
     ``set_file(folder, name)`` when present (a resumed run: the journal's fingerprint already

@@ -1,16 +1,17 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Video object segmentation over a registered dataset: records, the run that writes the official
-results layout (and scores DAVIS val), and the visual strips (``diffews.tasks.vos`` re-exports).
+results layout (and scores DAVIS val), and the visual strips.
 
 Resumable: a sequence whose PNGs were all written is recorded as one shard of
 ``<output>/journal/`` (``tasks/resume.py``; key: the video's name); the same command started again
 skips it, so a killed run redoes at most the sequence it was in. Another command (config,
-weights, PRETRAINED, dataset) on the same folder is refused unless ``overwrite``. The
+weights, the model's other files, dataset) on the same folder is refused unless ``overwrite``. The
 fingerprint leaves out ``--videos`` (each sequence depends only on itself) and ``--save-vis``."""
 
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,17 +19,16 @@ from detectron2.data import MetadataCatalog
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.datasets.common import dataset_root
-from ..data.datasets.vos import (DAVIS_PALETTE, VOS_DATASETS, load_davis, load_ytvos,
-                                write_result, zip_ytvos_submission)
-from ..utils.atomic import atomic_path
-from ..utils.overlay import overlay_mask, side_by_side
-from .resume import (JOURNAL, check_resume, config_fingerprint, files_identity, log_progress,
-                     open_journal, pretrained_identity)
+from ...data.datasets.roots import dataset_root
+from ...data.datasets.vos_results import DAVIS_PALETTE, write_result, zip_ytvos_submission
+from ...data.datasets.vos import VOS_DATASETS, load_davis, load_ytvos
+from ...utils.atomic import atomic_path
+from ...utils.overlay import overlay_mask, side_by_side
+from ..resume import JOURNAL, check_resume, log_progress, open_journal, run_fingerprint
 
 logger = logging.getLogger("diffews.tasks.vos")
 
-__all__ = ["load_vos_records", "overlay_labels", "run_vos", "vos_fingerprint", "check_vos_resume"]
+__all__ = ["VOSJob", "VIS_FRAMES", "load_vos_records", "overlay_labels", "check", "run"]
 
 VIS_FRAMES = 8  # frames per video in a --save-vis strip
 
@@ -68,24 +68,53 @@ def _save_strip(panels: List[Tuple[np.ndarray, str]], path: str) -> None:
         strip.save(tmp, quality=90)
 
 
-def vos_fingerprint(cfg, dataset: str) -> Dict:
-    """What changes a sequence's masks: the config, the weights, PRETRAINED and the dataset."""
-    return {"config": config_fingerprint(cfg), "weights": files_identity(cfg.MODEL.WEIGHTS),
-            "pretrained": pretrained_identity(cfg), "dataset": dataset}
+@dataclass
+class VOSJob:
+    """What ``run`` segments (``inference_vos/run_vos.py`` builds it from its flags).
+
+    Attributes:
+        dataset: a registered VOS dataset (``data.datasets.vos.VOS_DATASETS``).
+        output: results folder.
+        root: datasets root (default ``$DETECTRON2_DATASETS``).
+        videos: only these videos (None: all).
+        save_vis: write ``<output>/vis/<video>.jpg`` strips.
+        evaluate: score DAVIS val at the end.
+        progress: show a progress bar per video.
+        overwrite: start again in a folder holding another job's journal.
+    """
+
+    dataset: str
+    output: str
+    root: Optional[str] = None
+    videos: Optional[Sequence[str]] = None
+    save_vis: bool = False
+    evaluate: bool = True
+    progress: bool = True
+    overwrite: bool = False
 
 
-def check_vos_resume(cfg, dataset: str, output: str, overwrite: bool = False) -> None:
-    """Refuse, before the model is built, an output folder of another command."""
-    check_resume(os.path.join(output, JOURNAL), vos_fingerprint(cfg, dataset), overwrite,
-                 f"--output {output}")
+def _fingerprint(cfg, dataset: str) -> Dict:
+    """What changes a sequence's masks: the config, the weights, the model's other files and
+    the dataset (not the videos chosen: each sequence depends only on itself)."""
+    return run_fingerprint(cfg, dataset=dataset)
 
 
-def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
-            videos: Optional[Sequence[str]] = None, save_vis: bool = False,
-            evaluate: bool = True, progress: bool = True, overwrite: bool = False) -> Dict:
-    """Segment every video of ``dataset`` and write the official results layout in ``output``
-    (DAVIS: ``<video>/<frame>.png``; YouTube-VOS: ``Annotations/<video>/<frame>.png`` of the
-    frames meta.json lists, and ``submission.zip``); DAVIS val (public ground truth) is scored.
+def check(cfg, job: VOSJob, records: Optional[List[Dict]] = None) -> List[Dict]:
+    """Before the model is built: the dataset's records (a missing tree or an unknown video
+    name; ``records`` if the caller read them already), then the output folder's journal
+    (another job's is refused unless ``overwrite``). Returns the records."""
+    if records is None:
+        records = load_vos_records(job.dataset, job.root, job.videos)
+    check_resume(os.path.join(job.output, JOURNAL), _fingerprint(cfg, job.dataset), job.overwrite,
+                 f"--output {job.output}")
+    return records
+
+
+def run(cfg, job: VOSJob, predictor=None) -> Dict:
+    """Segment every video of ``job.dataset`` and write the official results layout in
+    ``job.output`` (DAVIS: ``<video>/<frame>.png``; YouTube-VOS: ``Annotations/<video>/<frame>.png``
+    of the frames meta.json lists, and ``submission.zip``); DAVIS val (public ground truth) is
+    scored. ``predictor``: default ``build_predictor(cfg)``.
 
     Returns:
         {"dataset", "videos", "frames", "seconds", "fps", "output", "zip" (YouTube-VOS),
@@ -93,17 +122,18 @@ def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
         entered an object's memory, first frames included), "resumed" (sequences an earlier run
         of the same command finished)}; "seconds" and "fps" are this run's.
     """
-    from ..evaluation.vos_evaluation import evaluate_davis, write_davis_csvs
+    from ...evaluation.vos_evaluation import evaluate_davis
+    from ...evaluation.davis_report import write_davis_csvs
+    from .engine import VOSEngine
 
-    records = load_vos_records(dataset, root, videos)
+    dataset, output, root, progress = job.dataset, job.output, job.root, job.progress
+    records = load_vos_records(dataset, root, job.videos)
     meta = MetadataCatalog.get(dataset)
-    from .vos import VOSEngine
-
-    journal = open_journal(os.path.join(output, JOURNAL), vos_fingerprint(cfg, dataset), overwrite,
-                           f"--output {output}")
+    journal = open_journal(os.path.join(output, JOURNAL), _fingerprint(cfg, dataset),
+                           job.overwrite, f"--output {output}")
     todo = set(journal.pending([r["video"] for r in records]))
     log_progress(logger, dataset, len(records), len(todo), "sequences")
-    engine = VOSEngine.from_config(cfg)
+    engine = VOSEngine.from_config(cfg, predictor)
     os.makedirs(output, exist_ok=True)
     frames, entered, start, done_now = 0, 0, time.perf_counter(), 0
     for record in records:
@@ -113,8 +143,8 @@ def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
             entered += journal.get(record["video"])["memory_entries"]
             continue
         video_entered = 0
-        show = set(np.linspace(0, n - 1, min(n, VIS_FRAMES)).round().astype(int)) if save_vis \
-            else set()
+        show = set(np.linspace(0, n - 1, min(n, VIS_FRAMES)).round().astype(int)) \
+            if job.save_vis else set()
         panels = []
         with tqdm(total=n, desc=record["video"], unit="frame", disable=not progress) as bar:
             for out in engine.segment_video(record):
@@ -135,7 +165,7 @@ def run_vos(cfg, dataset: str, output: str, root: Optional[str] = None,
                 dataset, len(records), frames, seconds, summary["fps"], entered)
     if meta.results_layout == "ytvos":
         summary["zip"] = zip_ytvos_submission(output, records)
-    if meta.has_full_gt and evaluate:
+    if meta.has_full_gt and job.evaluate:
         davis_root = os.path.join(dataset_root(root), "DAVIS17", "trainval")
         scores = evaluate_davis(davis_root, output, meta.split, meta.year,
                                 [r["video"] for r in records], progress=progress)

@@ -33,7 +33,7 @@ def add_negative_episodes(episodes: Sequence[Dict], records: Sequence[Dict], rat
 
     Args:
         episodes: resolved episodes (``{"episode_id", "class_id", "query": record,
-            "supports": [record, ...]}``, ``episode_dataset.resolve_episodes``).
+            "supports": [record, ...]}``, ``test.resolve_episodes``).
         records: the test dataset's records, where negative queries are drawn from.
         ratio: negatives per protocol episode (>= 0); 0 returns ``episodes`` unchanged.
         seed: the episode seed (``TEST.FSS.SEED``).

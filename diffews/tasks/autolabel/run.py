@@ -1,16 +1,14 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Label a folder of images from a few examples per class (``tools/autolabel.py``).
 
-1. **Supports, once.** One ``SupportSet`` per class from SRC (``autolabel_supports.py``), encoded
+1. **Supports, once.** One support set per class from SRC (``supports.py``), encoded
    by the main process and saved under ``OUTPUT/support_sets/`` (the other processes and a
    resumed run load those files).
-2. **Each image, once.** It is VAE-encoded once and predicted against every class's set with
-   ``predict_many`` (``TEST.FSOD.BATCH_SIZE`` sets per query pass). With a presence threshold
-   (``--presence-threshold`` or ``MODEL.DIFFEWS.PRESENCE_THRESHOLD``, >= 0) a class whose
-   prediction is judged absent (result ``present`` False) gives nothing. Each remaining class's
-   mask becomes scored instances by the few-shot instance segmentation postprocessing
-   (``fsod.predictions_to_instances``: ``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``, ``TOPK``,
-   ``CLASS_SCORE``).
+2. **Each image, once.** It is predicted against every class's set with the predictor's
+   ``predict_instances`` (``TEST.FSOD.BATCH_SIZE`` sets per call), the same instances as few-shot
+   instance segmentation gives (DiffewS: ``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``, ``TOPK``,
+   ``CLASS_SCORE``). With a presence threshold (``--presence-threshold`` or
+   ``MODEL.DIFFEWS.PRESENCE_THRESHOLD``, >= 0) a class judged absent gives nothing.
 3. **Nothing lost.** Each image's annotations (RLE, box, area, score) are one shard of the
    journal ``OUTPUT/journal/`` (``diffews/utils/journal.py``), written atomically after its label
    PNG (``--save-masks``), so a run killed at any moment and started again with the same command
@@ -30,7 +28,6 @@ encoded alone and meets the class sets in the same batches, so its annotations d
 the split, and ``annotations.json`` equals one process's byte for byte.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -42,20 +39,19 @@ import numpy as np
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from ..utils.errors import UsageError
-from ..utils.image import ImageReadError, read_image
-from ..utils.journal import Journal, stat_files
-from .autolabel_io import (ANNOTATIONS, MASKS, SKIP_PREFIX, SKIPPED, list_label_images,
-                           mask_path, save_label, too_many_bad, write_outputs)
-from .autolabel_supports import SupportSource, read_supports, support_sets
-from .distributed import main_process_first
-from .fsod import CLASS_SCORES, predictions_to_instances
-from .instances import MODES
+from ...predictor import build_predictor, predictor_class
+from ...utils.errors import UsageError
+from ...utils.image import ImageReadError, read_image
+from ...utils.journal import Journal
+from ..distributed import main_process_first
+from ..resume import run_fingerprint
+from .io import (ANNOTATIONS, MASKS, SKIP_PREFIX, SKIPPED, list_label_images, mask_path,
+                 save_label, too_many_bad, write_outputs)
+from .supports import SupportSource, read_supports, support_sets
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelJob", "list_label_images", "job_fingerprint", "check_job", "label_image",
-           "run_autolabel", "ANNOTATIONS", "SKIPPED"]
+__all__ = ["LabelJob", "job_fingerprint", "check_job", "label_image", "run"]
 
 JOURNAL, SETS = "journal", "support_sets"
 
@@ -83,22 +79,12 @@ def presence_threshold(cfg, job: LabelJob) -> Optional[float]:
 
 
 def job_fingerprint(cfg, source: SupportSource, job: LabelJob) -> Dict:
-    """Everything that changes ``annotations.json``: the supports' content, the weights (size and
-    first/last MiB of each file), the presence threshold, ``--save-masks`` and the config minus
-    what does not change results (output folder, data loading, the device's index)."""
-    config = json.loads(json.dumps(cfg))
-    config.pop("OUTPUT_DIR", None)
-    config.pop("DATALOADER", None)
-    model = config.get("MODEL", {})
-    model["DEVICE"] = str(model.get("DEVICE", "")).split(":")[0]
-    weights = model.pop("WEIGHTS", "")
-    pretrained = model.get("DIFFEWS", {}).pop("PRETRAINED", "")
-    return {"supports": source.fingerprint(),
-            "weights": stat_files([weights]) if weights else "",
-            "pretrained": stat_files([os.path.join(pretrained, d) for d in ("unet", "vae")])
-            if pretrained else "",
-            "presence_threshold": presence_threshold(cfg, job),
-            "save_masks": bool(job.save_masks), "config": config}
+    """Everything that changes ``annotations.json`` (``resume.run_fingerprint``): the config
+    minus what does not change results, the weights and the model's other files, the supports'
+    content, the presence threshold and ``--save-masks``."""
+    return run_fingerprint(cfg, supports=source.fingerprint(),
+                           presence_threshold=presence_threshold(cfg, job),
+                           save_masks=bool(job.save_masks))
 
 
 def check_job(cfg, job: LabelJob):
@@ -108,15 +94,9 @@ def check_job(cfg, job: LabelJob):
     Returns:
         (SupportSource, [(file_name, path)], fingerprint).
     """
-    f = cfg.TEST.FSOD
-    if f.INSTANCE_MODE not in MODES:
-        raise UsageError(f"TEST.FSOD.INSTANCE_MODE must be one of {MODES}, got {f.INSTANCE_MODE!r}")
-    if f.CLASS_SCORE not in CLASS_SCORES:
-        raise UsageError(f"TEST.FSOD.CLASS_SCORE must be one of {CLASS_SCORES}, got "
-                         f"{f.CLASS_SCORE!r}")
-    for key in ("BATCH_SIZE", "TOPK"):
-        if f[key] < 1:
-            raise UsageError(f"TEST.FSOD.{key} must be >= 1, got {f[key]}")
+    if cfg.TEST.FSOD.BATCH_SIZE < 1:
+        raise UsageError(f"TEST.FSOD.BATCH_SIZE must be >= 1, got {cfg.TEST.FSOD.BATCH_SIZE}")
+    predictor_class(cfg).check_config(cfg)
     if not 0.0 <= job.max_bad_fraction <= 1.0:
         raise UsageError(f"--max-bad-fraction must be in [0, 1], got {job.max_bad_fraction}")
     source = read_supports(job.supports, job.supports_images)
@@ -138,18 +118,12 @@ def label_image(predictor, sets, image: np.ndarray, cfg, threshold: Optional[flo
     """
     from pycocotools import mask as mask_util
 
-    f = cfg.TEST.FSOD
     size = image.shape[:2]
-    kwargs = {} if threshold is None else {"presence_threshold": threshold}
-    (encoded,) = predictor.encode_images([image])
-    results = predictor.predict_many(encoded, sets, batch_size=int(f.BATCH_SIZE), **kwargs)
-    # a class judged absent gives no instance: its mask is emptied (the predictor already does
-    # so with a threshold; older predictors have no "present" and keep every class)
-    results = [r if r.get("present", True) else dict(r, mask=np.zeros_like(r["mask"]))
-               for r in results]
     category_ids = category_ids or list(range(1, len(sets) + 1))
     label = np.zeros(size, np.uint8 if len(sets) < 256 else np.uint16)
-    inst = predictions_to_instances(results, size, cfg)  # the FSOD postprocessing, TEST.FSOD.*
+    # a class judged absent gives no instance (the predictor's presence decision)
+    inst = predictor.predict_instances(image, sets, batch_size=int(cfg.TEST.FSOD.BATCH_SIZE),
+                                       presence_threshold=threshold)
     anns = []
     masks = inst.pred_masks.numpy()
     for m, box, score, c in zip(masks, inst.pred_boxes.tensor.tolist(), inst.scores.tolist(),
@@ -190,7 +164,7 @@ def _prepare_sets(predictor, source: SupportSource, folder: str):
                               "the support sets")
 
 
-def run_autolabel(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
+def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     """The whole job in this process (module docstring); call it in every process of a launch.
     ``checked``: what ``check_job(cfg, job)`` returned, if the caller ran it already.
 
@@ -201,9 +175,7 @@ def run_autolabel(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     source, images, fingerprint = checked or check_job(cfg, job)
     journal = _open_journal(job, fingerprint)
     if predictor is None:
-        from ..predictor import DiffewSPredictor
-
-        predictor = DiffewSPredictor.from_config(cfg)
+        predictor = build_predictor(cfg)
     sets = _prepare_sets(predictor, source, os.path.join(job.output, SETS))
     threshold = presence_threshold(cfg, job)
     ids = [c["id"] for c in source.categories]

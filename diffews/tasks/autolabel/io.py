@@ -11,8 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..utils.atomic import atomic_path, atomic_write
-from ..utils.journal import Journal
+from ...utils.atomic import atomic_path, atomic_write
+from ...utils.journal import Journal
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 """Test-time episodes as model inputs: ``EpisodeMapper`` and ``build_fss_test_loader``.
 
 The loader turns a registered test dataset (image records) and its fixed episode list
-(``episodes.py``) into detectron2's test loader over episodes, sharded by ``InferenceSampler``:
+(``benchmarks.py``) into detectron2's test loader over episodes, sharded by ``InferenceSampler``:
 process r of N gets a contiguous slice of the same list, so 1 and N processes evaluate exactly
 the same episodes.
 
@@ -13,7 +13,7 @@ the episode is skipped, counted and listed in the log, and the evaluation stops 
 """
 
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,14 +21,15 @@ from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data.samplers import InferenceSampler
 
-from ..utils.image import image_to_tensor, resize_image, resize_mask
-from .episodes import get_episodes
+from ...utils.image import image_to_tensor, resize_image, resize_mask
+from ..records import LABEL_FORMATS, BadSampleError, load_sample
+from .benchmarks import get_episodes
 from .negatives import add_negative_episodes
-from .records import LABEL_FORMATS, BadSampleError, load_sample
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EpisodeMapper", "BadSampleFilter", "resolve_episodes", "build_fss_test_loader"]
+__all__ = ["EpisodeMapper", "BadSampleFilter", "resolve_episodes", "test_episodes",
+           "build_fss_test_loader"]
 
 SKIP_HINT = "set DATALOADER.SKIP_BAD_SAMPLES True to skip bad samples"
 
@@ -201,19 +202,18 @@ class BadSampleFilter:
                                      for s in self.skipped))
 
 
-def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = None):
-    """detectron2 test loader over a registered test dataset's fixed episodes.
+def test_episodes(cfg, dataset_name: str, cache_dir: Optional[str] = None) -> List[Dict]:
+    """The resolved test episodes of a registered test dataset, as every FSS evaluation runs them.
 
     Episodes come from ``cfg.TEST.FSS.EPISODES_FILE`` if set, else are generated with
-    ``TEST.FSS.SHOT``/``SEED``/``NUM_EPISODES`` and cached (``episodes.get_episodes``; the cache
-    folder is ``cache_dir`` or ``$DETECTRON2_DATASETS/episodes``). Batches of
-    ``TEST.FSS.BATCH_SIZE`` episodes (1, the reference's, by default), sharded with
-    ``InferenceSampler``.
+    ``TEST.FSS.SHOT``/``SEED``/``NUM_EPISODES`` and cached (``benchmarks.get_episodes``; the cache
+    folder is ``cache_dir`` or ``$DETECTRON2_DATASETS/episodes``); their image IDs are replaced by
+    the dataset's records (``resolve_episodes``) and ``TEST.FSS.NEGATIVE_RATIO`` absent-target
+    episodes follow (``negatives.add_negative_episodes``).
 
     Returns:
-        ``BadSampleFilter`` over a torch DataLoader, yielding lists of one ``EpisodeMapper`` dict
-        (an episode with a bad image or label stops it, or is skipped with
-        ``DATALOADER.SKIP_BAD_SAMPLES``).
+        ``[{"episode_id", "class_id", "query": record, "supports": [record, ...]}, ...]`` (an
+        absent-target episode also has ``"negative": True``).
     """
     records = DatasetCatalog.get(dataset_name)
     episodes = get_episodes(dataset_name, cfg.TEST.FSS.SHOT, cfg.TEST.FSS.SEED,
@@ -221,11 +221,29 @@ def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = Non
     if not episodes:
         raise ValueError(f"{dataset_name}: no test episodes")
     dataset = resolve_episodes(episodes, records, dataset_name)
-    dataset = add_negative_episodes(dataset, records, cfg.TEST.FSS.NEGATIVE_RATIO, cfg.TEST.FSS.SEED)
-    logger.info("%s: %d episodes, %d-shot", dataset_name, len(dataset), cfg.TEST.FSS.SHOT)
-    sampler = InferenceSampler(len(dataset))
+    return add_negative_episodes(dataset, records, cfg.TEST.FSS.NEGATIVE_RATIO, cfg.TEST.FSS.SEED)
+
+
+def build_fss_test_loader(cfg, dataset_name: str, cache_dir: Optional[str] = None,
+                          episodes: Optional[List[Dict]] = None,
+                          indices: Optional[Sequence[int]] = None):
+    """detectron2 test loader over a registered test dataset's fixed episodes.
+
+    Args:
+        episodes: the resolved episodes (default ``test_episodes(cfg, dataset_name, cache_dir)``).
+        indices: the episodes this process evaluates, in order (default: its ``InferenceSampler``
+            shard, a contiguous slice of the same list in every process).
+    Returns:
+        ``BadSampleFilter`` over a torch DataLoader, yielding lists of ``TEST.FSS.BATCH_SIZE``
+        ``EpisodeMapper`` dicts (1, the reference's, by default; an episode with a bad image or
+        label stops it, or is skipped with ``DATALOADER.SKIP_BAD_SAMPLES``).
+    """
+    if episodes is None:
+        episodes = test_episodes(cfg, dataset_name, cache_dir)
+        logger.info("%s: %d episodes, %d-shot", dataset_name, len(episodes), cfg.TEST.FSS.SHOT)
+    sampler = list(InferenceSampler(len(episodes))) if indices is None else list(indices)
     loader = build_detection_test_loader(
-        dataset=dataset,
+        dataset=episodes,
         mapper=EpisodeMapper(cfg, dataset_name),
         sampler=sampler,
         batch_size=cfg.TEST.FSS.BATCH_SIZE,

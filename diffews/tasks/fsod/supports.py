@@ -1,6 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Few-shot instance segmentation: the support sets of a split, encoded once and saved
-(``diffews.tasks.fsod`` step 1, which re-exports these)."""
+(``run.py``, step 1)."""
 
 import hashlib
 import json
@@ -8,13 +8,14 @@ import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
-
-from ..data.datasets.coco_fsod import (NOVEL_CLASSES, annotation_mask, fsod_dataset_names,
-                                      load_fsod_support, support_split_file)
-from ..data.datasets.common import README, dataset_root
-from ..modeling.support_set import SupportSet, SupportSetError
-from ..utils.image import check_image_file
-from .distributed import main_process_first
+from ...data.datasets.coco_fsod_reader import (
+    NOVEL_CLASSES, annotation_mask, load_fsod_support, support_split_file
+)
+from ...data.datasets.coco_fsod import fsod_dataset_names
+from ...data.datasets.roots import README, dataset_root
+from ...predictor import SupportSetError
+from ...utils.image import check_image_file
+from ..distributed import main_process_first
 
 logger = logging.getLogger("diffews.tasks.fsod")
 
@@ -68,17 +69,13 @@ def support_set_path(folder: str, class_index: int) -> str:
     return os.path.join(folder, NOVEL_CLASSES[class_index].replace(" ", "_") + ".pt")
 
 
-def _usable(path: str, predictor, keys: List[str]) -> Optional[SupportSet]:
+def _usable(path: str, predictor, keys: List[str]):
     """The saved set at ``path`` if it was encoded by this model from these instances, else
     None (absent, unreadable, another model or other instances: logged)."""
     if not os.path.isfile(path):
         return None
     try:
-        s = SupportSet.load(path)
-        s.check_compatible(predictor.signature, "this run's model")
-        if tuple(s.latents.shape[-2:]) != (predictor.latent_size, predictor.latent_size):
-            raise SupportSetError(f"encoded at another working size (latent "
-                                  f"{tuple(s.latents.shape[-2:])})")
+        s = predictor.load_support_set(path)
     except SupportSetError as e:
         logger.warning("%s: %s; recomputing and overwriting it", path, e)
         return None
@@ -91,11 +88,11 @@ def _usable(path: str, predictor, keys: List[str]) -> Optional[SupportSet]:
 
 
 def class_support_sets(predictor, by_class: Sequence[List[Dict]], folder: str,
-                       compute: bool = True) -> List[SupportSet]:
-    """One SupportSet per class: the saved one when usable, else encoded and saved.
+                       compute: bool = True) -> List:
+    """One support set per class: the saved one when usable, else encoded and saved.
 
     Args:
-        predictor: a ``DiffewSPredictor``.
+        predictor: a ``Predictor``.
         by_class: ``support_records`` output (20 lists of records).
         folder: where the sets are saved (``support_cache_dir``).
         compute: False to only load (processes other than the main one); a missing or unusable
@@ -124,8 +121,7 @@ def class_support_sets(predictor, by_class: Sequence[List[Dict]], folder: str,
     return sets
 
 
-def prepare_support_sets(predictor, by_class: Sequence[List[Dict]], folder: str
-                         ) -> List[SupportSet]:
+def prepare_support_sets(predictor, by_class: Sequence[List[Dict]], folder: str) -> List:
     """``class_support_sets`` in the main process; the other processes wait for it, then load
     the saved files (a failure in the main process is raised in every process)."""
     return main_process_first(lambda: class_support_sets(predictor, by_class, folder),

@@ -19,40 +19,56 @@ each query's original size with nearest.
 
 import logging
 import os
+from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .modeling.support_set import SupportSet, SupportSetError
-from .utils.image import ImageReadError, as_mask, as_rgb, resize_image, resize_mask
-from .utils.inputs import IMAGE_EXTENSIONS, EncodedImage, list_images  # noqa: F401 (re-exported)
-from .utils.inputs import as_list as _as_list
-from .utils.inputs import chunks as _chunks
-from .utils.inputs import chunks_iter as _chunks_iter
-from .utils.inputs import input_name as _name
+from ..modeling.readout import confidence_map, prediction_score_array
+from ..modeling.support_set import SupportSet
+from ..utils.errors import SupportSetError, UsageError
+from ..utils.image import ImageReadError, as_mask, as_rgb, resize_image, resize_mask
+from ..utils.inputs import EncodedImage
+from ..utils.inputs import as_list as _as_list
+from ..utils.inputs import chunks as _chunks
+from ..utils.inputs import chunks_iter as _chunks_iter
+from ..utils.inputs import input_name as _name
+from .base import Predictor
+from .instances import CLASS_SCORES, MODES, predictions_to_instances
+from .merge import merge_objects
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiffewSPredictor", "EncodedImage", "list_images"]
+__all__ = ["DiffewSPredictor"]
 
 
-class DiffewSPredictor:
-    """Few-shot segmentation with supports encoded once.
+class DiffewSPredictor(Predictor):
+    """Few-shot segmentation with supports encoded once (the ``Predictor`` of DiffewS).
 
     Args:
         model: a built ``DiffewS`` with its weights loaded (``from_config``/``from_pretrained``
             build and load it); it is put in eval mode.
+        cfg: the config it was built from (``load_weights`` reloads through it).
         image_size: square working size S (INPUT.IMAGE_SIZE; 512 for the released weights).
+        instances: how ``predict_instances`` turns a class's mask into instances
+            (``TEST.FSOD``: "mode" INSTANCE_MODE, "min_area" MIN_AREA, "topk" TOPK,
+            "class_score" CLASS_SCORE; ``instances.py``); defaults are the config's defaults.
     """
 
-    def __init__(self, model, image_size: int):
+    architecture = "DiffewS"
+
+    def __init__(self, model, image_size: int, instances: Optional[Dict] = None, cfg=None):
         self.model = model.eval()
+        self.cfg = cfg
+        self.weights = cfg.MODEL.WEIGHTS if cfg is not None else ""
         self.image_size = int(image_size)
         model.check_size((self.image_size, self.image_size))
         self.signature = model.support_signature()
         factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
         self.latent_size = self.image_size // factor
+        self.instances = {"mode": "mask+components", "min_area": 16, "topk": 100,
+                          "class_score": "none", **(instances or {})}
 
     @classmethod
     def from_config(cls, cfg) -> "DiffewSPredictor":
@@ -60,7 +76,7 @@ class DiffewSPredictor:
         an error unless ``MODEL.DIFFEWS.ALLOW_UNTRAINED``)."""
         from detectron2.modeling import build_model
 
-        from .checkpoint import load_inference_weights, require_inference_weights
+        from ..checkpoint import load_inference_weights, require_inference_weights
 
         require_inference_weights(cfg)
         if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -70,7 +86,50 @@ class DiffewSPredictor:
         load_inference_weights(model, cfg)
         logger.info("DiffewSPredictor: %s on %s, working size %d", cfg.MODEL.WEIGHTS or "untrained",
                     cfg.MODEL.DEVICE, cfg.INPUT.IMAGE_SIZE)
-        return cls(model, cfg.INPUT.IMAGE_SIZE)
+        f = cfg.TEST.FSOD
+        return cls(model, cfg.INPUT.IMAGE_SIZE,
+                   {"mode": f.INSTANCE_MODE, "min_area": int(f.MIN_AREA), "topk": int(f.TOPK),
+                    "class_score": f.CLASS_SCORE}, cfg=cfg.clone())
+
+    def load_weights(self, weights: str) -> None:
+        """``load_inference_weights`` of ``weights`` (the inference backend re-attached for
+        them); the support-set signature is recomputed from the new weights."""
+        from ..checkpoint import DiffewSCheckpointer, load_inference_weights
+
+        if self.cfg is None:
+            DiffewSCheckpointer(self.model).load(weights)
+        else:
+            self.cfg.defrost()
+            self.cfg.MODEL.WEIGHTS = weights
+            self.cfg.freeze()
+            load_inference_weights(self.model, self.cfg)
+        self.model.eval()
+        self.signature = self.model.support_signature()
+        self.weights = weights
+
+    path_keys = ("MODEL.DIFFEWS.PRETRAINED",)
+
+    @classmethod
+    def model_files(cls, cfg) -> List[str]:
+        """``MODEL.DIFFEWS.PRETRAINED``'s ``unet/`` and ``vae/`` (the parts the model uses)."""
+        local = cfg.MODEL.DIFFEWS.PRETRAINED
+        return [os.path.join(local, d) for d in ("unet", "vae")
+                if local and os.path.isdir(os.path.join(local, d))]
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """``TEST.FSOD.INSTANCE_MODE`` / ``CLASS_SCORE`` / ``TOPK`` / ``MIN_AREA``."""
+        f = cfg.TEST.FSOD
+        if f.INSTANCE_MODE not in MODES:
+            raise UsageError(f"TEST.FSOD.INSTANCE_MODE must be one of {MODES}, got "
+                             f"{f.INSTANCE_MODE!r}")
+        if f.CLASS_SCORE not in CLASS_SCORES:
+            raise UsageError(f"TEST.FSOD.CLASS_SCORE must be one of {CLASS_SCORES}, got "
+                             f"{f.CLASS_SCORE!r}")
+        if f.TOPK < 1:
+            raise UsageError(f"TEST.FSOD.TOPK must be >= 1, got {f.TOPK}")
+        if f.MIN_AREA < 0:
+            raise UsageError(f"TEST.FSOD.MIN_AREA must be >= 0, got {f.MIN_AREA}")
 
     @classmethod
     def from_pretrained(cls, pretrained_dir: str, weights: Optional[str], device: str = "cuda",
@@ -87,23 +146,13 @@ class DiffewSPredictor:
             image_size: working size S.
             opts: further config overrides, ``[KEY, VALUE, ...]``.
         """
-        from detectron2.config import get_cfg
+        from ..config import build_config
 
-        from .config import add_diffews_config
-        from .utils.hub import resolve_config_paths
-
-        cfg = get_cfg()
-        add_diffews_config(cfg)
-        cfg.merge_from_list(["MODEL.DIFFEWS.PRETRAINED", pretrained_dir, "MODEL.WEIGHTS",
-                             weights or "", "MODEL.DEVICE", device, "INPUT.IMAGE_SIZE",
-                             int(image_size), "MODEL.DIFFEWS.ALLOW_UNTRAINED",
-                             bool(allow_untrained), *opts])
-        resolve_config_paths(cfg)  # hub ids -> local snapshot folders, as load_config does
+        cfg = build_config(opts=["MODEL.DIFFEWS.PRETRAINED", pretrained_dir, "MODEL.WEIGHTS",
+                                 weights or "", "MODEL.DEVICE", device, "INPUT.IMAGE_SIZE",
+                                 int(image_size), "MODEL.DIFFEWS.ALLOW_UNTRAINED",
+                                 bool(allow_untrained), *opts])
         return cls.from_config(cfg)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
 
     # -- inputs --------------------------------------------------------------------------------
     def _working_image(self, image, what: str) -> Tuple[np.ndarray, Tuple[int, int]]:
@@ -191,6 +240,15 @@ class DiffewSPredictor:
             image_latents=torch.stack(latents) if latents else None,
             signature=self.signature, info=info, use_cache=False)
         return support_set.to(dtype=dtype) if dtype is not None else support_set
+
+    def load_support_set(self, path: str) -> SupportSet:
+        """A saved ``SupportSet`` checked against this predictor's model and working size, on
+        its device (``SupportSetError``, one line, when it does not fit)."""
+        return self._check_supports(SupportSet.load(path))
+
+    def cat_support_sets(self, sets: Sequence[SupportSet]) -> SupportSet:
+        """``SupportSet.cat``: the supports of ``sets`` in order, as one set."""
+        return SupportSet.cat(sets)
 
     def _check_supports(self, supports) -> SupportSet:
         if not isinstance(supports, SupportSet):
@@ -288,3 +346,46 @@ class DiffewSPredictor:
                 "name": e.name,
             }
 
+    # -- instances and video ---------------------------------------------------------------------
+    def predict_instances(self, image, support_sets: Sequence[SupportSet], batch_size: int = 8,
+                          presence_threshold: Optional[float] = None):
+        """Each class's mask split into scored instances (``instances.py``, TEST.FSOD.*): one
+        ``predict_many`` of the image against every class's set; a class judged absent gives
+        no instance."""
+        (encoded,) = self._encode_chunk([image], 0)
+        results = self.predict_many(encoded, support_sets, batch_size, presence_threshold)
+        return predictions_to_instances(results, encoded.size, **self.instances)
+
+    def track_objects(self, frame, support_sets: Sequence[SupportSet], size: Tuple[int, int],
+                      batch_size: int = 8) -> List[Dict]:
+        """``predict_many`` of the frame against every object's set (objects with as many
+        supports share a query pass)."""
+        return self.predict_many(frame, support_sets, batch_size)
+
+    def merge_objects(self, ids: Sequence[int], results: Sequence[Dict],
+                      size: Tuple[int, int]) -> np.ndarray:
+        """Where masks overlap, the object whose decoded prediction is brightest there wins
+        (``confidence_map``: channel mean / 255, nearest-resized to the frame); an exact tie goes
+        to the higher id."""
+        return merge_objects({o: r["mask"] for o, r in zip(ids, results)},
+                             {o: confidence_map(r["pred_image"], size)
+                              for o, r in zip(ids, results)}, size)
+
+    def memory_entry(self, result: Dict, region: np.ndarray) -> Tuple[np.ndarray, float]:
+        """The object's region of the merged label map, scored by ``prediction_score`` of its
+        decoded prediction and that region (nearest-resized to the working size, as the
+        benchmarks resize masks), so that a region the merge emptied scores 0."""
+        pred_image = result["pred_image"]
+        working = resize_mask(region.astype(np.uint8), pred_image.shape[:2]).astype(bool)
+        return region, prediction_score_array(pred_image, working)
+
+    @contextmanager
+    def measuring_signals(self):
+        """Also measure the "attention" signal (the share of the query pass's fused attention
+        on the support tokens), which costs a measured query pass."""
+        model = self.model
+        model.measure_attention = True
+        try:
+            yield
+        finally:
+            model.measure_attention = False

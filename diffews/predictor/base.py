@@ -1,0 +1,153 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""``Predictor``: the one interface through which the tasks and the web demo use a model.
+
+Each model (``MODEL.META_ARCHITECTURE``) has one implementation (``DiffewSPredictor``, ...), built
+from a config by ``build_predictor`` (``predictor/build.py``). Nothing above this floor (tasks/,
+web_demo/, the tools) reads a model's modules or a support set's tensors: they call these methods,
+so that a new model plugs into every task by implementing them.
+
+The words:
+
+* a **support set** (``encode_supports``) is what a query needs from K annotated supports,
+  computed once and reused for any number of queries. Whatever a model stores in it, it behaves as
+  a list of supports (``len``, ``info``: one dict per support), has ``nbytes``, ``.to(device,
+  dtype)`` and ``save(path)``, and carries the encoding model's signature: ``load_support_set``
+  refuses a set of another model or working size with a one-line ``SupportSetError``.
+* an **encoded image** (``encode_images``) is a query or support image encoded once; it can be
+  given wherever an image is taken (video frames are encoded once for every object).
+* a **result** (``predict``, ``predict_many``, ``track_objects``) is a dict with at least:
+  ``mask`` (H, W) bool at the query's original size, ``mask_working`` (S, S) bool, ``pred_image``
+  (S, S, 3) uint8 (a picture of the model's prediction before thresholding), ``score`` (float in
+  [0, 1], how clean the prediction is), ``presence`` (float, higher = more likely that the
+  supports' object is in the query), ``present`` (bool: False when judged absent, the mask then
+  empty), ``signals`` (every presence signal by name) and ``name``.
+"""
+
+import abc
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["Predictor"]
+
+
+class Predictor(abc.ABC):
+    """A loaded model in eval mode behind the interface of the module docstring.
+
+    Attributes:
+        model: the meta-architecture (``nn.Module``); tasks never read it.
+        image_size: the square working size S.
+        signature: what identifies the model that encodes support sets (architecture, sizes, a
+            fingerprint of the weights).
+        weights: the ``MODEL.WEIGHTS`` loaded ("" when untrained or unknown).
+    """
+
+    #: the ``MODEL.META_ARCHITECTURE`` this predictor serves
+    architecture: str = ""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, cfg) -> "Predictor":
+        """Build the model of ``cfg`` and load ``MODEL.WEIGHTS``."""
+
+    #: config keys naming files the model reads besides MODEL.WEIGHTS (their identity, not
+    #: their path, is part of a resumable run's fingerprint: ``model_files``)
+    path_keys: Tuple[str, ...] = ()
+
+    @classmethod
+    def model_files(cls, cfg) -> List[str]:
+        """The files and folders the model reads besides ``MODEL.WEIGHTS`` (empty: none)."""
+        return []
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise ``UsageError`` (one line naming the key) for model-specific settings that nothing
+        should discover after the model is built. Called by the tasks' checks."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @abc.abstractmethod
+    def load_weights(self, weights: str) -> None:
+        """Load other weights (a ``MODEL.WEIGHTS`` value, local) into the same model, e.g. the
+        next fold's; the signature follows the weights."""
+
+    # -- supports ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode_supports(self, images: Sequence, masks: Sequence,
+                        dtype: Optional[torch.dtype] = None, warn_empty: bool = True):
+        """K support images (paths, H x W x 3 uint8 arrays, PIL images or encoded images) and their
+        masks (paths or H x W arrays, non-zero = foreground) -> a support set."""
+
+    @abc.abstractmethod
+    def load_support_set(self, path: str):
+        """A saved support set, checked against this model (signature, working size), on this
+        predictor's device. Raises ``SupportSetError`` (one line) when it does not fit."""
+
+    @abc.abstractmethod
+    def cat_support_sets(self, sets: Sequence):
+        """The supports of ``sets`` in order, as one set."""
+
+    # -- queries -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode_images(self, images: Iterable, batch_size: int = 8) -> List:
+        """Images encoded once, usable as queries and as support images of this predictor."""
+
+    @abc.abstractmethod
+    def iter_predict(self, queries: Iterable, supports, batch_size: int = 8,
+                     presence_threshold: Optional[float] = None) -> Iterator[Dict]:
+        """One result per query against the same support set, a batch at a time.
+        ``presence_threshold``: None = the model's configured one; < 0 = no decision."""
+
+    def predict(self, queries: Iterable, supports, batch_size: int = 8,
+                presence_threshold: Optional[float] = None) -> List[Dict]:
+        """``iter_predict`` as a list."""
+        return list(self.iter_predict(queries, supports, batch_size, presence_threshold))
+
+    @abc.abstractmethod
+    def predict_many(self, query, support_sets: Sequence, batch_size: int = 8,
+                     presence_threshold: Optional[float] = None) -> List[Dict]:
+        """One query (encoded once) against several support sets (e.g. one per class): one
+        result per set, in order."""
+
+    @abc.abstractmethod
+    def predict_instances(self, image, support_sets: Sequence, batch_size: int = 8,
+                          presence_threshold: Optional[float] = None):
+        """Few-shot instance segmentation of one image (H x W x 3 uint8 or encoded), one support
+        set per class: detectron2 ``Instances`` at the image's size with ``pred_masks`` (N, H, W)
+        bool, ``pred_boxes`` (XYXY), ``scores`` and ``pred_classes`` (index into
+        ``support_sets``), by decreasing score, at most the configured number per image."""
+
+    def predict_episodes(self, batch: List[Dict]) -> List[Dict]:
+        """Benchmark episodes (``data.episodes.EpisodeMapper`` dicts at the working size) -> one
+        dict per episode with "pred_mask" (S, S) bool: the published protocol's own path."""
+        with torch.no_grad():
+            return self.model(batch)
+
+    # -- video object segmentation ---------------------------------------------------------------
+    @abc.abstractmethod
+    def track_objects(self, frame, support_sets: Sequence, size: Tuple[int, int],
+                      batch_size: int = 8) -> List[Dict]:
+        """One frame (encoded once) against each tracked object's support set (its memory): one
+        result per object, its mask at the frame's ``size``."""
+
+    @abc.abstractmethod
+    def merge_objects(self, ids: Sequence[int], results: Sequence[Dict],
+                      size: Tuple[int, int]) -> np.ndarray:
+        """One (H, W) int64 label map (0 = background) from the objects' ``track_objects``
+        results, overlaps resolved by this model's rule."""
+
+    @abc.abstractmethod
+    def memory_entry(self, result: Dict, region: np.ndarray) -> Tuple[np.ndarray, float]:
+        """What an object's memory keeps of this frame: (mask (H, W) bool, score), given its
+        result and its region of the final label map (given annotations included)."""
+
+    # -- presence ----------------------------------------------------------------------------------
+    @contextmanager
+    def measuring_signals(self):
+        """Within the block, every result's ``signals`` holds every presence signal (some cost
+        extra work; by default only the configured one is measured)."""
+        yield
