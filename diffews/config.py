@@ -158,7 +158,7 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSS.BATCH_SIZE = 1
     # Episodes shown in TensorBoard every VIS_PERIOD iterations (the first ones of DATASETS.TEST[0]).
     cfg.TEST.FSS.VIS_EPISODES = 4
-    # Absent-target episodes added per protocol episode (diffews/data/negatives.py): the same
+    # Absent-target episodes added per protocol episode (diffews/data/episodes/negatives.py): the same
     # class and supports with a query that does not hold the class, fixed by TEST.FSS.SEED. The
     # evaluator then also reports presence AUROC, precision, recall and the mIoU of the present
     # episodes. 0 = the published protocol, unchanged.

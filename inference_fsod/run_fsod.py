@@ -13,7 +13,7 @@ Writes ``DIR/coco_instances_results.json`` (COCO results, RLE masks) and ``DIR/r
 ``--dataset-root`` or ``$DETECTRON2_DATASETS`` in TFA's layout (datasets/README.md).
 
 Resumable: each seed's detections are journalled per shard of test images in its folder's
-``journal/`` (diffews/tasks/fsod_journal.py); the same command started again after a kill predicts
+``journal/`` (diffews/tasks/fsod/journal.py); the same command started again after a kill predicts
 only the shards left and gives the AP of an uninterrupted run. Another command (config, weights,
 split) on the same folder is refused unless ``--overwrite``. See inference_fsod/README.md.
 """
@@ -33,7 +33,7 @@ from diffews.tasks.resume import OVERWRITE_HELP
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-__all__ = ["get_parser", "parse_args", "cli", "main", "load_config_checked"]
+__all__ = ["get_parser", "parse_args", "cli", "main"]
 
 DEFAULT_OUTPUT = "output/fsod/<test>_<K>shot"
 # flag -> config key, merged after the trailing overrides (diffews.cli.load_entry_config)

@@ -7,13 +7,15 @@ from typing import Dict
 import numpy as np
 
 
-def capture_episodes(monkeypatch, module) -> Dict:
-    """Wrap ``module.build_model`` so that every model it builds records, per ``episode_id``:
-    {"class_id", "sem_seg" (S, S) uint8 label, "pred_mask" (S, S) bool, "pred_image"
-    (3, S, S) uint8, "input": the model input dict (image, supports, masks)}. Returns the dict,
-    filled as the model runs."""
+def capture_episodes(monkeypatch) -> Dict:
+    """Wrap ``DiffewSPredictor.from_config`` (what ``build_predictor`` calls) so that the model of
+    every predictor it builds records, per ``episode_id``: {"class_id", "sem_seg" (S, S) uint8
+    label, "pred_mask" (S, S) bool, "pred_image" (3, S, S) uint8, "input": the model input dict
+    (image, supports, masks)}. Returns the dict, filled as the model runs."""
+    from diffews.predictor import DiffewSPredictor
+
     seen: Dict = {}
-    build = module.build_model
+    build = DiffewSPredictor.from_config.__func__
 
     def hook(model, args, outputs):
         for inp, out in zip(args[0], outputs):
@@ -25,12 +27,12 @@ def capture_episodes(monkeypatch, module) -> Dict:
                 "input": {k: inp[k].clone() for k in ("image", "support_images", "support_masks")},
             }
 
-    def build_and_watch(cfg):
-        model = build(cfg)
-        model.register_forward_hook(hook)
-        return model
+    def build_and_watch(cls, cfg):
+        predictor = build(cls, cfg)
+        predictor.model.register_forward_hook(hook)
+        return predictor
 
-    monkeypatch.setattr(module, "build_model", build_and_watch)
+    monkeypatch.setattr(DiffewSPredictor, "from_config", classmethod(build_and_watch))
     return seen
 
 

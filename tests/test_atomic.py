@@ -82,6 +82,7 @@ def test_success_replaces_with_an_ordinary_file(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_killed_process_leaves_previous_file(tmp_path):
     """SIGKILL mid-write: no cleanup runs, yet the target still holds the previous content (at
     most a hidden ``.out.bin.*.tmp`` is left beside it)."""

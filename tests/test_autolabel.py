@@ -64,7 +64,7 @@ def _load(path):
 
 def _reference_instances(tiny_sd, job):
     """Each image against each class through the public predictor API, then the instance rules
-    (docs/METHOD.md section 7.2 / tasks/instances.py with TEST.FSOD's defaults), independently of
+    (docs/METHOD.md section 7.2 / predictor/instances.py with TEST.FSOD's defaults), independently of
     the autolabel code: {file name: Instances}."""
     from detectron2.config import get_cfg
 
@@ -168,6 +168,7 @@ def test_coco_json_matches_predictor_and_instance_evaluator(tiny_sd, job, run_a)
     assert masks == [n[:-4] + ".png" for n in job["tree"]["names"]]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_in_two_processes_gives_identical_outputs(job, run_a):
     """The command of run_a killed with SIGKILL once 1-2 images are journalled, then started
     again with --num-gpus 2 (detectron2 launch, gloo on CPU): the two processes split what is

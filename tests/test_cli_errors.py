@@ -190,6 +190,7 @@ def results(world, request):
         return {name: f.result() for name, f in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_one_line_error_and_exit_status(results, name):
     _, status, pattern = CASES[name]

@@ -142,6 +142,7 @@ def test_empty_support_mask_warns_and_runs(tiny_sd, files, tmp_path, caplog):
     assert (tmp_path / "img1_mask.png").exists()
 
 
+@pytest.mark.slow
 def test_demo_cli_subprocess(tiny_sd, files, tmp_path):
     d, p = files
     cmd = [sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--config-file",

@@ -251,6 +251,7 @@ def test_diffews_imported_before_detectron2():
         assert "filterwarnings" not in ast.dump(tree), f"{path}: the filter lives in diffews"
 
 
+@pytest.mark.slow
 def test_no_future_warning_on_stderr():
     """One real run (the slowest imports: detectron2's evaluation, fvcore): nothing on stderr."""
     proc = subprocess.run([sys.executable, PATHS["run_fss"], "--help"], cwd=ROOT,

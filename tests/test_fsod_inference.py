@@ -25,6 +25,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from conftest import SIZE, make_cfg
+from diffews.cli import load_config_checked
 from diffews import DiffewSPredictor, SupportSet
 from diffews.data.datasets import coco_fsod
 from diffews.evaluation import FSODEvaluator
@@ -147,7 +148,7 @@ class _Counter:
 
 
 def _cfg(env, *extra):
-    cfg = run_fsod.load_config_checked(CFG, env["opts"] + list(extra))
+    cfg = load_config_checked(CFG, env["opts"] + list(extra))
     cfg.freeze()
     return cfg
 
@@ -270,6 +271,7 @@ def _rank_worker(rank, world, url, argv, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(env, run_a, run_seeds):
     """COCO-to-VOC seed 0 in 2 processes against the 1-process run. Its support folder lacks
     two classes: the main process encodes them while the other waits, then loads all 20."""

@@ -184,6 +184,7 @@ def _shard_worker(rank, world, url, out_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     ev = FSSEvaluator(class_ids=[0, 1, 2, 3, 4], distributed=False)
     for e in _random_episodes():

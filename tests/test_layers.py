@@ -1,5 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""The package's floors: every module imports only its own floor and the floors below it.
+"""The package's floors: every module imports only its own floor and the floors below it; a task
+package is entered only through its ``__init__``; no module re-exports what it imports.
 
 Imports are read with ``ast`` from the source, so imports inside functions (lazy ones) count as
 much as those at the top. ``diffews/__init__.py`` (the public re-exports) stands above all floors.
@@ -22,8 +23,8 @@ LAYERS = [
     "evaluation",   # mIoU/FB-IoU, J&F, instance AP (reads dataset metadata)
     "config",       # add_diffews_config, build_config (registers DATASETS.CUSTOM datasets)
     "engine",       # trainer, hooks, solver
-    "predictor",    # DiffewSPredictor, the user object over modeling
-    "tasks",        # VOS, instance segmentation, mask -> instances, demo outputs
+    "predictor",    # the one Predictor interface, one implementation per model, build_predictor
+    "tasks",        # fss/ fsod/ vos/ autolabel/ packages (each entered by its __init__), demo
     "cli",          # the one command-line layer
     "web_demo",     # the page over the predictor
     "quickstart",   # tiny SD writer, VAE warm-up, the quick start
@@ -151,3 +152,77 @@ def test_the_walk_sees_lazy_and_absolute_imports(tmp_path, monkeypatch, source, 
     monkeypatch.setattr(__import__(__name__), "ROOT", str(tmp_path))
     upward, _, _ = _violations()
     assert any(message in u for u in upward), upward
+
+
+TASKS = os.path.join(PACKAGE, "tasks")
+SCRIPTS = [os.path.join(ROOT, d) for d in ("tools", "inference_fss", "inference_fsod",
+                                           "inference_vos")]
+
+
+def _sources(folders):
+    for top in folders:
+        for folder, _, files in os.walk(top):
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    yield os.path.join(folder, name)
+
+
+def _parts_of(path):
+    rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+    return rel[:-1] if rel[-1] == "__init__" else rel
+
+
+def _back_doors(folders):
+    """``path:line imports diffews.tasks.<task>.<part>`` for imports of a task package's parts
+    from outside that package."""
+    packages = {d for d in os.listdir(TASKS) if os.path.isdir(os.path.join(TASKS, d))
+                and os.path.isfile(os.path.join(TASKS, d, "__init__.py"))}
+    found = []
+    for path in _sources(folders):
+        parts = _parts_of(path)
+        for target, line in _imported(path, parts):
+            if len(target) > 3 and target[:2] == ["diffews", "tasks"] and target[2] in packages:
+                inside = parts[:3] == target[:3]
+                if not inside:
+                    found.append(f"{os.path.relpath(path, ROOT)}:{line} imports "
+                                 f"{'.'.join(target)}")
+    return found
+
+
+def test_task_packages_have_one_door():
+    """Outside ``tasks/<task>/``, the package and the scripts import a task only through its
+    ``__init__`` (``from diffews.tasks import fss``), never one of its parts."""
+    doors = _back_doors([PACKAGE] + SCRIPTS)
+    assert not doors, "imports of a task package's parts:\n" + "\n".join(doors)
+
+
+def test_the_door_check_sees_a_back_door(tmp_path, monkeypatch):
+    """The checker itself: a script importing ``diffews.tasks.fss.chunks`` is reported."""
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "planted.py").write_text("from diffews.tasks.fss.chunks import x\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", str(tmp_path))
+    doors = _back_doors([str(tmp_path / "tools")])
+    assert doors and "diffews.tasks.fss.chunks" in doors[0]
+
+
+def test_no_reexport_outside_an_init():
+    """A module outside ``__init__.py`` lists in ``__all__`` only names it defines (what it
+    imports is used, not passed on: importers import from the defining module)."""
+    found = []
+    for path in _sources([PACKAGE] + SCRIPTS):
+        if path.endswith("__init__.py"):
+            continue
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        imported = {a.asname or a.name.split(".")[0] for node in tree.body
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__"
+                                                    for t in node.targets):
+                names = [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+                found += [f"{os.path.relpath(path, ROOT)}: {n}" for n in names if n in imported]
+        with open(path) as f:
+            found += [f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()}"
+                      for i, line in enumerate(f, 1) if "re-export" in line and "noqa" in line]
+    assert not found, "re-exported names:\n" + "\n".join(found)
+

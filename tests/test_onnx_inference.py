@@ -118,14 +118,14 @@ def _run_args(tiny_sd, weights, out, *extra):
 
 
 def test_run_fss_onnxruntime_matches_torch(tiny_sd, weights, predictors, tmp_path, monkeypatch):
-    seen_torch = capture_episodes(monkeypatch, run_fss)
+    seen_torch = capture_episodes(monkeypatch)
     summary_torch = run_fss.main(_run_args(tiny_sd, weights, tmp_path / "torch"))
     monkeypatch.undo()
     # the export made by the predictors' fixture is found (same weights and size), so nothing
     # is traced in this run and torch's UNet and VAE can be forbidden throughout
     (folder,) = glob.glob(os.path.join(weights, "onnx", f"{SIZE}px-*"))
     stamp = os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns
-    seen = capture_episodes(monkeypatch, run_fss)
+    seen = capture_episodes(monkeypatch)
     forbid_torch_compute(monkeypatch)
     summary = run_fss.main(_run_args(tiny_sd, weights, tmp_path / "ort",
                                      "MODEL.DIFFEWS.BACKEND", "onnxruntime"))

@@ -53,6 +53,7 @@ def _error(capsys):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_run_fss_kill_9_then_resume_is_identical_and_changed_command_refused(tiny_sd, tmp_path,
                                                                               capsys):
     ref = tmp_path / "uninterrupted"

@@ -75,7 +75,7 @@ def _args(tiny_sd, weights, out, *extra, flags=()):
 
 
 def test_run_fss_scores_table_json_pictures(tiny_sd, tuned, release, tmp_path, monkeypatch):
-    seen = capture_episodes(monkeypatch, run_fss)
+    seen = capture_episodes(monkeypatch)
     out = tmp_path / "out"
     summary = run_fss.main(_args(tiny_sd, release, out, flags=["--save-vis", "2"]))
     assert summary["shot"] == 2 and summary["folds"][0]["num_episodes"] == 6
@@ -102,7 +102,7 @@ def test_run_fss_scores_table_json_pictures(tiny_sd, tuned, release, tmp_path, m
                                        (("MODEL.DIFFEWS.ABS_THRESHOLD", "0.5"), (0.25, 0.5))])
 def test_a_threshold_setting_changes_the_masks_by_its_rule(tiny_sd, release, tmp_path, opts,
                                                            rule, monkeypatch):
-    seen = capture_episodes(monkeypatch, run_fss)
+    seen = capture_episodes(monkeypatch)
     summary = run_fss.main(_args(tiny_sd, release, tmp_path, *opts))
     _check_scores(summary, seen, *rule)
     # the masks are not those of the default rule (relative, 0.25): the setting took effect
@@ -115,7 +115,7 @@ def test_untrained_model_needs_explicit_permission(tiny_sd, tiny_model, tuned, t
     with pytest.raises(UntrainedModelError, match="MODEL.DIFFEWS.ALLOW_UNTRAINED True"):
         run_fss.main(_args(tiny_sd, "", tmp_path / "a"))
     assert not os.path.exists(tmp_path / "a" / "results.json")
-    seen = capture_episodes(monkeypatch, run_fss)
+    seen = capture_episodes(monkeypatch)
     summary = run_fss.main(_args(tiny_sd, "", tmp_path / "b", "MODEL.DIFFEWS.ALLOW_UNTRAINED",
                                  "True"))
     _check_scores(summary, seen)

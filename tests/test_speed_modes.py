@@ -61,7 +61,7 @@ def test_batched_evaluation_episodes_equal_batch_one(tiny_sd, tmp_path, monkeypa
     those of the masks."""
     from tests._capture import capture_episodes
 
-    seen = capture_episodes(monkeypatch, run_fss)
+    seen = capture_episodes(monkeypatch)
     masks = {}
     release = tmp_path / "release"
     save_release_unet(build_model(make_cfg(tiny_sd)).unet, str(release / "unet"))

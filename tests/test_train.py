@@ -160,6 +160,7 @@ def _ddp_worker(tiny_sd, out):
         f.write(digest)
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_keeps_replicas_identical(tiny_sd, tmp_path):
     launch(_ddp_worker, 2, dist_url="auto", args=(tiny_sd, str(tmp_path)))
     digests = [open(tmp_path / f"weights_rank{r}.txt").read() for r in (0, 1)]

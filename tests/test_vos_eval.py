@@ -320,6 +320,7 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path, capsys, breakage, m
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
 
 
+@pytest.mark.slow
 def test_cli_subprocess_exit_status(tmp_path):
     root, res = _rules_tree(tmp_path)
     os.remove(os.path.join(res, "alpha", "00002.png"))

@@ -41,32 +41,36 @@ def unavailable_modes() -> Dict[str, str]:
     return out
 
 
-@torch.no_grad()
 def _predict_episodes(model, loader, kv_dtype):
     """(episode id -> (H, W) bool mask, evaluator "fss" dict, seconds of the first batch) over a
-    test loader; the first batch holds the compilation of a compiled model."""
-    from ..evaluation import FSSEvaluator
+    test loader, through the one FSS evaluation loop; the first batch holds the compilation of a
+    compiled model."""
+    from ..evaluation import FSSEvaluator, run_episodes
 
     evaluator = FSSEvaluator(loader.dataset_name, distributed=False)
     evaluator.reset()
-    masks, first_s = {}, None
+    masks, first = {}, []
     start = time.perf_counter()
-    for batch in loader:
+
+    def predict(batch):
         if kv_dtype is None:
-            outputs = model(batch)
-        else:  # the same building blocks as forward, with the keys/values stored in kv_dtype
-            outputs = []
-            for x in batch:
-                s = model.encode_supports(x["support_images"], x["support_masks"]).to(dtype=kv_dtype)
-                z = model.encode(model.normalize(x["image"][None]), sample=False)
-                pred = model.query_pass(z, s, model.prompt_embeds_test)
-                outputs += model.postprocess(model.decode(-pred))
-        evaluator.process(batch, outputs)
+            return model(batch)
+        outputs = []  # the same building blocks as forward, the keys/values stored in kv_dtype
+        for x in batch:
+            s = model.encode_supports(x["support_images"], x["support_masks"]).to(dtype=kv_dtype)
+            z = model.encode(model.normalize(x["image"][None]), sample=False)
+            pred = model.query_pass(z, s, model.prompt_embeds_test)
+            outputs += model.postprocess(model.decode(-pred))
+        return outputs
+
+    def keep(batch, outputs):
         for x, y in zip(batch, outputs):
             masks[x["episode_id"]] = y["pred_mask"].cpu()
-        if first_s is None:
-            first_s = time.perf_counter() - start
-    return masks, evaluator.evaluate()["fss"], first_s
+        if not first:
+            first.append(time.perf_counter() - start)
+
+    run_episodes(predict, loader, evaluator, "speed mode", on_batch=keep, progress=False)
+    return masks, evaluator.evaluate()["fss"], first[0]
 
 
 def mode_accuracy(cfg, dataset_name: str, modes=None, log=print) -> Dict[str, Dict]:

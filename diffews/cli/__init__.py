@@ -8,7 +8,8 @@ from .args import (OneLineArgumentParser, add_common_arguments, add_distributed_
                    add_list_argument, check_counts, config_overrides, deprecate, entry_parser,
                    one_line_errors, parse_list, take_trailing_overrides)
 from .config import flag_overrides, load_config_checked, load_entry_config
-from .errors import README_SECTIONS, UsageError, exit_status, format_error, run_cli
+from ..utils.errors import UsageError
+from .errors import README_SECTIONS, exit_status, format_error, run_cli
 from .launch import launch_cli
 from .preflight import (check_config_values, check_datasets, check_image_size, check_output_dir,
                         check_pretrained, check_weights, preflight)

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from ..utils.errors import UsageError
 
-__all__ = ["UsageError", "format_error", "run_cli", "exit_status", "EXIT_ERROR", "EXIT_USAGE",
+__all__ = ["format_error", "run_cli", "exit_status", "EXIT_ERROR", "EXIT_USAGE",
            "README_SECTIONS"]
 
 EXIT_ERROR, EXIT_USAGE = 1, 2

@@ -114,7 +114,7 @@ def _load_file_sample(record: Dict, class_id: int, label_format: str, ignore_bou
             rles = mask_util.frPyObjects(segm, h, w) if isinstance(segm, list) else segm
             label |= mask_util.decode(mask_util.merge(rles) if isinstance(rles, list) else rles).astype(np.uint8)
     elif label_format in CUSTOM_LABEL_FORMATS:
-        from .datasets.custom_layouts import custom_label
+        from .datasets.custom_labels import custom_label
 
         label = custom_label(record, class_id, label_format, image.shape[:2], ignore_boundary)
     else:

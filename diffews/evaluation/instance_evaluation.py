@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Few-shot instance segmentation metrics: COCO bbox and segm AP on the novel classes.
 
-Protocol: TFA ``fsdet/evaluation/coco_evaluation.py`` (copied by SINE): pycocotools ``COCOeval``
+Protocol: docs/PROTOCOLS.md section 2f (TFA's evaluator, copied by SINE): pycocotools ``COCOeval``
 over the whole test json with ``params.catIds = _novel_classes`` (the 20 COCO ids of the VOC
 classes), reported as nAP, nAP50, ..., and ``AP := nAP``. For COCO-to-VOC SINE uses detectron2's
 stock ``COCOEvaluator`` on the converted json, i.e. every one of its 20 categories.
@@ -17,7 +17,7 @@ Two conventions differ from TFA's old evaluator and are detectron2's: for ``segm
 boxes are dropped so small/medium/large use the mask area (TFA kept them: its segm APs/APm/APl
 use box areas; AP, AP50, AP75 are unaffected), and an evaluation without any detection gives NaN.
 
-``aggregate_seeds`` is TFA ``tools/aggregate_seeds.py``: mean, ``np.std`` (population, ddof=0)
+``aggregate_seeds`` is TFA's seed aggregation (docs/PROTOCOLS.md section 2f): mean, ``np.std`` (population, ddof=0)
 and the 95% interval ``1.96 * std / sqrt(n)`` per metric over the seeds.
 """
 
@@ -137,7 +137,7 @@ class FSODEvaluator(COCOEvaluator):
 
 def aggregate_seeds(results: Mapping[int, Mapping[str, Mapping[str, float]]],
                     metrics: Sequence[str] = METRICS) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Mean and spread of each task's metrics over seeds (TFA ``tools/aggregate_seeds.py``).
+    """Mean and spread of each task's metrics over seeds (docs/PROTOCOLS.md section 2f).
 
     Args:
         results: seed -> evaluator dict (``{"bbox": {"AP": ..}, "segm": {..}}``).

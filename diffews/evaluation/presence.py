@@ -1,6 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Presence metrics: how well a per-episode signal separates queries that hold the support's
-object (positives) from those that do not (absent-target episodes, ``data/negatives.py``).
+object (positives) from those that do not (absent-target episodes, ``data/episodes/negatives.py``).
 
 * AUROC: the probability that a random positive's signal exceeds a random negative's, ties
   counting one half (the Mann-Whitney U statistic over n_pos x n_neg).

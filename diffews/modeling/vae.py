@@ -30,7 +30,7 @@ def load_frozen_vae(pretrained: str) -> AutoencoderKL:
 def encode_empty_prompt(pretrained: str, pad_in_training: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Encode the empty prompt once; the text encoder is then released.
 
-    Training uses ``[BOS, EOS, pad x 75]`` (the reference's ``temp_input_ids.pt``), inference the
+    Training uses ``[BOS, EOS, pad x 75]`` (docs/METHOD.md section 1.6), inference the
     unpadded ``[BOS, EOS]`` (docs/METHOD.md section 1.6). The CLIP text encoder is causal, so the first two
     training embeddings equal the inference ones.
 

@@ -35,7 +35,7 @@ API::
     Journal.verify(folder, fingerprint)    # refuse another command's folder, writing nothing
 
 A benchmark runner (per seed and image shard, per sequence, per chunk of episodes) follows
-``tasks/autolabel.py``::
+``tasks/autolabel/run.py``::
 
     fp = {"config": cfg_as_dict, "weights": stat_files([cfg.MODEL.WEIGHTS]), "seeds": seeds}
     if comm.is_main_process():

@@ -107,6 +107,11 @@ class SupportEditor(gr.ImageEditor):
         return super().accept_blobs(data)
 
 
+# what each model is, under the page title
+TAGLINES = {"DiffewS": "few-shot segmentation with a one-step diffusion UNet",
+            "SINE": "in-context segmentation with a frozen DINOv2 and a Matching Transformer"}
+
+
 def _caption(r: QueryResult) -> str:
     found = "" if r.present else "not found · "
     return f"{found}score {r.score:.2f} · {r.seconds:.3f} s · {r.name}"
@@ -145,8 +150,9 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
                 for r in out.results]
         return gallery, rows, out.status(), out.zip_path
 
-    with gr.Blocks(title="DiffewS web demo", analytics_enabled=False) as demo:
-        gr.Markdown("## DiffewS: few-shot segmentation with a one-step diffusion UNet")
+    model = session.predictor.architecture or "DiffewS"
+    with gr.Blocks(title=f"{model} web demo", analytics_enabled=False) as demo:
+        gr.Markdown(f"## {model}: {TAGLINES.get(model, 'few-shot segmentation')}")
         if description:
             gr.Markdown(description, elem_id="model_info")
         gr.Markdown(HOW_TO)

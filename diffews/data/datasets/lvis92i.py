@@ -1,9 +1,9 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""LVIS-92i (Matcher ``matcher/data/lvis.py``): ``lvis92i_fold{0..9}_{train,test}``.
+"""LVIS-92i (docs/PROTOCOLS.md section 2c): ``lvis92i_fold{0..9}_{train,test}``.
 
 The test-split rules below (files, class filter, interleaved folds, union mask, 2300 episodes of
 ``idx % n``) were checked against Matcher's ``matcher/data/lvis.py`` (commit 10c1a91); the episode
-drawing is in ``diffews/data/episodes.py``. The train split is our reading (see below):
+drawing is in ``diffews/data/episodes/draw.py``. The train split is our reading (see below):
 
 * ``<root>/LVIS/lvis_{train,val}.pkl`` (Matcher's ``lvis.zip``) each hold a dict
   ``category id -> {image name -> {"annotations": [{"segmentation": polygons or RLE, ...}, ...]}}``

@@ -19,7 +19,7 @@ until K are kept; supports may repeat each other, LVIS included):
 * fss (one per test image): query = the i-th image; supports loop over ``choice(range(1, 11))``,
   i.e. ``<class>/<s>.jpg``.
 * lvis (2300): class = fold classes[i % n]; query = choice(class images, dict order); supports
-  loop over the same list (Matcher ``lvis.py`` ``load_frame``: only a draw equal to the query is
+  loop over the same list (docs/PROTOCOLS.md section 2c: only a draw equal to the query is
   rejected, so a K-shot episode may hold the same support twice).
 * custom (``datasets/custom.py``, 1000 by default): class = choice(test classes); query =
   choice(class images); supports loop, distinct. Drawn from the dataset's records, not cached.
