@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 
 import diffews  # noqa: F401  (registers the datasets)
 from diffews import add_diffews_config
-from diffews.data.datasets import coco_fsod
+from diffews.data.datasets import coco_fsod, coco_fsod_reader
 from diffews.data.datasets.roots import MissingDataError
 from tests._fsod_trees import NOVEL, split_path, write_fsod_tree
 
@@ -91,7 +91,7 @@ def test_names_and_metadata():
 def test_seed0_support_sampling_follows_tfa(tree, np_seed):
     root = tree["root"]
     for shot in (1, 5):
-        ours = coco_fsod.load_fsod_support(shot, 0, root, sample_seed=np_seed)
+        ours = coco_fsod_reader.load_fsod_support(shot, 0, root, sample_seed=np_seed)
         ref = tfa_reference(root, shot, 0, np_seed)
         assert summary(ours) == [{k: r[k] for k in ("file_name", "image_id", "category_id")}
                                  for r in ref]
@@ -110,7 +110,7 @@ def test_seed0_support_sampling_follows_tfa(tree, np_seed):
     assert n > 1
     if np_seed == 0:  # the registered name is the sample_seed 0 draw
         assert summary(DatasetCatalog.get("coco_trainval_novel_5shot")) == summary(
-            coco_fsod.load_fsod_support(5, 0, root, sample_seed=0))
+            coco_fsod_reader.load_fsod_support(5, 0, root, sample_seed=0))
 
 
 def test_other_seeds_hold_exactly_k(tree):
@@ -123,12 +123,12 @@ def test_other_seeds_hold_exactly_k(tree):
 
 def test_sine_seed0_folder_is_read(tree):
     root = tree["root"]
-    before = summary(coco_fsod.load_fsod_support(1, 0, root))
+    before = summary(coco_fsod_reader.load_fsod_support(1, 0, root))
     os.makedirs(os.path.join(root, "cocosplit", "seed0"))
     for (shot, seed, name), path in tree["splits"].items():
         if seed == 0:
             shutil.move(path, os.path.join(root, "cocosplit", "seed0", os.path.basename(path)))
-    assert summary(coco_fsod.load_fsod_support(1, 0, root)) == before
+    assert summary(coco_fsod_reader.load_fsod_support(1, 0, root)) == before
 
 
 def test_test_sets(tree):
@@ -156,7 +156,7 @@ def test_test_sets(tree):
 
 def test_voc_categories_matched_by_name(tmp_path):
     info = write_fsod_tree(str(tmp_path), shots=(1,), seeds=(0,), voc_order="alphabetical")
-    recs = coco_fsod.load_fsod_test("VOCSegm_val_novel", str(tmp_path))
+    recs = coco_fsod_reader.load_fsod_test("VOCSegm_val_novel", str(tmp_path))
     m = MetadataCatalog.get("VOCSegm_val_novel")
     names = [[m.thing_classes[a["category_id"]] for a in r["annotations"]] for r in recs]
     assert names == [["person", "couch"], ["airplane", "tv"], ["cow", "cow"]]
@@ -178,7 +178,7 @@ def test_missing_split_file_or_class_is_a_one_line_error(tree):
     _one_line(err, path)
     assert err.value.path == path
     with pytest.raises(MissingDataError) as err:
-        coco_fsod.load_fsod_support(10, 0, root)  # a shot that was never written
+        coco_fsod_reader.load_fsod_support(10, 0, root)  # a shot that was never written
     _one_line(err, split_path(root, 10, 0, "person"))
     assert coco_fsod.check_fsod(root, shots=(1, 5), seeds=(0, 1)) == [path]
     # a test json without one of the novel classes
@@ -218,6 +218,6 @@ def test_annotation_mask_matches_pycocotools(tree):
         img = api.imgs[ann["image_id"]]
         segm = ann["segmentation"]
         kinds.add("poly" if isinstance(segm, list) else type(segm["counts"]).__name__)
-        ours = coco_fsod.annotation_mask(ann, img["height"], img["width"])
+        ours = coco_fsod_reader.annotation_mask(ann, img["height"], img["width"])
         assert ours.dtype == bool and np.array_equal(ours, api.annToMask(ann).astype(bool))
     assert kinds == {"poly", "str", "list"}

@@ -27,7 +27,7 @@ from pycocotools.cocoeval import COCOeval
 from conftest import SIZE, make_cfg
 from diffews.cli import load_config_checked
 from diffews import DiffewSPredictor, SupportSet
-from diffews.data.datasets import coco_fsod
+from diffews.data.datasets import coco_fsod_reader
 from diffews.evaluation import FSODEvaluator
 from diffews.modeling import save_release_unet
 from diffews.predictor import instances
@@ -40,7 +40,8 @@ sys.path.insert(0, os.path.join(ROOT, "inference_fsod"))
 import run_fsod  # noqa: E402
 
 from diffews.tasks import fsod  # noqa: E402
-from diffews.tasks.fsod import run as fsod_run  # noqa: E402
+from diffews.tasks.fsod import job as fsod_job  # noqa: E402
+from diffews.tasks.fsod import supports as fsod_supports  # noqa: E402
 
 CFG = os.path.join(ROOT, "configs", "fsod", "coco", "diffews_sd21_fsod_coco_1shot.yaml")
 NOVEL_IDS = [i for i, _ in NOVEL]
@@ -169,7 +170,7 @@ def test_saved_supports_reused_stale_recomputed_and_encoded_once(env, run_a, tmp
     with torch.no_grad():
         weight.add_(0.01)
         stale = DiffewSPredictor(predictor.model, SIZE).encode_supports([r["file_name"]], [
-            coco_fsod.annotation_mask(r["annotations"][0], r["height"], r["width"])])
+            coco_fsod_reader.annotation_mask(r["annotations"][0], r["height"], r["width"])])
         weight.copy_(kept)
     stale.save(dog_path)
     assert stale.signature["weights"] != predictor.signature["weights"]
@@ -179,7 +180,7 @@ def test_saved_supports_reused_stale_recomputed_and_encoded_once(env, run_a, tmp
     handler.emit = lambda record: messages.append(record.getMessage())
     logging.getLogger("diffews.tasks.fsod").addHandler(handler)
     try:
-        sets = fsod.prepare_support_sets(predictor, by_class, folder)
+        sets = fsod_supports.prepare_support_sets(predictor, by_class, folder)
         # only the stale class is encoded again: 1 support pass, its image and mask encoded
         assert counter.n == {"support": 1, "query": 0, "vae_calls": 2, "vae_images": 2}
         assert any(dog_path in m and "recomputing" in m for m in messages)
@@ -191,7 +192,7 @@ def test_saved_supports_reused_stale_recomputed_and_encoded_once(env, run_a, tmp
             torch.testing.assert_close(saved.keys[k], fresh.keys[k])
 
         counter.reset()
-        test_records = coco_fsod.load_fsod_test("coco_test_novel", env["root"])[:2]
+        test_records = coco_fsod_reader.load_fsod_test("coco_test_novel", env["root"])[:2]
         out = tmp_path / "run_b"
         evaluator = FSODEvaluator("coco_test_novel", output_dir=str(out), root=env["root"])
         fsod.fsod_inference(predictor, sets, test_records, evaluator, cfg)
@@ -338,9 +339,11 @@ def test_parse_seeds():
 
 class _OraclePredictor:
     """predict_many returns, per class, the union of its ground-truth instances (what a perfect
-    few-shot semantic segmenter outputs): white where the mask is, score 1."""
+    few-shot semantic segmenter outputs): white where the mask is, score 1; predict_instances
+    splits them with DiffewS's readout (``predictor/instances.py``) in ``mode``."""
 
-    def __init__(self, gt_json, image_root):
+    def __init__(self, gt_json, image_root, mode="mask+components"):
+        self.mode = mode
         with contextlib.redirect_stdout(io.StringIO()):
             self.api = COCO(gt_json)
         self.ids = {}
@@ -364,16 +367,21 @@ class _OraclePredictor:
                         "score": 1.0})
         return out
 
+    def predict_instances(self, image, sets, batch_size, presence_threshold=None):
+        results = self.predict_many(self.encode_images([image])[0], sets, batch_size)
+        return instances.predictions_to_instances(results, image.shape[:2], mode=self.mode,
+                                                  min_area=0)
+
 
 def test_instance_modes_with_oracle_predictions(env, tmp_path):
     """Through fsod_inference and the evaluator: "components" recovers every instance of the
     tree (its same-class instances never touch), AP 100; "mask" merges the two persons of image
     100 and the two chairs of image 102, so it must lose AP."""
-    oracle = _OraclePredictor(env["tree"]["test_json"],
-                              os.path.join(env["root"], "coco", "val2014"))
-    test_records = coco_fsod.load_fsod_test("coco_test_novel", env["root"])
+    test_records = coco_fsod_reader.load_fsod_test("coco_test_novel", env["root"])
     ap = {}
     for mode in MODES:
+        oracle = _OraclePredictor(env["tree"]["test_json"],
+                                  os.path.join(env["root"], "coco", "val2014"), mode)
         cfg = _cfg(env, "TEST.FSOD.INSTANCE_MODE", mode, "TEST.FSOD.MIN_AREA", "0")
         out = tmp_path / mode
         evaluator = FSODEvaluator("coco_test_novel", output_dir=str(out), root=env["root"])
@@ -416,7 +424,7 @@ def test_max_dets_is_the_evaluators_not_topk(env, tmp_path, monkeypatch):
             raise RuntimeError("captured")
 
     monkeypatch.setattr(instance_evaluation, "FSODEvaluator", Capture)
-    monkeypatch.setattr(fsod_run, "prepare_support_sets", lambda *a, **k: [None] * 20)
+    monkeypatch.setattr(fsod_job, "prepare_support_sets", lambda *a, **k: [None] * 20)
     cfg = _cfg(env, "TEST.FSOD.TOPK", "7", "TEST.FSOD.MAX_DETS", "100")
     with pytest.raises(RuntimeError, match="captured"):
         fsod.evaluate_fsod(cfg, None, str(tmp_path), env["root"])

@@ -352,7 +352,7 @@ class DiffewSPredictor(Predictor):
         """Each class's mask split into scored instances (``instances.py``, TEST.FSOD.*): one
         ``predict_many`` of the image against every class's set; a class judged absent gives
         no instance."""
-        (encoded,) = self._encode_chunk([image], 0)
+        (encoded,) = self.encode_images([image], batch_size=1)
         results = self.predict_many(encoded, support_sets, batch_size, presence_threshold)
         return predictions_to_instances(results, encoded.size, **self.instances)
 

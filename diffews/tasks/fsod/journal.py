@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Few-shot instance segmentation, resumable (``inference_fsod/run_fsod.py``, ``run.py``).
+"""Few-shot instance segmentation, resumable (``inference_fsod/run_fsod.py``, ``job.py``).
 
 Per seed, the test images are cut into shards of ``ceil(images / 100)`` (at most 100 shards; 50
 images for COCO's 5,000) and each finished shard is one journal entry of

@@ -1,6 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Few-shot instance segmentation: the support sets of a split, encoded once and saved
-(``run.py``, step 1)."""
+(``job.py``, step 1)."""
 
 import hashlib
 import json

@@ -1,5 +1,5 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""One fold of an episodic few-shot segmentation evaluation, resumable (``run.py``).
+"""One fold of an episodic few-shot segmentation evaluation, resumable (``job.py``).
 
 The fold's fixed episodes (``TEST.FSS`` SHOT, SEED, NUM_EPISODES or EPISODES_FILE, NEGATIVE_RATIO)
 are cut into chunks of ``--chunk-episodes`` (rounded up to whole batches of

@@ -15,7 +15,7 @@ from ...config import fold_weights
 from ...data.episodes import BENCHMARK_FOLDS
 from ...predictor import build_predictor
 from ...utils.atomic import atomic_write_json
-from .run import FSSJob, check, run
+from .job import FSSJob, check, run
 
 logger = logging.getLogger(__name__)
 

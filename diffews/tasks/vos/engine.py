@@ -44,7 +44,7 @@ MODEL.DIFFEWS.PRESENCE_THRESHOLD set) has an empty mask, so no pixels in that fr
 offered to its memory; nor is an object whose merged region is empty. It is still tracked on the
 next frames with the memory it has, so it can come back.
 
-The memory rule is in ``memory.py``, the dataset run in ``run.py``.
+The memory rule is in ``memory.py``, the dataset run in ``job.py``.
 """
 
 import logging
