@@ -28,7 +28,7 @@ EPILOG = """\
 Per object, the first annotated frame with its given mask is a fixed support and up to
 MEM_SIZE - 1 past predicted frames, chosen by score decayed linearly with their distance in time
 (ratio DECAY_RATIO), are added; every frame is one query per object, VAE-encoded once, and each
-memory entry is encoded once (diffews/tasks/vos/). Frames are resized to INPUT.IMAGE_SIZE squared;
+memory entry is encoded once (diffews/predictor/diffews_video.py). Frames are resized to INPUT.IMAGE_SIZE squared;
 masks are written at the frame's size as palette PNGs in the official results layout:
 <output>/<video>/<frame>.png (DAVIS) or <output>/Annotations/<video>/<frame>.png plus
 <output>/submission.zip (YouTube-VOS). DAVIS val is scored at the end (global_results-val.csv,

@@ -18,9 +18,9 @@ from diffews import DiffewSPredictor
 from diffews.evaluation.vos_evaluation import evaluate_davis
 from diffews.modeling import save_release_unet
 from diffews.cli import run_cli
-from diffews.predictor.merge import merge_objects
+from diffews.predictor.diffews_video import decay_factor, merge_objects, select_memory
 from diffews.tasks import vos
-from diffews.tasks.vos import VOSEngine, decay_factor, load_vos_records, select_memory
+from diffews.tasks.vos import VOSEngine, load_vos_records
 from tests._vos_trees import (block, write_davis_sequence, write_davis_tree, write_list,
                                write_ytvos_tree)
 

@@ -15,7 +15,7 @@ The words:
   refuses a set of another model or working size with a one-line ``SupportSetError``.
 * an **encoded image** (``encode_images``) is a query or support image encoded once; it can be
   given wherever an image is taken (video frames are encoded once for every object).
-* a **result** (``predict``, ``predict_many``, ``track_objects``) is a dict with at least:
+* a **result** (``predict``, ``predict_many``) is a dict with at least:
   ``mask`` (H, W) bool at the query's original size, ``mask_working`` (S, S) bool, ``pred_image``
   (S, S, 3) uint8 (a picture of the model's prediction before thresholding), ``score`` (float in
   [0, 1], how clean the prediction is), ``presence`` (float, higher = more likely that the
@@ -27,7 +27,6 @@ import abc
 from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 __all__ = ["Predictor"]
@@ -129,21 +128,14 @@ class Predictor(abc.ABC):
 
     # -- video object segmentation ---------------------------------------------------------------
     @abc.abstractmethod
-    def track_objects(self, frame, support_sets: Sequence, size: Tuple[int, int],
-                      batch_size: int = 8) -> List[Dict]:
-        """One frame (encoded once) against each tracked object's support set (its memory): one
-        result per object, its mask at the frame's ``size``."""
-
-    @abc.abstractmethod
-    def merge_objects(self, ids: Sequence[int], results: Sequence[Dict],
-                      size: Tuple[int, int]) -> np.ndarray:
-        """One (H, W) int64 label map (0 = background) from the objects' ``track_objects``
-        results, overlaps resolved by this model's rule."""
-
-    @abc.abstractmethod
-    def memory_entry(self, result: Dict, region: np.ndarray) -> Tuple[np.ndarray, float]:
-        """What an object's memory keeps of this frame: (mask (H, W) bool, score), given its
-        result and its region of the final label map (given annotations included)."""
+    def video_tracker(self, mem_size: int, decay_ratio: float, reuse_supports: bool = True,
+                      batch_size: int = 8):
+        """A new video's tracker: an object with ``frame(t, image, name, ann) -> dict`` that
+        segments frame ``t`` (``image`` (H, W, 3) uint8, ``ann`` the (H, W) object ids given on
+        it or None) and keeps each object's memory of references by this model's rules
+        (``mem_size`` references, the first frame included; ``decay_ratio`` their linear decay).
+        The dict: "label_map" (H, W) int64, "given", "scores", "shots", "present", "presence",
+        "entered", "memory" (``diffews.tasks.vos.VOSEngine.segment_video``)."""
 
     # -- presence ----------------------------------------------------------------------------------
     @contextmanager

@@ -25,7 +25,6 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..modeling.readout import confidence_map, prediction_score_array
 from ..modeling.support_set import SupportSet
 from ..utils.errors import SupportSetError, UsageError
 from ..utils.image import ImageReadError, as_mask, as_rgb, resize_image, resize_mask
@@ -35,8 +34,8 @@ from ..utils.inputs import chunks as _chunks
 from ..utils.inputs import chunks_iter as _chunks_iter
 from ..utils.inputs import input_name as _name
 from .base import Predictor
+from .diffews_video import DiffewSVideoTracker
 from .instances import CLASS_SCORES, MODES, predictions_to_instances
-from .merge import merge_objects
 
 logger = logging.getLogger(__name__)
 
@@ -356,28 +355,10 @@ class DiffewSPredictor(Predictor):
         results = self.predict_many(encoded, support_sets, batch_size, presence_threshold)
         return predictions_to_instances(results, encoded.size, **self.instances)
 
-    def track_objects(self, frame, support_sets: Sequence[SupportSet], size: Tuple[int, int],
-                      batch_size: int = 8) -> List[Dict]:
-        """``predict_many`` of the frame against every object's set (objects with as many
-        supports share a query pass)."""
-        return self.predict_many(frame, support_sets, batch_size)
-
-    def merge_objects(self, ids: Sequence[int], results: Sequence[Dict],
-                      size: Tuple[int, int]) -> np.ndarray:
-        """Where masks overlap, the object whose decoded prediction is brightest there wins
-        (``confidence_map``: channel mean / 255, nearest-resized to the frame); an exact tie goes
-        to the higher id."""
-        return merge_objects({o: r["mask"] for o, r in zip(ids, results)},
-                             {o: confidence_map(r["pred_image"], size)
-                              for o, r in zip(ids, results)}, size)
-
-    def memory_entry(self, result: Dict, region: np.ndarray) -> Tuple[np.ndarray, float]:
-        """The object's region of the merged label map, scored by ``prediction_score`` of its
-        decoded prediction and that region (nearest-resized to the working size, as the
-        benchmarks resize masks), so that a region the merge emptied scores 0."""
-        pred_image = result["pred_image"]
-        working = resize_mask(region.astype(np.uint8), pred_image.shape[:2]).astype(bool)
-        return region, prediction_score_array(pred_image, working)
+    def video_tracker(self, mem_size: int, decay_ratio: float, reuse_supports: bool = True,
+                      batch_size: int = 8) -> DiffewSVideoTracker:
+        """DiffewS's rules for a video (``diffews_video.py``)."""
+        return DiffewSVideoTracker(self, mem_size, decay_ratio, reuse_supports, batch_size)
 
     @contextmanager
     def measuring_signals(self):
