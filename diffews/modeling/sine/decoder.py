@@ -14,13 +14,16 @@ mformer.py l.557-690); they differ only in how the ID and class queries are pool
 3. queries: ID (the fused ID queries), instance (``query_feat`` / ``query_embed``) and class
    (fused class queries plus the learnable "no object" ``neg_class_embed``, position 0), each
    group plus its ``query_grained_embed`` row;
-4. prediction heads before the first layer and after each layer; each prediction's masks, resized
-   to the feature grid, mask the next cross-attention (``sigmoid < 0.5`` blocked; a query that
-   would be blocked everywhere is released).
+4. prediction heads before the first layer and after each layer. The masks of the FIRST
+   prediction (from the initial queries), resized to the feature grid, mask the cross-attention
+   of EVERY layer (``sigmoid < 0.5`` blocked; a query blocked everywhere is released): the
+   original computes each later prediction's mask into a variable that no layer reads
+   (mformer.py l.633 vs l.660, the same in all four copies, training included), and the
+   released model was trained that way, so we keep it.
 """
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +96,7 @@ class MatchingTransformer(nn.Module):
     def damped_correlation(corr: torch.Tensor, side: int, sigma: float = 10.0) -> torch.Tensor:
         """Multiply each row of ``corr`` (B, Q, side*side) by a Gaussian of ``sigma`` patches
         centred on the row's maximum (mformer.py l.502-522; the grid must be square)."""
-        b, q, _ = corr.shape
+        b, q = corr.shape[:2]
         center = corr.max(dim=2)[1]
         cy, cx = torch.div(center, side, rounding_mode="floor"), center % side
         coords = torch.arange(side, dtype=torch.float32, device=corr.device)
@@ -101,18 +104,20 @@ class MatchingTransformer(nn.Module):
         dx = coords.view(1, 1, side) - cx.unsqueeze(2)
         dist2 = dy.unsqueeze(3).pow(2) + dx.unsqueeze(2).pow(2)  # (B, Q, side, side)
         gauss = torch.exp(-dist2 / (2 * sigma ** 2))
-        return (gauss * corr.view(b, -1, side, side)).view(b, q, -1)
+        return (gauss * corr.view(b, q, side, side)).view(b, q, corr.shape[2])
 
-    def heads(self, queries: List[torch.Tensor], mask_features: torch.Tensor, grid) -> Dict:
-        """Class logits and masks of the current queries, and the next cross-attention mask.
+    def heads(self, queries: List[torch.Tensor], mask_features: torch.Tensor,
+              grid: Optional[Tuple[int, int]] = None) -> Dict:
+        """Class logits and masks of the current queries, and their cross-attention mask.
 
         Args:
             queries: [id (nm, B, C), instance (nq, B, C), class (nc+1, B, C)].
-            mask_features: (B, C, 4h, 4w). grid: (h, w) of the attention mask.
+            mask_features: (B, C, 4h, 4w). grid: (h, w) of the attention mask; None: no mask.
         Returns:
             dict with "id_logits" (B, nm, 2), "ins_logits" (B, nq, nc+1) (cosine similarity to
             the class queries times min(exp(logit_scale), 100)), "id_masks" (B, nm, 4h, 4w),
-            "ins_masks" (B, nq, 4h, 4w), "attn_mask" bool (B*heads, nm+nq, h*w), and
+            "ins_masks" (B, nq, 4h, 4w), "attn_mask" bool (B*heads, nm+nq, h*w) (None
+            without ``grid``), and
             "mask_embed" [(B, nm, C), (B, nq, C)].
         """
         q_id, q_ins, q_cls = [self.decoder_norm(q).transpose(0, 1) for q in queries]
@@ -122,9 +127,11 @@ class MatchingTransformer(nn.Module):
         emb_id, emb_ins = self.mask_embed(q_id), self.mask_embed(q_ins)
         masks = torch.cat([torch.einsum("bqc,bchw->bqhw", emb_id, mask_features),
                            torch.einsum("bqc,bchw->bqhw", emb_ins, mask_features)], dim=1)
-        small = F.interpolate(masks, size=grid, mode="bilinear", align_corners=False)
-        blocked = small.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1)
-        blocked = (blocked.flatten(0, 1) < 0.5).detach()
+        blocked = None
+        if grid is not None:
+            small = F.interpolate(masks, size=grid, mode="bilinear", align_corners=False)
+            blocked = small.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1)
+            blocked = (blocked.flatten(0, 1) < 0.5).detach()
         nm = q_id.shape[1]
         return {"id_logits": self.id_class_embed(q_id), "ins_logits": ins_logits,
                 "id_masks": masks[:, :nm], "ins_masks": masks[:, nm:], "attn_mask": blocked,
@@ -182,11 +189,11 @@ class MatchingTransformer(nn.Module):
         sa_mask = sa_mask[None].repeat(bs * self.num_heads, 1, 1)
 
         preds = [self.heads(queries, mask_features, (h, w))]
+        ca_mask = preds[0]["attn_mask"]  # the first prediction's, for every layer (see above)
+        ca_mask[ca_mask.sum(-1) == ca_mask.shape[-1]] = False
         for layer in self.transformer_layers:
-            ca_mask = preds[-1]["attn_mask"]
-            ca_mask[ca_mask.sum(-1) == ca_mask.shape[-1]] = False
             queries = layer(queries, positions, image, image_pos, sa_mask, ca_mask)
-            preds.append(self.heads(queries, mask_features, (h, w)))
+            preds.append(self.heads(queries, mask_features))
         keys = {"pred_id_logits": "id_logits", "pred_ins_logits": "ins_logits",
                 "pred_id_masks": "id_masks", "pred_ins_masks": "ins_masks"}
         out = {k: preds[-1][v] for k, v in keys.items()}

@@ -60,9 +60,6 @@ class SINE(nn.Module):
         if pad_size % image_encoder.patch_size:
             raise ValueError(f"MODEL.SINE.PAD_SIZE {pad_size} is not a multiple of the patch "
                              f"size {image_encoder.patch_size}")
-        if image_size > pad_size:
-            raise ValueError(f"MODEL.SINE.IMAGE_SIZE {image_size} is larger than "
-                             f"MODEL.SINE.PAD_SIZE {pad_size}")
         self.image_size, self.pad_size = int(image_size), int(pad_size)
         self.score_threshold = float(score_threshold)
         self.use_id_query = bool(use_id_query)
@@ -130,9 +127,10 @@ class SINE(nn.Module):
 
     @torch.no_grad()
     def weights_fingerprint(self) -> str:
-        """A short hash of the patch embedding, the last block's layer scale and the neck."""
+        """A short hash of the patch embedding, the first block's layer scale, the final norm
+        and the neck: differs between DINOv2 sizes, releases and trainings."""
         vit = self.image_encoder.encoder
-        tensors = [vit.patch_embed.proj.weight, vit.blocks[-1].ls2.gamma,
+        tensors = [vit.patch_embed.proj.weight, vit.blocks[0].ls1.gamma, vit.norm.weight,
                    *self.image_encoder.neck.parameters()]
         h = hashlib.sha1()
         for t in tensors:
@@ -179,7 +177,8 @@ class SINE(nn.Module):
         ids = support_set.id_queries.to(target)
         if not use_id:
             ids = ids[:0]
-        return self.transformer_decoder(target, ids[None], support_set.class_queries.to(target)[None])
+        classes = support_set.class_queries.to(target)
+        return self.transformer_decoder(target, ids[None], classes[None])
 
     # -- FSS benchmark episodes -----------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:

@@ -131,7 +131,8 @@ def read_encoder_state(path: str, what: str = "MODEL.SINE.ENCODER.WEIGHTS"
     folder or a hub id (``diffews.utils.hub``)."""
     path = resolve_hub_path(path, what)
     if os.path.isdir(path):
-        files = [os.path.join(path, n) for n in _HF_WEIGHTS if os.path.isfile(os.path.join(path, n))]
+        files = [os.path.join(path, n) for n in _HF_WEIGHTS
+                 if os.path.isfile(os.path.join(path, n))]
         if not files:
             raise FileNotFoundError(f"{what}: {path} is a folder without {' or '.join(_HF_WEIGHTS)}"
                                     " (expected a transformers Dinov2Model folder)")
