@@ -259,7 +259,7 @@ def add_sine_config(cfg: CN) -> None:
     # An official DINOv2 checkpoint (dinov2_vitl14_pretrain.pth: flat keys, maybe under
     # "teacher", maybe prefixed module./backbone.) or a hub id such as hf://facebook/dinov2-large
     # (a transformers Dinov2Model folder, converted on load). Loaded when the model is built, as
-    # the original's build_model does (tools/eval_fss.py l.174 via inference_fss/model/model.py);
+    # the original's build_model does (inference_fss/model/model.py l.174);
     # optional when MODEL.WEIGHTS holds the encoder (image_encoder.encoder.*), which then wins.
     cfg.MODEL.SINE.ENCODER.WEIGHTS = ""
     # Neck output = decoder width (--feat_chans 256).

@@ -1,9 +1,10 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The Matching Transformer (MFormer), given pooled reference queries (docs/SINE.md section 3).
 
-The four copies of the original decoder (aim-uofa/SINE ``*/transformer_decoder/mformer.py``) share
-everything after the reference pooling (``forward_per_image`` from "fusion reference and target",
-mformer.py l.557-690); they differ only in how the ID and class queries are pooled, which lives in
+The four copies of the original decoder (aim-uofa/SINE ``*/transformer_decoder/mformer.py``;
+line numbers here are inference_fss/model/transformer_decoder/mformer.py's) share everything
+after the reference pooling (``forward_per_image`` from "fusion reference and target", l.557-690);
+they differ only in how the ID and class queries are pooled, which lives in
 ``pooling.py``. ``MatchingTransformer.forward`` is that shared part:
 
 1. fusion: pooled queries and target features attend to each other (shared weights, plus an
@@ -44,7 +45,7 @@ class MatchingTransformer(nn.Module):
         mask_dim: mask embedding width; must equal ``dim`` (einsum with the mask features).
         fusion_depth: fusion layers. num_queries: learnable instance queries.
         pre_norm: pre-norm decoder layers (fusion layers are post-norm regardless).
-        temp: initial ``temp`` of the ID position softmax (30, mformer.py l.392).
+        temp: initial ``temp`` of the ID position softmax (30, mformer.py l.389).
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, mask_dim: int,

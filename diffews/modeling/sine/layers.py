@@ -2,10 +2,10 @@
 """The Matching Transformer's layers (docs/SINE.md section 3), sequence-first ``(L, B, C)``.
 
 Module and parameter names are those of the released state dict (aim-uofa/SINE
-sine/model/transformer_decoder/mformer.py l.41-363): ``self_attn`` / ``multihead_attn``
-(``nn.MultiheadAttention``), ``norm``, ``linear1`` / ``linear2``, ``mask_embed.layers.<i>``,
-``transformer_{self,cross}_attention_layer``, ``transformer_ffn_layer{,1,2}``. Dropout is 0
-everywhere in SINE and is left out. Every weight matrix starts Xavier-uniform (mformer.py
+inference_fss/model/transformer_decoder/mformer.py l.41-363, the same in the other copies):
+``self_attn`` / ``multihead_attn`` (``nn.MultiheadAttention``), ``norm``, ``linear1`` /
+``linear2``, ``mask_embed.layers.<i>``, ``transformer_{self,cross}_attention_layer``,
+``transformer_ffn_layer{,1,2}``. Dropout is 0 everywhere in SINE and is left out. Every weight matrix starts Xavier-uniform (mformer.py
 l.56-59), which only matters before weights are loaded.
 """
 
@@ -174,7 +174,7 @@ def sine_position(height: int, width: int, dim: int, device=None) -> torch.Tenso
     """DETR's normalised sine position encoding of an unpadded ``height`` x ``width`` grid
     (temperature 10000, scale 2 pi, eps 1e-6; aim-uofa/SINE
     inference_fss/model/transformer_decoder/position_encoding.py l.12-53, built with
-    num_pos_feats = dim / 2 and normalize=True at mformer.py l.53-54).
+    num_pos_feats = dim / 2 and normalize=True at mformer.py l.412-413).
 
     Returns:
         (1, dim, height, width) float32: the y encoding in the first dim/2 channels, x after,
