@@ -5,8 +5,8 @@ Module and parameter names are those of the released state dict (aim-uofa/SINE
 inference_fss/model/transformer_decoder/mformer.py l.41-363, the same in the other copies):
 ``self_attn`` / ``multihead_attn`` (``nn.MultiheadAttention``), ``norm``, ``linear1`` /
 ``linear2``, ``mask_embed.layers.<i>``, ``transformer_{self,cross}_attention_layer``,
-``transformer_ffn_layer{,1,2}``. Dropout is 0 everywhere in SINE and is left out. Every weight matrix starts Xavier-uniform (mformer.py
-l.56-59), which only matters before weights are loaded.
+``transformer_ffn_layer{,1,2}``. Dropout is 0 everywhere in SINE and is left out. Every weight
+matrix starts Xavier-uniform (mformer.py l.56-59), which only matters before weights load.
 """
 
 import math
