@@ -17,25 +17,30 @@ TINY = {"embed_dim": 32, "depth": 2, "heads": 2, "feat": 32, "dec_depth": 2, "de
         "mlp": 64, "queries": 3, "fusion": 1}
 
 
+def tiny_opts(tiny=None) -> list:
+    """Config overrides of the tiny sizes (``TINY`` updated with ``tiny``)."""
+    t = dict(TINY, **(tiny or {}))
+    return [
+        "MODEL.SINE.ENCODER.ARCH", "vit_small",
+        "MODEL.SINE.ENCODER.EMBED_DIM", t["embed_dim"], "MODEL.SINE.ENCODER.DEPTH", t["depth"],
+        "MODEL.SINE.ENCODER.NUM_HEADS", t["heads"], "MODEL.SINE.FEAT_CHANS", t["feat"],
+        "MODEL.SINE.DECODER.DEPTH", t["dec_depth"], "MODEL.SINE.DECODER.NHEADS", t["dec_heads"],
+        "MODEL.SINE.DECODER.MLP_DIM", t["mlp"], "MODEL.SINE.DECODER.MASK_DIM", t["feat"],
+        "MODEL.SINE.DECODER.NUM_QUERIES", t["queries"],
+        "MODEL.SINE.DECODER.FUSION_DEPTH", t["fusion"]]
+
+
 def sine_cfg(*opts, tiny=None):
     """detectron2 config of a tiny SINE (``configs/sine/Base-SINE.yaml`` + tiny sizes + opts)."""
     from detectron2.config import get_cfg
 
     from diffews.config import add_diffews_config, add_sine_config
 
-    t = dict(TINY, **(tiny or {}))
     cfg = get_cfg()
     add_diffews_config(cfg)
     add_sine_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, "configs", "sine", "Base-SINE.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.SINE.ENCODER.ARCH", "vit_small",
-        "MODEL.SINE.ENCODER.EMBED_DIM", t["embed_dim"], "MODEL.SINE.ENCODER.DEPTH", t["depth"],
-        "MODEL.SINE.ENCODER.NUM_HEADS", t["heads"], "MODEL.SINE.FEAT_CHANS", t["feat"],
-        "MODEL.SINE.DECODER.DEPTH", t["dec_depth"], "MODEL.SINE.DECODER.NHEADS", t["dec_heads"],
-        "MODEL.SINE.DECODER.MLP_DIM", t["mlp"], "MODEL.SINE.DECODER.MASK_DIM", t["feat"],
-        "MODEL.SINE.DECODER.NUM_QUERIES", t["queries"],
-        "MODEL.SINE.DECODER.FUSION_DEPTH", t["fusion"], *opts])
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *tiny_opts(tiny), *opts])
     return cfg
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from _sine import build_sine, sine_cfg
+from _sine import build_sine, sine_cfg, tiny_opts
 from diffews.checkpoint import UntrainedModelError, load_inference_weights
 from diffews.modeling.sine import SINEMemory, SINESupportSet, SINESupportSetError
 from diffews.modeling.sine import preprocess as P
@@ -263,3 +263,12 @@ def test_memory_rule():
     assert sorted(mem.references()[:-1]) == ["p0", "p1"] and mem.references()[-1] == "gt"
     mem.offer(30, 0.3, "p30")  # p0 and p1 decay to 0; p0 (score 0.5 < 0.9) dropped
     assert sorted(mem.references()[:-1]) == ["p1", "p30"]
+
+
+def test_speed_measurement_runs():
+    """diffews/benchmark/sine_speed.py on a tiny model (the real one is SINE-L at 518/896)."""
+    from diffews.benchmark.sine_speed import measure
+
+    r = measure(70, 112, shots=2, repeats=2, warmup=1, opts=tiny_opts())
+    assert len(r["seconds"]) == 2 and r["seconds_per_episode"] > 0
+    assert r["peak_gib"] > 0 and r["parameters"] < 1
