@@ -250,7 +250,10 @@ def test_size_rules():
     assert P.vos_model_size(60, 90, 98) == (65, 98)   # landscape: h = int(98 / 1.5)
     assert P.vos_model_size(90, 60, 98) == (98, 65)   # portrait: w = int(98 * 2 / 3)
     assert P.fsis_size(90, 120, 98, 98) == (74, 98)   # 73.5 rounds up: int(x + 0.5)
-    assert P.fss_mask(torch.eye(4), 2).tolist() == [[1.0, 0.0], [0.0, 1.0]]  # floor(dst * 2)
+    corner = torch.zeros(4, 4)
+    corner[0, 0] = 1
+    assert P.fss_mask(corner, 2)[0, 0] == 1  # FSS: legacy nearest, source floor(dst * 2) = 0
+    assert P.fsis_mask(corner.numpy(), (2, 2))[0, 0] == 0  # FSIS: PIL nearest, centre: 1
 
 
 def test_memory_rule():
