@@ -63,8 +63,10 @@ class SINE(nn.Module):
         self.image_size, self.pad_size = int(image_size), int(pad_size)
         self.score_threshold = float(score_threshold)
         self.use_id_query = bool(use_id_query)
-        # a device anchor (normalisation happens in preprocess.normalize, as the original does)
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        # ImageNet mean/std on [0, 1] values, applied after the /255 as torchvision's Normalize
+        # in the original (tools/eval_fss.py l.37-40); not part of the state dict
+        self.register_buffer("pixel_mean", torch.tensor(P.IMAGENET_MEAN).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(P.IMAGENET_STD).view(3, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -90,7 +92,7 @@ class SINE(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self._anchor.device
+        return self.pixel_mean.device
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -101,8 +103,9 @@ class SINE(nn.Module):
     def prepare(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """(3, h, w) float images in [0, 1] (each at most pad_size) -> (B, 3, P, P) normalised,
         zero-padded bottom/right, on the model's device."""
-        return P.stack_padded([torch.as_tensor(x).to(self.device, torch.float32)
-                               for x in images], self.pad_size)
+        return torch.stack([P.pad(P.normalize(torch.as_tensor(x).to(self.device, torch.float32),
+                                              self.pixel_mean, self.pixel_std), self.pad_size)
+                            for x in images])
 
     def encode(self, pixels: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
         """(B, 3, P, P) normalised padded images -> (B, C, P/14, P/14) neck features, in

@@ -18,7 +18,7 @@ Each task of the original resizes differently before the shared steps (``to_unit
   side to IMAGE_SIZE (``vos_model_resize``), masks nearest.
 """
 
-from typing import List, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "to_unit", "normalize", "pad", "fss_image",
            "fss_mask", "fsis_size", "fsis_image", "fsis_mask", "fsis_polygon_mask",
-           "vos_frame", "vos_frame_mask", "vos_model_size", "vos_model_resize", "stack_padded"]
+           "vos_frame", "vos_frame_mask", "vos_model_size", "vos_model_resize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,10 +48,14 @@ def to_unit(image) -> torch.Tensor:
     return image.to(torch.float32).div(255)
 
 
-def normalize(unit: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) in [0, 1] -> ImageNet-normalised, as torchvision's ``Normalize``."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=unit.dtype, device=unit.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=unit.dtype, device=unit.device).view(3, 1, 1)
+def normalize(unit: torch.Tensor, mean: Optional[torch.Tensor] = None,
+              std: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(..., 3, H, W) in [0, 1] -> ``(x - mean) / std`` as torchvision's ``Normalize``; mean
+    and std (3, 1, 1) default to the ImageNet values."""
+    if mean is None:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=unit.dtype, device=unit.device).view(3, 1, 1)
+    if std is None:
+        std = torch.tensor(IMAGENET_STD, dtype=unit.dtype, device=unit.device).view(3, 1, 1)
     return (unit - mean) / std
 
 
@@ -164,8 +168,3 @@ def vos_model_resize(x: torch.Tensor, size: int, mode: str = "bilinear") -> torc
     """(B, C, h, w) -> (B, C, h', w') at ``vos_model_size`` with ``F.interpolate`` (bilinear
     align_corners False, no antialias; "nearest" for masks)."""
     return F.interpolate(x, size=vos_model_size(x.shape[-2], x.shape[-1], size), mode=mode)
-
-
-def stack_padded(images: List[torch.Tensor], size: int) -> torch.Tensor:
-    """Normalise and pad (3, h, w) [0, 1] images to one (B, 3, size, size) batch."""
-    return torch.stack([pad(normalize(x), size) for x in images])
