@@ -3,7 +3,6 @@
 transformers DINOv2 folder, our checkpoints, errors), the support-set container, the VOS memory
 rule, the episode interface and the small size rules."""
 
-
 import pytest
 import torch
 from detectron2.modeling import build_model
