@@ -21,7 +21,6 @@ from _sine import reference_data, sine_cfg
 from diffews.modeling.sine import SINEMemory, SINESupportSet
 from diffews.modeling.sine import preprocess as P
 from diffews.modeling.sine.inference import fsis_instances, label_map, vos_objects
-from diffews.modeling.sine.pooling import pool_vos
 
 # float32 on CPU, the same weights and inputs: the differences left are summation order (timm's
 # fused attention vs the original's explicit softmax, batch composition), about 1e-6
@@ -146,15 +145,12 @@ def vos_agreement(model) -> dict:
                 m = P.vos_model_resize(m[None, None], size, "nearest")[0]
                 memory[i].offer(t, 1.0, (features, model.pad_masks(m)))
         refs = [(i, ref_) for i in ids for ref_ in memory[i].references()]
-        objects, queries = pool_vos(torch.cat([f for _, (f, _) in refs]),
-                                    torch.cat([m for _, (_, m) in refs]),
-                                    torch.tensor([i for i, _ in refs]))
-        n = len(objects)
-        support = SINESupportSet(queries, objects, queries, objects, queries, torch.ones(n),
-                                 "vos")
+        support = model.encode_support_set("vos", [f[0] for _, (f, _) in refs],
+                                           [m for _, (_, m) in refs],
+                                           labels=[i for i, _ in refs])
         out = model.decode(features, support, use_id_query=True)
         objs = vos_objects(out, (model.pad_size, model.pad_size), model_in.shape[-2:],
-                           unit.shape[-2:], objects, -1e9)
+                           unit.shape[-2:], support.id_labels, -1e9)
         full = F.interpolate(objs["masks"][None].float(), frame.shape[:2], mode="nearest")[0]
         for k, i in enumerate(objs["ids"].tolist()):
             m = P.vos_model_resize(objs["masks"][k][None, None].float(), size, "nearest")[0]

@@ -26,7 +26,7 @@ from . import preprocess as P
 from .decoder import MatchingTransformer
 from .encoder import DINOv2Encoder, build_dinov2
 from .inference import fss_sem_seg
-from .pooling import pool_fsis, pool_fss
+from .pooling import pool_fsis, pool_fss, pool_vos
 from .support_set import SINESupportSet
 
 logger = logging.getLogger(__name__)
@@ -143,28 +143,43 @@ class SINE(nn.Module):
     @torch.no_grad()
     def encode_support_set(self, rule: str, features: Sequence[torch.Tensor],
                            masks: Sequence[torch.Tensor], label: int = 0,
-                           info: Optional[List[Dict]] = None) -> SINESupportSet:
-        """Pool one class's supports into a ``SINESupportSet`` (``pooling.py``).
+                           info: Optional[List[Dict]] = None,
+                           labels: Optional[Sequence[int]] = None,
+                           signature: bool = True) -> SINESupportSet:
+        """Pool supports into a ``SINESupportSet`` by one task's rule (``pooling.py``).
 
         Args:
-            rule: "fss" (one instance per support image) or "fsis" (any number per image).
-            features: per support image, (C, h, w) neck features (``encode``).
-            masks: per support image, (n_i, P, P) padded masks ("fss": n_i = 1).
-            label: the class id of the set.
-            info: one dict per instance, kept in the set.
+            rule: "fss" (one class, one instance per support image), "fsis" (one class, any
+                number of instances per image) or "vos" (every object of a frame's memory).
+            features: per support image (VOS: per reference frame), (C, h, w) neck features
+                (``encode``).
+            masks: per support image, (n_i, P, P) padded masks ("fss", "vos": n_i = 1).
+            label: the class id of the set ("fss", "fsis").
+            info: one dict per ID query, kept in the set.
+            labels: "vos": the object id of each reference.
+            signature: attach ``support_signature()`` (False for transient sets).
+        Returns:
+            the set; "vos" sets hold one query per object (ids ascending) as both its ID and its
+            class query, and are pooled again each frame (not merged with ``cat``).
         """
+        masks = [m.reshape(-1, *m.shape[-2:]) for m in masks]
+        sig = self.support_signature() if signature else None
+        if rule == "vos":
+            if labels is None or len(labels) != len(features):
+                raise ValueError("encode_support_set('vos'): one object id per reference needed")
+            objects, queries = pool_vos(torch.stack(list(features)), torch.cat(masks),
+                                        torch.as_tensor(list(labels), dtype=torch.int64))
+            return SINESupportSet(queries, objects, queries, objects, queries,
+                                  torch.ones(len(objects)), "vos", sig, info)
         if rule == "fss":
-            ids, cls, sums, area = pool_fss(torch.stack(list(features)),
-                                            torch.cat([m.reshape(-1, *m.shape[-2:])
-                                                       for m in masks]))
+            ids, cls, sums, area = pool_fss(torch.stack(list(features)), torch.cat(masks))
         elif rule == "fsis":
             ids, cls, sums, area = pool_fsis(features, masks)
         else:
-            raise ValueError(f"encode_support_set: rule {rule!r} is not 'fss' or 'fsis' (VOS "
-                             "pools per frame with pooling.pool_vos)")
+            raise ValueError(f"encode_support_set: rule {rule!r} is not 'fss', 'fsis' or 'vos'")
         return SINESupportSet(ids, torch.full((len(ids),), label, dtype=torch.int64),
                               cls, torch.tensor([label]), sums[None], area.reshape(1),
-                              rule, self.support_signature(), info)
+                              rule, sig, info)
 
     def decode(self, target: torch.Tensor, support_set: SINESupportSet,
                use_id_query: Optional[bool] = None) -> Dict:
@@ -175,6 +190,10 @@ class SINE(nn.Module):
             support_set: pooled queries; class columns of the output follow its
                 ``class_labels``.
             use_id_query: decode with its ID queries (None: the model's setting).
+        Returns:
+            the decoder's output dict: "pred_ins_logits" (1, Q, M+1), "pred_ins_masks"
+            (1, Q, 4h, 4w), "pred_id_logits" (1, N, 2), "pred_id_masks" (1, N, 4h, 4w) (N = 0
+            without ID queries), "aux_outputs" (``inference.py`` reads them).
         """
         use_id = self.use_id_query if use_id_query is None else use_id_query
         ids = support_set.id_queries.to(target)
@@ -229,7 +248,7 @@ class SINE(nn.Module):
         pixels = self.prepare([P.to_unit(t) for t in [query, *supports]])
         features = self.encode(pixels)
         support_set = self.encode_support_set(
-            "fss", features[1:], self.pad_masks((masks != 0).float())[:, None])
+            "fss", features[1:], self.pad_masks((masks != 0).float())[:, None], signature=False)
         out = self.decode(features[:1], support_set)
         sem = fss_sem_seg(out, pixels.shape[-2:], (s, s), (s, s))[0]
         probs = torch.softmax(out["pred_ins_logits"][0], dim=-1)[:, 0]

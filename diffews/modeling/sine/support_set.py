@@ -133,6 +133,9 @@ class SINESupportSet:
             if s.rule != first.rule:
                 raise SINESupportSetError(f"SINESupportSet.cat: set {i} was pooled by rule "
                                           f"{s.rule!r}, set 0 by {first.rule!r}")
+        if first.rule == "vos":
+            raise SINESupportSetError("SINESupportSet.cat: VOS sets are pooled again each frame "
+                                      "from all references (SINE.encode_support_set('vos'))")
         labels: List[int] = []
         owners: Dict[int, List[tuple]] = {}
         for s in sets:
