@@ -72,7 +72,7 @@ def fss_image(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 (H, W, 3) RGB -> uint8 (size, size, 3): PIL bilinear, aspect ratio not kept."""
     from PIL import Image
 
-    return np.asarray(Image.fromarray(_check_image(image)).resize((size, size), Image.BILINEAR))
+    return np.array(Image.fromarray(_check_image(image)).resize((size, size), Image.BILINEAR))
 
 
 def fss_mask(mask, size: int) -> torch.Tensor:
@@ -103,7 +103,7 @@ def fsis_image(image: np.ndarray, min_size: int, max_size: int, fmt: str = "BGR"
         image = np.ascontiguousarray(image[:, :, ::-1])
     h, w = image.shape[:2]
     new_h, new_w = fsis_size(h, w, min_size, max_size)
-    return ResizeTransform(h, w, new_h, new_w, Image.BILINEAR).apply_image(image)
+    return np.array(ResizeTransform(h, w, new_h, new_w, Image.BILINEAR).apply_image(image))
 
 
 def fsis_mask(mask, size: Tuple[int, int]) -> torch.Tensor:
