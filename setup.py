@@ -24,6 +24,7 @@ setup(
         "pillow",
         "opencv-python-headless",
         "pycocotools",
+        "timm",
         "tqdm",
     ],
 )

@@ -32,14 +32,29 @@ UNTRAINED_MESSAGE = (
 )
 
 
+SINE_UNTRAINED_MESSAGE = (
+    "MODEL.WEIGHTS is empty: inference would run a SINE whose decoder was never trained; set "
+    "MODEL.WEIGHTS to the released pytorch_model.bin or a trained checkpoint (.pth), or set "
+    "MODEL.SINE.ALLOW_UNTRAINED True to run it untrained on purpose"
+)
+
+
 class UntrainedModelError(ValueError):
     """Inference was asked for with ``MODEL.WEIGHTS`` empty and no explicit permission."""
 
 
+def _is_sine(cfg) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE == "SINE"
+
+
 def require_inference_weights(cfg) -> None:
     """Raise ``UntrainedModelError`` if ``MODEL.WEIGHTS`` is empty and
-    ``MODEL.DIFFEWS.ALLOW_UNTRAINED`` is not set: call it before building the model, so that the
-    error comes before minutes of loading."""
+    ``MODEL.DIFFEWS.ALLOW_UNTRAINED`` (``MODEL.SINE.ALLOW_UNTRAINED`` for a SINE config) is not
+    set: call it before building the model, so that the error comes before minutes of loading."""
+    if _is_sine(cfg):
+        if not cfg.MODEL.WEIGHTS and not cfg.MODEL.SINE.ALLOW_UNTRAINED:
+            raise UntrainedModelError(SINE_UNTRAINED_MESSAGE)
+        return
     if not cfg.MODEL.WEIGHTS and not cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED:
         raise UntrainedModelError(UNTRAINED_MESSAGE)
 
@@ -51,6 +66,8 @@ def load_inference_weights(model, cfg) -> str:
     untrained segmenter giving plausible-looking numbers) unless
     ``MODEL.DIFFEWS.ALLOW_UNTRAINED`` is True, in which case it logs a warning and returns "".
     """
+    if _is_sine(cfg):
+        return load_sine_inference_weights(model, cfg)
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         if not cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED:
@@ -62,6 +79,21 @@ def load_inference_weights(model, cfg) -> str:
     DiffewSCheckpointer(model).load(weights)
     attach_inference_backend(model, cfg, resolve_hub_path(weights, "MODEL.WEIGHTS"))
     return weights
+
+
+def load_sine_inference_weights(model, cfg) -> str:
+    """``MODEL.WEIGHTS`` into a SINE model (``modeling.sine.weights.load_sine_weights``: the
+    released pytorch_model.bin, our checkpoints; without encoder keys when
+    ``MODEL.SINE.ENCODER.WEIGHTS`` gave the encoder at build time); returns what was loaded."""
+    from .modeling.sine.weights import load_sine_weights
+
+    require_inference_weights(cfg)
+    if not cfg.MODEL.WEIGHTS:
+        logger.warning("MODEL.WEIGHTS is empty and MODEL.SINE.ALLOW_UNTRAINED is set: running "
+                       "SINE with an untrained decoder")
+        return ""
+    load_sine_weights(model, cfg.MODEL.WEIGHTS, encoder_loaded=bool(cfg.MODEL.SINE.ENCODER.WEIGHTS))
+    return cfg.MODEL.WEIGHTS
 
 
 def attach_inference_backend(model, cfg, weights: str = "") -> None:

@@ -227,6 +227,7 @@ def build_config(config_file: str = "", opts: Sequence = ()) -> CN:
 
     cfg = get_cfg()
     add_diffews_config(cfg)
+    add_sine_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
@@ -243,3 +244,68 @@ def fold_weights(cfg, fold: int) -> str:
     from .utils.hub import resolve_hub_path
 
     return resolve_hub_path(cfg.MODEL.WEIGHTS.replace("{fold}", str(fold)), "MODEL.WEIGHTS")
+
+
+def add_sine_config(cfg: CN) -> None:
+    """Add every SINE key to a detectron2 config, in place (call after ``add_diffews_config``,
+    which holds the shared ``INPUT.IMAGE_SIZE``, ``TEST.FSOD.*`` and ``TEST.VOS.*`` keys).
+
+    SINE (arXiv 2410.04842, aim-uofa/SINE at 9ff576c): a frozen DINOv2 ViT, a neck and a Matching
+    Transformer decoder (docs/SINE.md). Defaults are the released DINOv2-L model's values, as
+    the original's evaluation scripts build it (tools/eval_fss.py l.146-167). The meta-architecture
+    is chosen by a config (``MODEL.META_ARCHITECTURE: "SINE"``, configs/sine/), not here.
+    """
+    cfg.MODEL.SINE = CN()
+    cfg.MODEL.SINE.ENCODER = CN()
+    # DINOv2 size, built with timm's vit_{small,base,large,giant}_patch14_dinov2 (patch 14,
+    # position grid 37x37 = img_size 518, layer scale 1e-5): "vit_small" | "vit_base" |
+    # "vit_large" | "vit_giant2" (tools/eval_fss.py l.157 --dinov2-size, default vit_large).
+    cfg.MODEL.SINE.ENCODER.ARCH = "vit_large"
+    # Overrides of the arch's width, depth and heads; 0 = the arch's own value (tests build a
+    # tiny ViT with these; a real checkpoint needs the arch's values).
+    cfg.MODEL.SINE.ENCODER.EMBED_DIM = 0
+    cfg.MODEL.SINE.ENCODER.DEPTH = 0
+    cfg.MODEL.SINE.ENCODER.NUM_HEADS = 0
+    # An official DINOv2 checkpoint (dinov2_vitl14_pretrain.pth: flat keys, maybe under
+    # "teacher", maybe prefixed module./backbone.) or a hub id such as hf://facebook/dinov2-large
+    # (a transformers Dinov2Model folder, converted on load). Loaded when the model is built, as
+    # the original's build_model does (inference_fss/model/model.py l.174);
+    # optional when MODEL.WEIGHTS holds the encoder (image_encoder.encoder.*), which then wins.
+    cfg.MODEL.SINE.ENCODER.WEIGHTS = ""
+    # Neck output = decoder width (--feat_chans 256).
+    cfg.MODEL.SINE.FEAT_CHANS = 256
+    # True: the neck is one 1x1 conv; False (released): 1x1 conv, LayerNorm2d, 3x3 conv,
+    # LayerNorm2d (--image_enc_use_fc; inference_fss/model/image_encoder/dinov2.py l.34-58).
+    cfg.MODEL.SINE.ENCODER_USE_FC = False
+    cfg.MODEL.SINE.DECODER = CN()
+    # Matching Transformer (MFormer): decoder layers, heads, FFN width, mask embedding width
+    # (must equal FEAT_CHANS), learnable instance queries, fusion layers, pre-norm decoder
+    # layers (tools/eval_fss.py l.160-166; the fusion layers are always post-norm).
+    cfg.MODEL.SINE.DECODER.DEPTH = 6
+    cfg.MODEL.SINE.DECODER.NHEADS = 8
+    cfg.MODEL.SINE.DECODER.MLP_DIM = 2048
+    cfg.MODEL.SINE.DECODER.MASK_DIM = 256
+    cfg.MODEL.SINE.DECODER.NUM_QUERIES = 200
+    cfg.MODEL.SINE.DECODER.FUSION_DEPTH = 1
+    cfg.MODEL.SINE.DECODER.PRE_NORM = True
+    # Working size: FSS resizes images square to IMAGE_SIZE (--img-size 518); VOS resizes the
+    # longer side to it (eval_vos --img-size 1036). INPUT.IMAGE_SIZE must equal it for FSS.
+    cfg.MODEL.SINE.IMAGE_SIZE = 518
+    # Images are zero-padded bottom/right (after normalisation) to PAD_SIZE^2, a multiple of the
+    # patch size 14 (--pad-size: FSS 896, FSIS 896, VOS 1036). The decoder needs the square.
+    cfg.MODEL.SINE.PAD_SIZE = 896
+    # FSS: foreground = sem_seg > SCORE_THRESHOLD (strict, tools/eval_fss.py l.108, 0.7).
+    # FSIS: instances kept if score > it (Base-SINE.yaml: 0.0); VOS: -1e9 (keeps every object).
+    cfg.MODEL.SINE.SCORE_THRESHOLD = 0.7
+    # ID queries (one per reference instance) in the decoder: True for FSS and VOS; False for
+    # FSIS (inference_fsod/configs/Base-SINE.yaml use_id_query False).
+    cfg.MODEL.SINE.USE_ID_QUERY = True
+    # Inference refuses to run with MODEL.WEIGHTS empty (the decoder would be random and the
+    # numbers plausible-looking); True runs the untrained model on purpose (tests, timing).
+    cfg.MODEL.SINE.ALLOW_UNTRAINED = False
+
+    # VOS: frames are first resized so that their shorter side is FRAME_SIZE (bilinear, eval_vos
+    # --size 518, inference_vos/inference/data/video_reader_nonorm.py l.46-49); the model input
+    # then has its longer side at MODEL.SINE.IMAGE_SIZE. Masks come back at this frame size and
+    # are resized (nearest) to the original frame.
+    cfg.TEST.VOS.FRAME_SIZE = 518

@@ -1,0 +1,220 @@
+# Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
+"""SINE weights in: the released ``pytorch_model.bin``, our checkpoints, DINOv2 checkpoints.
+
+- ``MODEL.WEIGHTS`` (``load_sine_weights``): the released file is the training model's state dict
+  (aim-uofa/SINE sine/model/model.py, DeepSpeed's zero_to_fp32 output): ``image_encoder.encoder.*``
+  (DINOv2), ``image_encoder.neck.*``, ``transformer_decoder.*`` and ``criterion.empty_weight``,
+  which is ignored. Our trainer's ``{"model": state}`` checkpoints load the same way. A file
+  without the ``image_encoder.encoder.*`` keys (older DeepSpeed drops frozen parameters) is
+  accepted when the encoder came from ``MODEL.SINE.ENCODER.WEIGHTS``.
+- ``MODEL.SINE.ENCODER.WEIGHTS`` (``load_encoder_weights``): an official DINOv2 checkpoint (flat
+  keys; under "teacher" in DINOv2 training checkpoints; prefixes ``module.`` / ``backbone.``
+  stripped, as dinov2 44abdbe dinov2/utils/utils.py l.20-33 does), or a transformers
+  ``Dinov2Model`` folder (e.g. ``hf://facebook/dinov2-large``), whose keys are converted to the
+  official layout (``hf_to_official``).
+
+Loading is strict where the original was lenient (``strict=False``): a missing key or a shape
+mismatch stops with an error naming the file, the key and both shapes; keys that belong to no
+part of the model stop too (a DiffewS checkpoint given to a SINE config, say).
+"""
+
+import json
+import logging
+import os
+import re
+from typing import Dict, Iterable
+
+import torch
+from torch import nn
+
+from ...utils.hub import resolve_hub_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["read_state_dict", "hf_to_official", "official_to_timm", "read_encoder_state",
+           "load_encoder_weights", "load_sine_weights", "IGNORED_PREFIXES"]
+
+# training-only buffers of the released file (the loss's class weights)
+IGNORED_PREFIXES = ("criterion.",)
+ENCODER_PREFIX = "image_encoder.encoder."
+# heads of DINOv2 training checkpoints, next to the backbone under "teacher"
+_DINO_HEADS = ("dino_head.", "ibot_head.")
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def _torch_load(path: str, what: str) -> Dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and EOF errors of a wrong, truncated or corrupt file
+        text = " ".join(str(e).split())[:200]
+        raise ValueError(f"{what}: {path} is not a readable weights file ({type(e).__name__}: "
+                         f"{text})") from e
+
+
+def _strip(state: Dict, prefixes: Iterable[str]) -> Dict:
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def read_state_dict(path: str, what: str = "MODEL.WEIGHTS") -> Dict[str, torch.Tensor]:
+    """A SINE state dict from a file: the released flat dict, or a checkpoint holding it under
+    "model" (detectron2/our trainer) or "module"; a ``module.`` prefix on every key dropped."""
+    state = _torch_load(path, what)
+    for key in ("model", "module", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{what}: {path} holds no state dict of tensors")
+    return _strip(state, ("module.",))
+
+
+def hf_to_official(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A transformers ``Dinov2Model`` state dict (saved or hub layout, optionally under
+    ``dinov2.``) -> the official DINOv2 layout (q/k/v stacked into ``qkv``)."""
+    state = {k[len("dinov2."):] if k.startswith("dinov2.") else k: v for k, v in state.items()}
+    out = {"cls_token": state.pop("embeddings.cls_token"),
+           "pos_embed": state.pop("embeddings.position_embeddings"),
+           "patch_embed.proj.weight": state.pop("embeddings.patch_embeddings.projection.weight"),
+           "patch_embed.proj.bias": state.pop("embeddings.patch_embeddings.projection.bias"),
+           "norm.weight": state.pop("layernorm.weight"), "norm.bias": state.pop("layernorm.bias")}
+    if "embeddings.mask_token" in state:
+        out["mask_token"] = state.pop("embeddings.mask_token")
+    names = {  # transformers name (hub layout, then 5.x module names) -> official name
+        "norm1": "norm1", "norm2": "norm2", "layer_scale1.lambda1": "ls1.gamma",
+        "layer_scale2.lambda1": "ls2.gamma", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+        "mlp.weights_in": "mlp.w12", "mlp.weights_out": "mlp.w3", "mlp.down_proj": "mlp.w3",
+        "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj",
+    }
+    qkv = {"query": 0, "key": 1, "value": 2, "q_proj": 0, "k_proj": 1, "v_proj": 2}
+    parts: Dict[tuple, torch.Tensor] = {}
+    pattern = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+    for key, value in state.items():
+        m = pattern.match(key)
+        if not m:
+            raise KeyError(f"unexpected key '{key}' in a transformers DINOv2 state dict")
+        i, name, kind = m.groups()
+        if kind == "lambda1":
+            name, kind = name + ".lambda1", ""
+        leaf = name.split(".")[-1]
+        if leaf in qkv:  # attention.attention.query / attention.q_proj
+            parts[(i, "qkv", kind, qkv[leaf])] = value
+        elif name in ("mlp.gate_proj", "mlp.up_proj"):
+            parts[(i, "w12", kind, 0 if name.endswith("gate_proj") else 1)] = value
+        elif name in names:
+            out[f"blocks.{i}.{names[name]}" + (f".{kind}" if kind else "")] = value
+        else:
+            raise KeyError(f"unexpected key '{key}' in a transformers DINOv2 state dict")
+    for (i, group, kind, index) in sorted(parts):
+        if index == 0:
+            target = "attn.qkv" if group == "qkv" else "mlp.w12"
+            count = 3 if group == "qkv" else 2
+            out[f"blocks.{i}.{target}.{kind}"] = torch.cat(
+                [parts[(i, group, kind, j)] for j in range(count)])
+    return out
+
+
+def official_to_timm(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official DINOv2 names -> timm's: the SwiGLU FFN's ``w12`` / ``w3`` are timm's ``fc1`` /
+    ``fc2`` (vit_giant2); every other key is the same."""
+    return {re.sub(r"\.mlp\.w12\.", ".mlp.fc1.", re.sub(r"\.mlp\.w3\.", ".mlp.fc2.", k)): v
+            for k, v in state.items()}
+
+
+def read_encoder_state(path: str, what: str = "MODEL.SINE.ENCODER.WEIGHTS"
+                       ) -> Dict[str, torch.Tensor]:
+    """The DINOv2 state dict in timm's layout from an official checkpoint file, a transformers
+    folder or a hub id (``diffews.utils.hub``)."""
+    path = resolve_hub_path(path, what)
+    if os.path.isdir(path):
+        files = [os.path.join(path, n) for n in _HF_WEIGHTS
+                 if os.path.isfile(os.path.join(path, n))]
+        if not files:
+            raise FileNotFoundError(f"{what}: {path} is a folder without {' or '.join(_HF_WEIGHTS)}"
+                                    " (expected a transformers Dinov2Model folder)")
+        if files[0].endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(files[0])
+        else:
+            state = _torch_load(files[0], what)
+        config = os.path.join(path, "config.json")
+        if os.path.isfile(config):
+            with open(config) as f:
+                model_type = json.load(f).get("model_type")
+            if model_type not in (None, "dinov2"):
+                raise ValueError(f"{what}: {path} holds a {model_type!r} model, not DINOv2")
+        try:
+            state = hf_to_official(state)
+        except KeyError as e:
+            raise ValueError(f"{what}: {files[0]}: {e.args[0]}") from e
+    else:
+        state = _torch_load(path, what)
+        if isinstance(state, dict) and isinstance(state.get("teacher"), dict):
+            state = state["teacher"]
+        state = {k.replace("module.", "").replace("backbone.", ""): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith(_DINO_HEADS)}
+    return official_to_timm(state)
+
+
+def _check_keys(model: nn.Module, state: Dict, source: str, optional: Iterable[str] = ()) -> None:
+    """Raise on a missing key (unless under an ``optional`` prefix), a shape mismatch or an
+    unexpected key, naming the key and both shapes."""
+    expected = model.state_dict()
+    optional = tuple(optional)
+    for key, value in expected.items():
+        if key not in state:
+            if optional and key.startswith(optional):
+                continue
+            raise KeyError(f"{source}: missing key '{key}' (the model has shape "
+                           f"{tuple(value.shape)})")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(f"{source}: shape mismatch for '{key}': the model has "
+                             f"{tuple(value.shape)}, the file has {tuple(state[key].shape)}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise KeyError(f"{source}: {len(unexpected)} unexpected key(s), e.g. '{unexpected[0]}' "
+                       f"(shape {tuple(state[unexpected[0]].shape)}): not weights of this model")
+
+
+def load_encoder_weights(encoder: nn.Module, path: str) -> None:
+    """Load a DINOv2 checkpoint (``read_encoder_state``) into the timm ViT ``encoder``,
+    strictly."""
+    state = read_encoder_state(path)
+    source = f"MODEL.SINE.ENCODER.WEIGHTS {path}"
+    _check_keys(encoder, state, source)
+    encoder.load_state_dict(state)
+    logger.info("DINOv2 weights loaded from %s (%d tensors)", path, len(state))
+
+
+def load_sine_weights(model: nn.Module, path: str, encoder_loaded: bool = False) -> None:
+    """Load ``MODEL.WEIGHTS`` into a SINE model, strictly, ``criterion.*`` ignored.
+
+    Args:
+        model: a ``SINE`` (``image_encoder.encoder``, ``image_encoder.neck``,
+            ``transformer_decoder``).
+        path: the released ``pytorch_model.bin``, our checkpoint, or a hub id of a file.
+        encoder_loaded: the DINOv2 weights came from ``MODEL.SINE.ENCODER.WEIGHTS``, so a file
+            without ``image_encoder.encoder.*`` keys is complete; with encoder keys, the file's
+            encoder replaces it (as the original's whole-model load does).
+    """
+    path = resolve_hub_path(path, "MODEL.WEIGHTS")
+    state = read_state_dict(path)
+    ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
+    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+    has_encoder = any(k.startswith(ENCODER_PREFIX) for k in state)
+    if not has_encoder and not encoder_loaded:
+        raise KeyError(f"MODEL.WEIGHTS {path}: no '{ENCODER_PREFIX}*' keys (the DINOv2 encoder "
+                       "is not in the file): set MODEL.SINE.ENCODER.WEIGHTS to a DINOv2 "
+                       "checkpoint, e.g. models/dinov2_vitl14_pretrain.pth or "
+                       "hf://facebook/dinov2-large")
+    _check_keys(model, state, f"MODEL.WEIGHTS {path}",
+                optional=() if has_encoder else (ENCODER_PREFIX,))
+    model.load_state_dict(state, strict=False)
+    logger.info("SINE weights loaded from %s (%d tensors%s%s)", path, len(state),
+                "" if has_encoder else ", encoder from MODEL.SINE.ENCODER.WEIGHTS",
+                f", ignored {len(ignored)} training-only" if ignored else "")
