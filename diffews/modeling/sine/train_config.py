@@ -15,7 +15,8 @@ __all__ = ["add_sine_train_config", "build_sine_criterion"]
 
 
 def add_sine_train_config(cfg: CN) -> None:
-    """Add ``MODEL.SINE.LOSS.*`` to ``cfg`` in place (creates ``MODEL.SINE`` if absent)."""
+    """Add ``MODEL.SINE.LOSS.*``, ``INPUT.SINE_TRAIN.*`` and ``DATASETS.SINE_TRAIN.*`` to ``cfg``
+    in place (creates ``MODEL.SINE`` if absent)."""
     if "SINE" not in cfg.MODEL:
         cfg.MODEL.SINE = CN()
     cfg.MODEL.SINE.LOSS = CN()
@@ -41,6 +42,31 @@ def add_sine_train_config(cfg: CN) -> None:
     # Supervise every earlier decoder layer's prediction too, with its own matching and the same
     # weights (--deep_supervision, on in the original: it cannot be switched off there).
     loss.DEEP_SUPERVISION = True
+
+    # In-context training samples (diffews/data/incontext; original sine/data/dataset.py).
+    cfg.INPUT.SINE_TRAIN = CN()
+    # Working size: images are scaled into and cropped to IMAGE_SIZE x IMAGE_SIZE, then zero-padded
+    # to it (--image_size 896).
+    cfg.INPUT.SINE_TRAIN.IMAGE_SIZE = 896
+    # Large-scale jitter: the image fits into IMAGE_SIZE x s, s ~ U(MIN_SCALE, MAX_SCALE)
+    # (--min_scale 0.1, --max_scale 2.0), then a random IMAGE_SIZE crop.
+    cfg.INPUT.SINE_TRAIN.MIN_SCALE = 0.1
+    cfg.INPUT.SINE_TRAIN.MAX_SCALE = 2.0
+    # "horizontal" | "vertical" | "none" flip with probability 0.5 (--random_flip).
+    cfg.INPUT.SINE_TRAIN.RANDOM_FLIP = "horizontal"
+    # Probability that the target is the reference image itself, augmented independently
+    # (otherwise another image with the drawn class) (--crop_ratio 0.5).
+    cfg.INPUT.SINE_TRAIN.CROP_RATIO = 0.5
+    cfg.DATASETS.SINE_TRAIN = CN()
+    # Weights of the two tasks, (panoptic, instance) (--sample_rate "2,5").
+    cfg.DATASETS.SINE_TRAIN.TASK_WEIGHTS = (2.0, 5.0)
+    # Panoptic sources and their weights (--pano_seg_data "coco||ade20k", --pano_sample_rate "1,1").
+    cfg.DATASETS.SINE_TRAIN.PANOPTIC = ("sine_coco_panoptic_train", "sine_ade20k_panoptic_train")
+    cfg.DATASETS.SINE_TRAIN.PANOPTIC_WEIGHTS = (1.0, 1.0)
+    # Instance sources and weights (--ins_seg_data "coco||o365", --ins_sample_rate "1,3"); others:
+    # sine_ade20k_instance_train, sine_paco_lvis_train, sine_o365_sam_train_75k.
+    cfg.DATASETS.SINE_TRAIN.INSTANCE = ("sine_coco_instance_train", "sine_o365_sam_train")
+    cfg.DATASETS.SINE_TRAIN.INSTANCE_WEIGHTS = (1.0, 3.0)
 
 
 def build_sine_criterion(cfg: CN, num_decoder_layers: int) -> SineCriterion:
