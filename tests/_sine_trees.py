@@ -43,7 +43,7 @@ GREY = (128, 128, 128)
 COCO_IDS = {"car": 3, "cat": 17, "dog": 18, "wall": 199}   # non-contiguous, as COCO's
 ADE_IDS = {"car": 20, "cat": 126, "dog": 12, "wall": 0}     # 0..149, as Mask2Former's ADE json
 O365_IDS = {"car": 6, "cat": 140, "dog": 93}
-PACO_IDS = {"car": 41, "cat": 90, "dog": 94, "dog:ear": 300}
+PACO_IDS = {"car": 41, "cat": 90, "dog": 94, "dog:ear": 300, "dog:tail": 301}
 COLORS: Dict[int, Tuple[int, int, int]] = {}  # instance id -> colour, filled by the writers
 BOXES: Dict[int, Tuple[int, int, int, int]] = {}  # annotation id -> box, filled by the writers
 
@@ -230,7 +230,7 @@ def write_o365_sam(root: str, json_name: str = "sam_obj365_train_1742k") -> Dict
 
 def write_paco(root: str) -> Dict:
     """PACO-LVIS json (LVIS format: no iscrowd, file_name with the COCO split folder) over
-    coco/train2017, plus one object part (a dog's ear, inside the dog) per dog."""
+    coco/train2017, plus two object parts inside each dog (an ear and a 1-pixel tail)."""
     anns, info = _instances(PACO_IDS, "polygon", 7001)
     anns = [a for a in anns if not a["iscrowd"]]
     info = {k: v for k, v in info.items() if not v[1]}
@@ -238,14 +238,17 @@ def write_paco(root: str) -> Dict:
         del a["iscrowd"]
     next_id = 7100
     for a in list(anns):
-        if a["category_id"] == PACO_IDS["dog"]:
-            x, y = int(a["bbox"][0]), int(a["bbox"][1])
-            box = (x + 2, y + 2, x + 8, y + 8)
+        if a["category_id"] != PACO_IDS["dog"]:
+            continue
+        x, y = int(a["bbox"][0]), int(a["bbox"][1])
+        # an ear (6 x 6) and a 1-pixel tail, which a downscale leaves without pixels
+        for part, box in (("dog:ear", (x + 2, y + 2, x + 8, y + 8)),
+                          ("dog:tail", (x + 20, y + 20, x + 21, y + 21))):
             anns.append({"id": next_id, "image_id": a["image_id"],
-                         "category_id": PACO_IDS["dog:ear"], "bbox": _bbox(box),
-                         "area": 36, "segmentation": _poly(box)})
-            info[next_id], BOXES[next_id] = ("dog:ear", False), box
-            COLORS[next_id] = COLORS[a["id"]]  # the ear is painted in the dog's colour
+                         "category_id": PACO_IDS[part], "bbox": _bbox(box),
+                         "area": int(box_mask(box).sum()), "segmentation": _poly(box)})
+            info[next_id], BOXES[next_id] = (part, False), box
+            COLORS[next_id] = COLORS[a["id"]]  # parts are painted in the dog's colour
             next_id += 1
     images = []
     for image_id in SCENES:

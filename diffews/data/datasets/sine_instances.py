@@ -126,22 +126,24 @@ def load_instances(name: str, root: Optional[str] = None) -> List[Dict]:
     return load_instances_json(json_file, image_root)
 
 
-def register_sine_set(name: str, loader, task: str, split: str) -> None:
+def register_sine_set(name: str, loader, task: str, split: str, **metadata) -> None:
     """Register ``name`` (replacing an earlier registration) as a SINE ``task`` source
-    ("panoptic" or "instance") of ``split`` ("train", "val", ...)."""
+    ("panoptic" or "instance") of ``split`` ("train", "val", ...), with extra ``metadata``."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(benchmark="sine_incontext", sine_task=task,
-                                  split=split, ignore_label=255)
+                                  split=split, ignore_label=255, **metadata)
 
 
 def register_all_sine_instances() -> None:
     """Register ``INSTANCE_SETS`` (lazy: the root is read when a set is loaded)."""
     for name in INSTANCE_SETS:
+        # PACO's builder rasterises polygons before dropping empty instances (paco.py l.278)
+        fmt = "bitmask" if name.startswith("sine_paco") else "auto"
         register_sine_set(name, lambda n=name: load_instances(n), "instance",
-                          name.rsplit("_", 1)[1])
+                          name.rsplit("_", 1)[1], sine_mask_format=fmt)
 
 
 register_all_sine_instances()

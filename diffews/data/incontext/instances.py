@@ -144,9 +144,16 @@ def _rasterise(polygons, h: int, w: int) -> torch.Tensor:
 
 
 def annotation_instances(record: Dict, transforms, image_shape: Tuple[int, int],
-                         keep: Collection[int], size: int) -> Instances:
+                         keep: Collection[int], size: int, mask_format: str = "auto"
+                         ) -> Instances:
     """Instances of an instance record's kept classes after ``transforms`` (arguments and
-    result as ``panoptic_instances``; ``ins_ids`` are annotation ids)."""
+    result as ``panoptic_instances``; ``ins_ids`` are annotation ids).
+
+    ``mask_format``: "auto" keeps polygons as polygons (dropped when the crop leaves none,
+    rasterised at the end) unless the first kept annotation is a mask (COCO / Objects365:
+    ``coco_ins.py`` l.220, ``o365.py`` l.235); "bitmask" rasterises polygons right after the
+    transforms, so an instance whose polygon covers no pixel is dropped (PACO: ``paco.py``
+    l.278)."""
     annotations = copy.deepcopy(record["annotations"])
     if record.get("segmentation_file"):
         segms = _sam_segmentations(record)
@@ -157,7 +164,9 @@ def annotation_instances(record: Dict, transforms, image_shape: Tuple[int, int],
              if not a.get("iscrowd", 0) and a["category_id"] in keep]
     if not annos:
         return empty_instances(image_shape, size)
-    bitmask = isinstance(annos[0]["segmentation"], np.ndarray)
+    if mask_format not in ("auto", "bitmask"):
+        raise ValueError(f"mask_format must be 'auto' or 'bitmask', got {mask_format!r}")
+    bitmask = mask_format == "bitmask" or isinstance(annos[0]["segmentation"], np.ndarray)
     inst = utils.annotations_to_instances(annos, image_shape,
                                           mask_format="bitmask" if bitmask else "polygon")
     inst.gt_boxes = inst.gt_masks.get_bounding_boxes()

@@ -85,12 +85,16 @@ class InContextSource:
         settings: the augmentation settings.
         task: "panoptic" or "instance"; default the dataset's ``sine_task`` metadata.
         records: the records (default ``DatasetCatalog.get(name)``).
+        mask_format: instance sources: "auto" or "bitmask" (``annotation_instances``); default
+            the dataset's ``sine_mask_format`` metadata, else "auto".
     """
 
     def __init__(self, name: str, settings: AugmentSettings, task: Optional[str] = None,
-                 records: Optional[List[Dict]] = None):
+                 records: Optional[List[Dict]] = None, mask_format: Optional[str] = None):
         self.name, self.settings = name, settings
-        self.task = task or MetadataCatalog.get(name).get("sine_task", None)
+        meta = MetadataCatalog.get(name)
+        self.task = task or meta.get("sine_task", None)
+        self.mask_format = mask_format or meta.get("sine_mask_format", "auto")
         if self.task not in ("panoptic", "instance"):
             raise ValueError(f"{name}: SINE task must be 'panoptic' or 'instance', got "
                              f"{self.task!r} (register it with sine_task metadata)")
@@ -131,11 +135,14 @@ class InContextSource:
         transforms, shape = draw_transforms(rng, image.shape[0], image.shape[1], s.image_size,
                                             s.min_scale, s.max_scale, s.flip)
         image = transforms.apply_image(image)
-        build = panoptic_instances if self.task == "panoptic" else annotation_instances
+        if self.task == "panoptic":
+            inst = panoptic_instances(record, transforms, shape, set(keep), s.image_size)
+        else:
+            inst = annotation_instances(record, transforms, shape, set(keep), s.image_size,
+                                        self.mask_format)
         return {"file_name": record["file_name"], "image_id": record.get("image_id"),
                 "height": record["height"], "width": record["width"],
-                "image": to_model_image(image, s.image_size, s.mean, s.std),
-                "instances": build(record, transforms, shape, set(keep), s.image_size)}
+                "image": to_model_image(image, s.image_size, s.mean, s.std), "instances": inst}
 
     def draw(self, rng: np.random.RandomState) -> Dict:
         """One sample (schema in the module docstring)."""
