@@ -108,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sine_root", help="work tree of aim-uofa/SINE (9ff576c)")
     parser.add_argument("--out", default="tests/data/sine_data_reference.pt")
+    parser.add_argument("--commit", default="unknown", help="the checkout's commit")
     args = parser.parse_args()
     root_sine = os.path.abspath(args.sine_root)
     if not os.path.isfile(os.path.join(root_sine, "sine", "data", "coco.py")):
@@ -151,7 +152,8 @@ def main() -> None:
             with open(path, "rb") as f:
                 files[os.path.relpath(path, tree)] = f.read()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save({"image_size": IMAGE_SIZE, "files": files, "cases": cases}, args.out)
+    torch.save({"original_commit": args.commit, "image_size": IMAGE_SIZE, "files": files,
+                "cases": cases}, args.out)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KiB, {len(cases)} cases, "
           f"{len(files)} tree files)")
 

@@ -10,11 +10,11 @@ decoder layer's and ``aux_outputs`` of earlier layers, ID and instance branches,
 reference / target instances. Both codes draw their sample points from torch's global generator
 in the same order, so seeding it with the case's ``point_seed`` right before the call gives both
 the same points. Saved per case: the inputs, the original's unweighted loss terms, the weighted
-total ``model.py`` l.118-124 sums, and the gradient of that total w.r.t. every prediction tensor.
+total ``model.py`` l.128-133 sums, and the gradient of that total w.r.t. every prediction tensor.
 ``tests/test_sine_loss.py`` replays them through ``diffews.modeling.sine``.
 
 What the original's ``SINE.forward`` does between the decoder and the criterion (``model.py``
-l.106-116: each target class as its index among the reference classes, ``labels_t``, and
+l.114-123: each target class as its index among the reference classes, ``labels_t``, and
 ``ref_sem_labels_t``) is restated below from that code. Extending this script to a whole training
 step (the model's forward + this loss + every trainable gradient) means building the original's
 ``sine.model.model.SINE`` from tiny random weights here and saving its state dict beside the cases.
@@ -118,7 +118,7 @@ def run_original(sine_root: str, case: Dict, batch: Dict) -> Dict:
     outputs = [dict(o, aux_outputs=[dict(a) for a in o["aux_outputs"]]) for o in batch["outputs"]]
     named = leaves(outputs)
     tars = [dict(t) for t in batch["tar_targets"]]
-    for out, tar in zip(outputs, tars):  # model.py l.106-116
+    for out, tar in zip(outputs, tars):  # model.py l.114-123
         ref_classes = out["ref_sem_labels"][0].tolist()
         out["ref_sem_labels_t"] = torch.arange(len(ref_classes))
         tar["labels_t"] = torch.tensor([ref_classes.index(c) for c in tar["labels"].tolist()])
@@ -152,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sine_root", help="work tree of aim-uofa/SINE (9ff576c)")
     parser.add_argument("--out", default="tests/data/sine_loss_reference.pt")
+    parser.add_argument("--commit", help="the checkout's commit, when it is not a git work tree")
     args = parser.parse_args()
     root = os.path.abspath(args.sine_root)
     if not os.path.isfile(os.path.join(root, "sine", "model", "criterion.py")):
@@ -164,8 +165,8 @@ def main() -> None:
         print(f"{case['name']}: total {ref['total'].item():.6f}, "
               f"{len(ref['losses'])} terms, {len(ref['grads'])} gradients")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save({"original_commit": commit_of(root), "torch": str(torch.__version__), "cases": cases},
-               args.out)
+    torch.save({"original_commit": args.commit or commit_of(root),
+                "torch": str(torch.__version__), "cases": cases}, args.out)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KiB)")
 
 

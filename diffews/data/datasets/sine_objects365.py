@@ -14,7 +14,7 @@ An annotation json is a COCO detection json (boxes, no masks) whose ``images[]``
 ``segmentation_file``; that file holds ``{"image_id": ..., "segmentations": {"<annotation id>":
 RLE}}`` with the RLE uncompressed (``counts`` a list) as the original reads it with
 ``pycocotools.mask.frPyObjects`` (compressed ``counts`` strings are accepted too). Paths, as the
-original's loader builds them (``sine/data/load_data/object365.py`` l.39-103): the image is
+original's loader builds them (``sine/data/load_data/object365.py`` l.39-102): the image is
 ``<Objects365>/<file_name>`` and the mask file ``<Objects365>/sam_mask_json/<json file name
 without extension>/<segmentation_file>``; annotations whose category is not in ``categories`` are
 dropped (the original keeps the 365 classes). The masks are read when a sample is built

@@ -5,7 +5,7 @@ Both are COCO panoptic files (a json with ``images``, ``annotations[{file_name, 
 segments_info[{id, category_id, iscrowd, ...}]}]`` and ``categories[{id, isthing, ...}]``, plus one
 RGB PNG per image whose pixel value ``R + 256 G + 256^2 B`` is the segment ``id``). The original
 trains on detectron2's ``coco_2017_train_panoptic`` and Mask2Former's ``ade20k_panoptic_train``
-(aim-uofa/SINE ``sine/data/dataset.py`` l.21-24); the layouts (``TRAINING.md``, Mask2Former's
+(aim-uofa/SINE ``sine/data/dataset.py`` l.20-24); the layouts (``TRAINING.md``, Mask2Former's
 ``datasets/README.md``), relative to ``$DETECTRON2_DATASETS``:
 
 * ``sine_coco_panoptic_{train,val}``: ``coco/annotations/panoptic_{split}2017.json``,

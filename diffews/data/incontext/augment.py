@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The geometric augmentation of SINE's training samples and the image tensor it produces.
 
-The original (aim-uofa/SINE ``sine/data/dataset.py`` l.136-160, ``build_augmentation``) applies
+The original (aim-uofa/SINE ``sine/data/dataset.py`` l.128-157, ``build_augmentation``) applies
 detectron2's ``RandomFlip`` (horizontal, p = 0.5), ``ResizeScale(0.1, 2.0, 896, 896)`` and
 ``FixedSizeCrop(896, pad=False)`` to every reference and target image, independently. Here the
 same three transforms are drawn from an explicit ``numpy.random.RandomState`` instead of numpy's

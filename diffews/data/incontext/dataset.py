@@ -4,7 +4,7 @@
 Each sample first draws its task, panoptic or instance (weights 2 : 5), then a source of that
 task (panoptic COCO : ADE20K = 1 : 1, instance COCO : Objects365-SAM = 1 : 3), then a sample
 from that source (``source.py``), as the original's ``HybridDataset.__getitem__`` does
-(aim-uofa/SINE ``sine/data/dataset.py`` l.127-132; the rates from ``scripts/train_sine.sh``).
+(aim-uofa/SINE ``sine/data/dataset.py`` l.121-126; the rates from ``scripts/train_sine.sh``).
 The original draws from numpy's global generator in each data-loader worker; here each process
 (rank) and worker has its own ``RandomState([seed, rank, worker])``, so a run is reproducible.
 """

@@ -2,7 +2,7 @@
 """One image of an in-context sample: read, augment, and its instances with ids and classes.
 
 As the original builds them (aim-uofa/SINE ``sine/data/coco.py`` l.128-215 for panoptic data,
-``sine/data/o365.py`` l.151-274 for instance data, ``coco_ins.py`` and ``paco.py`` the same
+``sine/data/o365.py`` l.151-272 for instance data, ``coco_ins.py`` and ``paco.py`` the same
 with polygons):
 
 * **panoptic**: the segment-id PNG goes through the same transforms (nearest), each segment of a

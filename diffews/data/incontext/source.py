@@ -3,7 +3,7 @@
 
 The draw of the original's ``COCOPanoDataset`` / ``COCOInsDataset`` / ``O365Dataset``
 ``__getitem__`` (aim-uofa/SINE ``sine/data/coco.py`` l.96-116 and 217-238, ``o365.py``
-l.276-296), with an explicit generator:
+l.274-295), with an explicit generator:
 
 1. a class, uniformly among the classes that occur in the dataset (crowds included);
 2. ``crop pair`` with probability ``crop_ratio`` (0.5): the target is the reference image itself,

@@ -2,8 +2,8 @@
 """SINE's training loss: matched classification and point-sampled mask losses on the ID and
 instance branches, on the last decoder layer and on every earlier one (deep supervision).
 
-As the original computes it (aim-uofa/SINE ``sine/model/criterion.py`` l.86-322, called from
-``sine/model/model.py`` l.96-125, weights from ``build_model`` l.328-365):
+As the original computes it (aim-uofa/SINE ``sine/model/criterion.py`` l.21-309, called from
+``sine/model/model.py`` l.106-134, weights from ``build_model`` l.332-340):
 
 * ``loss_ce_ins``: per image, cross-entropy of the Q instance queries over the K reference classes
   + "no object" (index K), matched queries get their target's class index, the others "no
@@ -86,7 +86,7 @@ def _uncertainty(logits: torch.Tensor) -> torch.Tensor:
 
 def loss_weights(class_weight: float, mask_weight: float, dice_weight: float,
                  num_aux_layers: int) -> Dict[str, float]:
-    """The original's ``weight_dict`` (``model.py`` l.343-352): the four terms and their ``_<i>``
+    """The original's ``weight_dict`` (``model.py`` l.332-340): the four terms and their ``_<i>``
     copies for ``i < num_aux_layers`` (0 without deep supervision)."""
     base = {"loss_ce_ins": class_weight, "loss_ce_id": class_weight, "loss_mask": mask_weight,
             "loss_dice": dice_weight}
@@ -97,7 +97,7 @@ def loss_weights(class_weight: float, mask_weight: float, dice_weight: float,
 
 
 def prepare_targets(instances: Sequence, padded_hw: Tuple[int, int]) -> List[Dict]:
-    """Per-image targets from detectron2 ``Instances`` (original ``model.py`` l.275-291).
+    """Per-image targets from detectron2 ``Instances`` (original ``model.py`` l.284-299).
 
     Args:
         instances: per image, ``Instances`` with ``gt_classes`` (N,), ``gt_masks`` (N, h, w)
@@ -122,7 +122,7 @@ def prepare_targets(instances: Sequence, padded_hw: Tuple[int, int]) -> List[Dic
 
 def _class_indices(outputs: Sequence[Dict], tar_targets: Sequence[Dict]) -> List[Dict]:
     """Targets with "labels_t": each class as its index among the image's reference classes
-    (original ``model.py`` l.106-116); a class missing from the reference raises ValueError."""
+    (original ``model.py`` l.114-123); a class missing from the reference raises ValueError."""
     new = []
     for b, (out, tar) in enumerate(zip(outputs, tar_targets)):
         ref_classes = out["ref_sem_labels"][0].tolist()
@@ -271,7 +271,7 @@ class SineCriterion(nn.Module):
 
     def weigh(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Each term times its weight; terms without a weight are dropped (``model.py``
-        l.118-124)."""
+        l.128-133)."""
         return {k: v * self.weight_dict[k] for k, v in losses.items() if k in self.weight_dict}
 
     def extra_repr(self) -> str:

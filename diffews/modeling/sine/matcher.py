@@ -2,7 +2,7 @@
 """SINE's training matcher: which prediction supervises which target instance.
 
 Two assignments per image, as the original computes them (aim-uofa/SINE
-``sine/model/matcher.py`` l.94-174, ``memory_efficient_forward``):
+``sine/model/matcher.py`` l.96-177, ``memory_efficient_forward``):
 
 * **instance queries**: Hungarian matching (``scipy.optimize.linear_sum_assignment``) of the Q
   instance queries to the N target instances on the cost
@@ -68,7 +68,7 @@ def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def match_ids(ref_ids: torch.Tensor, tar_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The ID-branch assignment (original ``matcher.py`` l.158-165).
+    """The ID-branch assignment (original ``matcher.py`` l.159-168).
 
     Args:
         ref_ids: (M,) instance ids of the reference instances (= the ID queries, in order).
