@@ -301,3 +301,13 @@ def test_loader_from_config_feeds_the_criterion(tree, monkeypatch):
     cfg.DATASETS.SINE_TRAIN.TASK_WEIGHTS = (1.0,)
     with pytest.raises(ValueError, match="TASK_WEIGHTS"):
         incontext.build_incontext_train_loader(cfg)
+
+
+def test_json_size_unlike_the_image_names_the_file(tree):
+    root, _ = tree
+    records = load_instances("sine_coco_instance_train", root)
+    for r in records:
+        r["height"] = 50
+    source = InContextSource("x", AugmentSettings(image_size=64), "instance", records)
+    with pytest.raises(BadSampleError, match=r"000000\d+\.jpg: .*[Mm]ismatch"):
+        source.draw(np.random.RandomState(0))

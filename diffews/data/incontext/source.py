@@ -129,7 +129,7 @@ class InContextSource:
         image = read_rgb(record["file_name"], record.get("image_id", ""))
         try:
             utils.check_image_size(record, image)
-        except Exception as e:  # detectron2 raises SizeMismatchError
+        except ValueError as e:  # detectron2's SizeMismatchError: json size != file size
             raise BadSampleError(f"{record['file_name']}: {e}", str(record.get("image_id", "")),
                                  record["file_name"]) from e
         transforms, shape = draw_transforms(rng, image.shape[0], image.shape[1], s.image_size,
