@@ -10,6 +10,7 @@ from . import custom, incontext  # noqa: F401  (custom: by call or DATASETS.CUST
 from . import coco_fsod  # noqa: F401  (few-shot instance segmentation, TFA protocol)
 from . import vos  # noqa: F401  (DAVIS 2016/2017, YouTube-VOS 2018)
 from . import synthetic  # noqa: F401  (the generated benchmark of the tests and the quick start)
+from . import sine_instances, sine_objects365, sine_panoptic  # noqa: F401  (SINE training)
 from .lvis92i import lvis92i_test_name
 
 __all__ = ["lvis92i_test_name"]
