@@ -52,6 +52,11 @@ A benchmark runner (per seed and image shard, per sequence, per chunk of episode
     if comm.is_main_process():
         final = reduce(j.collect(keys))       # the same numbers as one uninterrupted run
 
+One run at a time per output folder: the main process holds ``utils/lock.OutputLock`` on it
+for the whole run (``with OutputLock(out, what=f"--output {out}"):`` around the code above), so a
+second run, whatever its flags, is refused with one line naming the running one instead of
+clearing or mixing its shards.
+
 A unit's value must not depend on which process or run computed it (fixed episode order and
 batches within the unit), and the reduction must read the values in key order.
 
