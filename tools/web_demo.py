@@ -42,8 +42,8 @@ current folder's subtree on a loopback host and no folder at all on any other ho
 public gradio.live link) turns folders off. --auth USER:PASS (repeatable) or --auth-file FILE (one
 USER:PASS a line) puts a login in front of the page and its API; serving on the network without
 it logs a warning. Encoded support sets are cached up to --cache-mb (default: a quarter of the
-GPU's memory, an eighth of the RAM on a CPU). An image above --max-pixels (read from its header,
-before decoding) or --max-file-mb is refused with a message in the page; bad uploads (not an
+GPU's memory, an eighth of the RAM on a CPU). An image above --max-pixels or --max-side (both
+read from its header, before decoding) or --max-file-mb is refused with a message in the page; bad uploads (not an
 image, a mask of another size than its image, nothing painted, no support) too; the server keeps
 serving.
 """
@@ -71,6 +71,8 @@ def get_parser():
                    "device's memory)")
     p.add_argument("--max-pixels", type=int, default=InputLimits().max_pixels, metavar="N",
                    help="most pixels (width x height) of one image (default 40000000)")
+    p.add_argument("--max-side", type=int, default=InputLimits().max_side, metavar="N",
+                   help="longest side of one image in pixels (default 30000)")
     p.add_argument("--max-file-mb", type=float, default=InputLimits().max_file_bytes / 2**20,
                    metavar="MB", help="largest image file in MiB (default 50)")
     p.add_argument("--max-queries", type=int, default=200, metavar="N",
@@ -81,13 +83,13 @@ def get_parser():
 def _checked(args):
     """Everything about the flags that can fail, before any model is loaded: (limits, roots,
     logins, cache bytes)."""
-    for name in ("batch_size", "max_pixels", "max_queries", "port"):
+    for name in ("batch_size", "max_pixels", "max_side", "max_queries", "port"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for flag, value in (("--cache-mb", args.cache_mb), ("--max-file-mb", args.max_file_mb)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be > 0, got {value:g}")
-    limits = InputLimits(args.max_pixels, int(args.max_file_mb * 2**20))
+    limits = InputLimits(args.max_pixels, int(args.max_file_mb * 2**20), args.max_side)
     roots = folder_roots(args.host, args.allowed_root, args.share)
     FolderPolicy(roots)  # a missing --allowed-root fails here, not after the model loads
     auth = [parse_auth(a) for a in args.auth]
@@ -116,8 +118,9 @@ def main(args) -> int:
                              max_queries=args.max_queries, allowed_roots=roots, limits=limits,
                              output_dir=args.output)
     log.info("query folders on the server: %s; support-set cache %.0f MiB; images up to %d "
-             "pixels and %.0f MiB", ", ".join(session.folders.roots) or "off",
-             session.cache.max_bytes / 2**20, limits.max_pixels, limits.max_file_bytes / 2**20)
+             "pixels, %d pixels a side and %.0f MiB", ", ".join(session.folders.roots) or "off",
+             session.cache.max_bytes / 2**20, limits.max_pixels, limits.max_side,
+             limits.max_file_bytes / 2**20)
     examples_dir = tempfile.mkdtemp(prefix="diffews_web_demo_examples_")
     examples = write_synthetic_examples(examples_dir)
     description = (f"Model: {model} (`{cfg.MODEL.WEIGHTS}`), device `{cfg.MODEL.DEVICE}`, working "

@@ -1,6 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""The page's inputs: limits on what an upload may cost (pixels read from the header before any
-decoding, and bytes), the readers that apply them, and one support slot turned into an image and
+"""The page's inputs: limits on what an upload may cost (pixels and the longer side read from the
+header before any decoding, and bytes), the readers that apply them, and one support slot turned into an image and
 a mask. Every refusal is a ``DemoInputError`` with a one-line message the page shows.
 """
 
@@ -34,14 +34,17 @@ class InputLimits:
     max_pixels: width x height read from the file's header; a larger image is refused before it
         is decoded (a small PNG can expand to gigabytes of pixels).
     max_file_bytes: the file's size on disk (uploads are also cut off by Gradio at this size).
+    max_side: the longer side, read from the header too: within ``max_pixels`` a 40,000,000 x 1
+        PNG of a few hundred bytes is still a 40-million-pixel-wide mask and zip entry.
     """
 
     max_pixels: int = 40_000_000
     max_file_bytes: int = 50 * 2**20
+    max_side: int = 30_000
 
     def __post_init__(self):
-        if self.max_pixels < 1 or self.max_file_bytes < 1:
-            raise ValueError("max_pixels and max_file_bytes must be >= 1")
+        if min(self.max_pixels, self.max_file_bytes, self.max_side) < 1:
+            raise ValueError("max_pixels, max_file_bytes and max_side must be >= 1")
 
 
 def _mb(n: int) -> str:
@@ -79,6 +82,10 @@ def open_checked(source: Union[str, bytes], what: str, limits: InputLimits) -> I
         img.close()
         raise DemoInputError(f"{what}: {w}x{h} is {w * h / 1e6:.1f} megapixels; the limit is "
                              f"{limits.max_pixels / 1e6:g} megapixels (--max-pixels); downscale it")
+    if max(w, h) > limits.max_side:
+        img.close()
+        raise DemoInputError(f"{what}: {w}x{h} has a side of {max(w, h)} pixels; the limit is "
+                             f"{limits.max_side} (--max-side); crop or downscale it")
     return img
 
 
