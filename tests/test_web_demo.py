@@ -10,6 +10,7 @@ Set DIFFEWS_WEB_DEMO_SCREENSHOT=docs/web_demo.png to also write the page's scree
 
 import base64
 import io
+import logging
 import os
 import shutil
 import socket
@@ -400,18 +401,37 @@ def test_launcher_quickstart_and_config(tiny_sd, tiny_model, tmp_path, monkeypat
     assert launched["folders"] == [os.path.realpath(tmp_path)] and launched["batch_size"] == 4
     assert launched["max_file_bytes"] == 50 * 2**20
 
-    # --config-file with trailing overrides, --device, --share (no folders), logins
+    # --config-file with trailing overrides, --device, --share (no folders), logins; --auth on
+    # the command line is visible in ps: a warning (issue 29 item 4)
     config = os.path.join(ROOT, "configs", "Base-DiffewS.yaml")
     logins = tmp_path / "logins.txt"
     logins.write_text("# the lab\nbob:s3:cret\n")
-    assert web_demo_tool.cli(
-        ["--config-file", config, "--device", "cpu", "--port", "7999", "--share",
-         "--auth", "alice:pw", "--auth-file", str(logins), "--batch-size", "2",
-         "--max-file-mb", "3", "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "INPUT.IMAGE_SIZE",
-         str(SIZE), "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True"]) == 0
+    os.chmod(logins, 0o600)
+    warned = logging.Handler()
+    warned.emit = lambda record: warnings_seen.append(record.getMessage())
+    warnings_seen = []
+    logging.getLogger("diffews.web_demo").addHandler(warned)
+    try:
+        assert web_demo_tool.cli(
+            ["--config-file", config, "--device", "cpu", "--port", "7999", "--share",
+             "--auth", "alice:pw", "--auth-file", str(logins), "--batch-size", "2",
+             "--max-file-mb", "3", "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "INPUT.IMAGE_SIZE",
+             str(SIZE), "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True"]) == 0
+    finally:
+        logging.getLogger("diffews.web_demo").removeHandler(warned)
+    assert [w for w in warnings_seen if "--auth" in w] == [
+        "web demo: --auth puts the password on the command line, where every user of this machine "
+        "sees it (ps) and the shell history keeps it; use --auth-file FILE (one USER:PASS a line, "
+        "chmod 600) instead"]
     assert (launched["port"], launched["share"], launched["folders"]) == (7999, True, [])
     assert launched["auth"] == [("alice", "pw"), ("bob", "s3:cret")]
     assert (launched["batch_size"], launched["max_file_bytes"]) == (2, 3 * 2**20)
+
+    # --help steers logins to a file
+    with pytest.raises(SystemExit):
+        web_demo_tool.cli(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "in ps: prefer --auth-file" in help_text and "--max-side N" in help_text
 
     # flags that are wrong stop before any model is built: one line, exit status 2
     capsys.readouterr()
@@ -419,7 +439,8 @@ def test_launcher_quickstart_and_config(tiny_sd, tiny_model, tmp_path, monkeypat
             (["--auth", "alice"], "--auth: expected USER:PASS"),
             (["--allowed-root", str(tmp_path / "nowhere")], "--allowed-root"),
             (["--cache-mb", "0"], "--cache-mb must be > 0"),
-            (["--max-pixels", "0"], "--max-pixels must be >= 1")):
+            (["--max-pixels", "0"], "--max-pixels must be >= 1"),
+            (["--max-side", "0"], "--max-side must be >= 1")):
         n = len(demo_sessions)
         assert web_demo_tool.cli(["--config-file", config, *argv]) == 2, argv
         err = capsys.readouterr().err.strip()

@@ -25,7 +25,7 @@ from diffews.predictor import DiffewSPredictor  # noqa: E402
 from diffews.web_demo import (QUICKSTART_DIR, FolderPolicy, InputLimits,  # noqa: E402
                               WebDemoSession, build_demo, folder_roots, launch_demo,
                               quickstart_overrides, write_synthetic_examples)
-from diffews.web_demo.access import parse_auth, read_auth_file  # noqa: E402
+from diffews.web_demo.access import auth_warnings, parse_auth, read_auth_file  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
@@ -39,13 +39,14 @@ override the config (MODEL.WEIGHTS, MODEL.DIFFEWS.PRETRAINED, INPUT.IMAGE_SIZE .
 Serving to others: the page listens on --host (127.0.0.1: this machine only) and --port. Query
 folders on the server are read only under --allowed-root DIR (repeatable); without it, the
 current folder's subtree on a loopback host and no folder at all on any other host; --share (a
-public gradio.live link) turns folders off. --auth USER:PASS (repeatable) or --auth-file FILE (one
-USER:PASS a line) puts a login in front of the page and its API; serving on the network without
-it logs a warning. Encoded support sets are cached up to --cache-mb (default: a quarter of the
-GPU's memory, an eighth of the RAM on a CPU). An image above --max-pixels or --max-side (both
-read from its header, before decoding) or --max-file-mb is refused with a message in the page; bad uploads (not an
-image, a mask of another size than its image, nothing painted, no support) too; the server keeps
-serving.
+public gradio.live link) turns folders off. --auth-file FILE (one USER:PASS a line, chmod 600)
+puts a login in front of the page and its API; --auth USER:PASS (repeatable) does too, but shows
+the password to every user of the machine (ps) and logs a warning. Serving on the network or with
+--share without a login logs a warning. Encoded support sets are cached up to --cache-mb
+(default: a quarter of the GPU's memory, an eighth of the RAM on a CPU). An image above
+--max-pixels or --max-side (both read from its header, before decoding) or --max-file-mb is
+refused with a message in the page; bad uploads (not an image, a mask of another size than its
+image, nothing painted, no support) too; the server keeps serving.
 """
 
 
@@ -59,13 +60,16 @@ def get_parser():
                    help="the quick start's --output folder, used without --config-file")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
-    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link "
+                   "(anyone who has it reaches the page: add --auth-file)")
     p.add_argument("--allowed-root", action="append", default=[], metavar="DIR",
                    help="a server folder whose subtree may hold query folders (repeatable)")
-    p.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
-                   help="a login of the page (repeatable)")
     p.add_argument("--auth-file", default=None, metavar="FILE",
-                   help="logins of the page, one USER:PASS a line")
+                   help="logins of the page, one USER:PASS a line (the way to give them: chmod "
+                   "600 the file)")
+    p.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                   help="a login of the page (repeatable); every user of this machine sees it "
+                   "in ps: prefer --auth-file")
     p.add_argument("--cache-mb", type=float, default=None, metavar="MB",
                    help="most MiB of encoded support sets kept (default: a share of the "
                    "device's memory)")
@@ -103,6 +107,8 @@ def main(args) -> int:
     setup_logger(name="diffews", abbrev_name="diffews")
     log = logging.getLogger("diffews.web_demo")
     limits, roots, auth, cache_bytes = _checked(args)
+    for warning in auth_warnings(args.auth, args.auth_file):
+        log.warning(warning)
     if args.config_file:
         config_file, model = args.config_file, "the weights of the config"
     else:

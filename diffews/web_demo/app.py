@@ -213,7 +213,8 @@ def launch_demo(demo, host: str = "127.0.0.1", port: Optional[int] = None, share
         host: interface to listen on ("127.0.0.1": this machine only; "0.0.0.0": the network,
             logged as a warning without ``auth``).
         port: TCP port (None: Gradio's default, 7860, or the next free one).
-        share: also open a public gradio.live link (off by default).
+        share: also open a public gradio.live link (off by default; logged as a warning without
+            ``auth``, whatever the host).
         block: wait until interrupted; False returns at once (tests, notebooks).
         allowed_paths: extra folders whose files the page may serve (the examples).
         auth: (user, password) pairs of Gradio's login page; None: no login.
@@ -221,7 +222,7 @@ def launch_demo(demo, host: str = "127.0.0.1", port: Optional[int] = None, share
     Returns:
         the page's local URL.
     """
-    warning = exposure_warning(host, auth)
+    warning = exposure_warning(host, auth, share)
     if warning:
         logger.warning(warning)
     demo.queue(default_concurrency_limit=1)

@@ -1,7 +1,8 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The page's inputs: limits on what an upload may cost (pixels and the longer side read from the
-header before any decoding, and bytes), the readers that apply them, and one support slot turned into an image and
-a mask. Every refusal is a ``DemoInputError`` with a one-line message the page shows.
+header before any decoding, and bytes), the readers that apply them, and one support slot turned
+into an image and a mask. Every refusal is a ``DemoInputError`` with a one-line message the page
+shows.
 """
 
 import hashlib
