@@ -400,6 +400,7 @@ def test_launcher_quickstart_and_config(tiny_sd, tiny_model, tmp_path, monkeypat
         ("127.0.0.1", 7860, False, None)
     assert launched["folders"] == [os.path.realpath(tmp_path)] and launched["batch_size"] == 4
     assert launched["max_file_bytes"] == 50 * 2**20
+    assert launched["demo"].delete_cache == (60, 3600)  # Gradio's cache: an hour (item 2)
 
     # --config-file with trailing overrides, --device, --share (no folders), logins; --auth on
     # the command line is visible in ps: a warning (issue 29 item 4)
@@ -415,7 +416,8 @@ def test_launcher_quickstart_and_config(tiny_sd, tiny_model, tmp_path, monkeypat
         assert web_demo_tool.cli(
             ["--config-file", config, "--device", "cpu", "--port", "7999", "--share",
              "--auth", "alice:pw", "--auth-file", str(logins), "--batch-size", "2",
-             "--max-file-mb", "3", "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "INPUT.IMAGE_SIZE",
+             "--max-file-mb", "3", "--gradio-cache-minutes", "0.5",
+             "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "INPUT.IMAGE_SIZE",
              str(SIZE), "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True"]) == 0
     finally:
         logging.getLogger("diffews.web_demo").removeHandler(warned)
@@ -426,6 +428,7 @@ def test_launcher_quickstart_and_config(tiny_sd, tiny_model, tmp_path, monkeypat
     assert (launched["port"], launched["share"], launched["folders"]) == (7999, True, [])
     assert launched["auth"] == [("alice", "pw"), ("bob", "s3:cret")]
     assert (launched["batch_size"], launched["max_file_bytes"]) == (2, 3 * 2**20)
+    assert launched["demo"].delete_cache == (30, 30)
 
     # --help steers logins to a file
     with pytest.raises(SystemExit):
@@ -440,7 +443,8 @@ def test_launcher_quickstart_and_config(tiny_sd, tiny_model, tmp_path, monkeypat
             (["--allowed-root", str(tmp_path / "nowhere")], "--allowed-root"),
             (["--cache-mb", "0"], "--cache-mb must be > 0"),
             (["--max-pixels", "0"], "--max-pixels must be >= 1"),
-            (["--max-side", "0"], "--max-side must be >= 1")):
+            (["--max-side", "0"], "--max-side must be >= 1"),
+            (["--gradio-cache-minutes", "0"], "--gradio-cache-minutes must be > 0")):
         n = len(demo_sessions)
         assert web_demo_tool.cli(["--config-file", config, *argv]) == 2, argv
         err = capsys.readouterr().err.strip()

@@ -5,6 +5,7 @@ cache. Expected sizes are written from the rules (fit in 256 x 1024, aspect rati
 
 import os
 import struct
+import time
 import zipfile
 import zlib
 
@@ -55,7 +56,7 @@ def _header_png(path, width: int, height: int) -> str:
     return str(path)
 
 
-# ---- 1. every side bounded ------------------------------------------------------------------------
+# ---- 1. every side bounded ---------------------------------------------------------------------
 @pytest.mark.parametrize("w,h,shown", [
     (400, 1, (1024, 3)),     # 2.56x: the box's width binds (not 102,400 x 256)
     (3000, 20, (1024, 7)),   # shrunk by 1024 / 3000
@@ -135,3 +136,52 @@ def test_pruning_keeps_the_users_own_folders(predictor, tmp_path, mask_file):
     last = again.run([_support()], [mask_file], [query]).zip_path
     assert demo_runs(str(out)) == [os.path.dirname(last)]
     assert all((out / name / "mine.txt").exists() for name in own)
+
+
+# ---- 2. Gradio's own cache ---------------------------------------------------------------------
+def _files(folder) -> list:
+    return sorted(os.path.join(d, n) for d, _, names in os.walk(folder) for n in names)
+
+
+@pytest.mark.slow
+def test_gradio_cache_is_pruned(predictor, tmp_path, mask_file, monkeypatch):
+    """The page's uploads, result pictures and zip copies in Gradio's cache folder are deleted
+    once older than ``cache_seconds`` (they were never deleted: 155 files after 25 runs)."""
+    import socket
+
+    from gradio_client import Client, handle_file
+
+    from diffews.web_demo import build_demo, launch_demo
+
+    cache = tmp_path / "gradio_cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    query = str(tmp_path / "q.png")
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(query)
+    support = str(tmp_path / "s.png")
+    Image.fromarray(_support()["background"]).save(support)
+    session = WebDemoSession(predictor, cache_bytes=2**30, output_dir=str(tmp_path / "out"))
+    demo = build_demo(session, cache_seconds=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = launch_demo(demo, port=port, block=False)
+    try:
+        client = Client(url, verbose=False, download_files=str(tmp_path / "client"))
+        args = {f"support_{i}_image": None for i in range(2, 6)}
+        args.update({f"support_{i}_mask": None for i in range(2, 6)})
+        args.update(support_1_image={"background": handle_file(support), "layers": [],
+                                     "composite": None},
+                    support_1_mask=handle_file(mask_file), queries=[handle_file(query)],
+                    folder="")
+        for _ in range(2):
+            client.predict(**args, api_name="/segment")
+        cached = _files(cache)
+        names = {os.path.basename(f) for f in cached}
+        assert {"q.png", "s.png", "m.png", "masks.zip"} <= names, names  # uploads and outputs
+        deadline = time.time() + 30
+        while _files(cache) and time.time() < deadline:
+            time.sleep(0.5)
+        assert _files(cache) == []  # 0-byte tmp* files too: Gradio's gr.File leaked them
+        assert len(demo_runs(str(tmp_path / "out"))) == 2  # the demo's own runs stay
+    finally:
+        demo.close()

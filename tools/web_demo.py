@@ -46,7 +46,9 @@ the password to every user of the machine (ps) and logs a warning. Serving on th
 (default: a quarter of the GPU's memory, an eighth of the RAM on a CPU). An image above
 --max-pixels or --max-side (both read from its header, before decoding) or --max-file-mb is
 refused with a message in the page; bad uploads (not an image, a mask of another size than its
-image, nothing painted, no support) too; the server keeps serving.
+image, nothing painted, no support) too; the server keeps serving. The mask zips of the last 20
+runs are kept in --output (in run-* folders marked as the demo's; nothing else there is deleted);
+Gradio's own copies of uploads and results are deleted after --gradio-cache-minutes.
 """
 
 
@@ -81,6 +83,10 @@ def get_parser():
                    metavar="MB", help="largest image file in MiB (default 50)")
     p.add_argument("--max-queries", type=int, default=200, metavar="N",
                    help="most queries per run (default 200)")
+    p.add_argument("--gradio-cache-minutes", type=float, default=60, metavar="MIN",
+                   help="uploads, result pictures and zips are deleted from Gradio's cache "
+                   "folder (GRADIO_TEMP_DIR, else /tmp/gradio) after MIN minutes, and when the "
+                   "server stops (default 60)")
     return p
 
 
@@ -90,7 +96,8 @@ def _checked(args):
     for name in ("batch_size", "max_pixels", "max_side", "max_queries", "port"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for flag, value in (("--cache-mb", args.cache_mb), ("--max-file-mb", args.max_file_mb)):
+    for flag, value in (("--cache-mb", args.cache_mb), ("--max-file-mb", args.max_file_mb),
+                        ("--gradio-cache-minutes", args.gradio_cache_minutes)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be > 0, got {value:g}")
     limits = InputLimits(args.max_pixels, int(args.max_file_mb * 2**20), args.max_side)
@@ -131,7 +138,8 @@ def main(args) -> int:
     examples = write_synthetic_examples(examples_dir)
     description = (f"Model: {model} (`{cfg.MODEL.WEIGHTS}`), device `{cfg.MODEL.DEVICE}`, working "
                    f"size {cfg.INPUT.IMAGE_SIZE}x{cfg.INPUT.IMAGE_SIZE}.")
-    demo = build_demo(session, examples, description)
+    demo = build_demo(session, examples, description,
+                      cache_seconds=max(1, round(args.gradio_cache_minutes * 60)))
     url = launch_demo(demo, args.host, args.port, args.share, block=False,
                       allowed_paths=[examples_dir], auth=auth,
                       max_file_bytes=limits.max_file_bytes)

@@ -21,8 +21,9 @@ hashes, weights, thresholds, config); a journal opened with another fingerprint 
 one line naming the first key that differs, unless ``overwrite=True``, which deletes the old
 shards first and then writes the new fingerprint (a kill in between leaves the old fingerprint
 over no or fewer shards, never the new one over old shards). Several processes may share one
-journal as long as each writes its own keys: the main process opens it with ``create=True`` (writes or checks ``journal.json``, clears
-shards on overwrite), the others, after a barrier, with ``create=False`` (check only).
+journal as long as each writes its own keys: the main process opens it with ``create=True``
+(writes or checks ``journal.json``, clears shards on overwrite), the others, after a barrier, with
+``create=False`` (check only).
 
 API::
 

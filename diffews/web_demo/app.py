@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import gradio as gr
 from gradio.components.base import server
+from gradio.utils import NamedString
+from gradio_client.utils import is_valid_file
 
 from ..modeling.support_set import SupportSetError
 from ..cli import format_error
@@ -29,7 +31,7 @@ from .session import WebDemoSession
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_demo", "launch_demo", "TABLE_HEADERS"]
+__all__ = ["build_demo", "launch_demo", "TABLE_HEADERS", "GRADIO_CACHE_SECONDS"]
 
 TABLE_HEADERS = ["query", "size (WxH)", "foreground %", "score", "seconds", "found"]
 HOW_TO = """\
@@ -50,6 +52,7 @@ CSS = """
 
 
 MAX_PENDING_EDITS = 64  # editor uploads awaiting their run, kept by Gradio per component
+GRADIO_CACHE_SECONDS = 3600  # the page's files in Gradio's cache folder are deleted after this
 
 
 class SupportEditor(gr.ImageEditor):
@@ -107,22 +110,45 @@ class SupportEditor(gr.ImageEditor):
         return super().accept_blobs(data)
 
 
+class FilePaths(gr.File):
+    """``gr.File(type="filepath")`` (the same page component: ``is_template``) without Gradio
+    6.31's leak: its ``preprocess`` opens an empty ``NamedTemporaryFile`` in the cache folder for
+    every file it passes on and never deletes it (two 0-byte files a run here, which
+    ``delete_cache`` does not see either). The upload itself is in Gradio's cache already."""
+
+    is_template = True
+
+    def _process_single_file(self, f):
+        if self.type != "filepath":
+            return super()._process_single_file(f)
+        if self.file_types and not is_valid_file(f.path, self.file_types):
+            raise gr.Error(f"{f.orig_name or os.path.basename(f.path)}: not one of the accepted "
+                           f"file types ({', '.join(self.file_types)})", print_exception=False)
+        return NamedString(f.path)
+
+
 def _caption(r: QueryResult) -> str:
     found = "" if r.present else "not found · "
     return f"{found}score {r.score:.2f} · {r.seconds:.3f} s · {r.name}"
 
 
 def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
-               description: str = ""):
+               description: str = "", cache_seconds: int = GRADIO_CACHE_SECONDS):
     """Build the page.
 
     Args:
         session: what the button runs (predictor, support-set cache, output folder).
         examples: shown under the results; clicking one fills the inputs and runs it.
         description: a Markdown line about the model (weights, working size, device).
+        cache_seconds: how long Gradio keeps the page's files in its cache folder (uploads, the
+            result pictures, copies of the zips; ``GRADIO_TEMP_DIR``, else ``/tmp/gradio``):
+            Gradio's ``delete_cache`` deletes older ones every ``min(60, cache_seconds)``
+            seconds, and all of them when the server stops. Without it they were never deleted.
     Returns:
         the ``gr.Blocks`` (not launched; see ``launch_demo``).
     """
+    if cache_seconds < 1:
+        raise ValueError(f"cache_seconds must be >= 1, got {cache_seconds}")
     def segment(support_1_image, support_2_image, support_3_image, support_4_image,
                 support_5_image, support_1_mask, support_2_mask, support_3_mask, support_4_mask,
                 support_5_mask, queries: Optional[List[str]], folder: Optional[str],
@@ -145,7 +171,9 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
                 for r in out.results]
         return gallery, rows, out.status(), out.zip_path
 
-    with gr.Blocks(title="DiffewS web demo", analytics_enabled=False) as demo:
+    delete_cache = (min(60, int(cache_seconds)), int(cache_seconds))
+    with gr.Blocks(title="DiffewS web demo", analytics_enabled=False,
+                   delete_cache=delete_cache) as demo:
         gr.Markdown("## DiffewS: few-shot segmentation with a one-step diffusion UNet")
         if description:
             gr.Markdown(description, elem_id="model_info")
@@ -163,12 +191,12 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
                                 brush=gr.Brush(colors=[("#ff2020", 0.6)], color_mode="fixed"),
                                 elem_id=f"support_image_{i}"))
                             editor.limits = session.limits
-                            mask_files.append(gr.File(
+                            mask_files.append(FilePaths(
                                 label=f"Support {i}: or a mask file (same size, non-zero = "
                                 "object; replaces the painting)", file_types=["image"],
                                 type="filepath", height=110, elem_id=f"support_mask_{i}"))
             with gr.Column(scale=2):
-                queries = gr.File(label="Query images", file_count="multiple",
+                queries = FilePaths(label="Query images", file_count="multiple",
                                   file_types=["image"], type="filepath", elem_id="queries")
                 folder = gr.Textbox(label="and/or a folder of query images on the server "
                                     "(under the folders the server allows)",
