@@ -3,8 +3,8 @@
 random bytes, truncated files, odd modes (1, P, LA, I;16, I, F, CMYK, LAB), EXIF rotations,
 extreme aspect ratios and headers that claim more pixels than Pillow's decompression-bomb guard
 allows. Each case either decodes to what Pillow itself decodes, under the conversion the readers
-document, or raises ``ImageReadError`` with one line that starts with the file's path; no other
-exception escapes.
+document, or raises ``ImageReadError`` with one line that starts with the file's path (the web
+demo's readers: ``DemoInputError`` naming the upload); no other exception escapes.
 
 The expected values are Pillow's own decoding with the documented rules written out here:
 images are ``convert("RGB")`` of the stored pixels (no EXIF orientation applied: the reference
@@ -28,6 +28,7 @@ from PIL import Image
 
 from diffews.utils.image import (ImageReadError, as_mask, as_rgb, check_image_file, read_image,
                                  read_label, read_mask)
+from diffews.web_demo.inputs import DemoInputError, InputLimits, read_binary_mask, read_rgb
 
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -95,6 +96,7 @@ def _check_readers(path: str):
                 assert np.array_equal(got, expected, equal_nan=got.dtype.kind == "f"), \
                     (fn.__name__, path)
     _check_pil_readers(path)
+    _check_web_demo_readers(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -129,6 +131,19 @@ def _check_pil_readers(path: str):
             else:
                 assert np.array_equal(fn(img, "the upload"), expected,
                                       equal_nan=expected.dtype.kind == "f")
+
+
+def _check_web_demo_readers(path: str):
+    """The web demo's readers (within its default limits) follow the same rules."""
+    for kind, fn in (("rgb", read_rgb), ("mask", read_binary_mask)):
+        expected = _pillow(path, kind)
+        if isinstance(expected, Exception):
+            with pytest.raises(DemoInputError) as e:
+                fn(path, "query x.png", InputLimits())
+            text = str(e.value)
+            assert text.startswith("query x.png: ") and "\n" not in text, text
+        else:
+            assert np.array_equal(fn(path, "query x.png", InputLimits()), expected)
 
 
 # ---- the files ---------------------------------------------------------------------------------

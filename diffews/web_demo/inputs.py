@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..utils.image import as_rgb
+from ..utils.image import DECODE_ERRORS, ImageReadError, as_rgb, label_array
 
 __all__ = ["DemoInputError", "InputLimits", "SupportInput", "open_checked", "read_rgb",
            "read_binary_mask", "parse_support", "support_key", "MAX_SUPPORTS"]
@@ -76,7 +76,7 @@ def open_checked(source: Union[str, bytes], what: str, limits: InputLimits) -> I
         raise DemoInputError(f"{what}: more pixels than Pillow's decompression-bomb guard allows; "
                              f"the limit is {limits.max_pixels / 1e6:g} megapixels "
                              "(--max-pixels); downscale it") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except DECODE_ERRORS as e:
         raise DemoInputError(f"{what}: {NOT_AN_IMAGE}") from e
     w, h = img.size
     if w * h > limits.max_pixels:
@@ -95,7 +95,7 @@ def _decoded(img: Image.Image, what: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
+    except DECODE_ERRORS as e:  # truncated or corrupt pixel data
         raise DemoInputError(f"{what}: {NOT_AN_IMAGE}") from e
     return img
 
@@ -103,17 +103,21 @@ def _decoded(img: Image.Image, what: str) -> Image.Image:
 def read_rgb(source: Union[str, bytes], what: str, limits: InputLimits) -> np.ndarray:
     """(H, W, 3) uint8, as ``diffews.utils.image.read_image`` reads it, within ``limits``."""
     with open_checked(source, what, limits) as img:
-        return np.asarray(_decoded(img, what).convert("RGB"))
+        try:
+            return as_rgb(_decoded(img, what), what)
+        except ImageReadError as e:  # a mode Pillow cannot convert to RGB
+            raise DemoInputError(f"{what}: {NOT_AN_IMAGE}") from e
 
 
 def read_binary_mask(source: str, what: str, limits: InputLimits) -> np.ndarray:
-    """(H, W) bool, non-zero = foreground, as ``diffews.utils.image.read_mask`` reads it (palette
-    indices or grey values as stored; for RGB(A), any non-zero colour channel)."""
+    """(H, W) bool, non-zero = foreground, as ``diffews.utils.image.read_mask`` reads it (the
+    rules of ``diffews.utils.image.label_array``: palette indices or grey values as stored, alpha
+    ignored; for RGB(A), any non-zero colour channel)."""
     with open_checked(source, what, limits) as img:
-        arr = np.asarray(_decoded(img, what))
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2)
-    return arr > 0
+        try:
+            return label_array(_decoded(img, what), what) != 0
+        except ImageReadError as e:
+            raise DemoInputError(f"{what}: {NOT_AN_IMAGE}") from e
 
 
 @dataclass
