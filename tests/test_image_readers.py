@@ -7,11 +7,12 @@ document, or raises ``ImageReadError`` with one line that starts with the file's
 demo's readers: ``DemoInputError`` naming the upload); no other exception escapes.
 
 The expected values are Pillow's own decoding with the documented rules written out here:
-images are ``convert("RGB")`` of the stored pixels (no EXIF orientation applied: the reference
-code reads ``Image.open(path).convert('RGB')``, aim-uofa/DiffewS evaluation_util/data/coco.py
-l.91); labels are the stored values (grey levels, palette indices, 16-bit or float values), the
-first band of a grey or palette image with alpha, any non-zero colour channel of an RGB(A) image,
-and other colour modes (CMYK, YCbCr, LAB) converted to RGB first; masks are labels != 0.
+images are ``convert("RGB")`` (``read_grey``: ``convert("L")``) of the stored pixels (no EXIF
+orientation applied: the reference code reads ``Image.open(path).convert('RGB')``,
+aim-uofa/DiffewS evaluation_util/data/coco.py l.91); labels are the stored values (grey levels,
+palette indices, 16-bit or float values), the first band of a grey or palette image with alpha,
+any non-zero colour channel of an RGB(A) image, and other colour modes (CMYK, YCbCr, LAB)
+converted to RGB first; masks are labels != 0.
 """
 
 import io
@@ -26,8 +27,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from diffews.utils.image import (ImageReadError, as_mask, as_rgb, check_image_file, read_image,
-                                 read_label, read_mask)
+from diffews.utils.image import (ImageReadError, as_mask, as_rgb, check_image_file, read_grey,
+                                 read_image, read_label, read_mask)
 from diffews.web_demo.inputs import DemoInputError, InputLimits, read_binary_mask, read_rgb
 
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
@@ -62,6 +63,8 @@ def _pillow(path: str, kind: str):
 def _documented(img: Image.Image, kind: str):
     if kind == "rgb":
         return np.asarray(img.convert("RGB"))
+    if kind == "grey":
+        return np.asarray(img.convert("L"))
     if img.mode in GREY_LIKE or img.mode.startswith("I;16"):
         label = np.asarray(img)
     elif img.mode in ("LA", "La", "PA"):
@@ -79,7 +82,7 @@ def _check_refusal(error: ImageReadError, path: str):
 
 def _check_readers(path: str):
     """Every reader of ``path`` against Pillow's result."""
-    readers = {"rgb": [read_image, as_rgb], "label": [read_label],
+    readers = {"rgb": [read_image, as_rgb], "grey": [read_grey], "label": [read_label],
                "mask": [read_mask, as_mask]}
     for kind, fns in readers.items():
         expected = _pillow(path, kind)
@@ -236,7 +239,7 @@ def test_decompression_bomb_is_a_bad_image_naming_the_file(tmp_path):
     with open(path, "wb") as f:
         f.write(_bomb_png(20_000, 10_000))
     assert os.path.getsize(path) < 300
-    for fn in (read_image, read_label, read_mask, check_image_file, as_rgb, as_mask):
+    for fn in (read_image, read_grey, read_label, read_mask, check_image_file, as_rgb, as_mask):
         with pytest.raises(ImageReadError) as e:
             fn(path)
         _check_refusal(e.value, path)

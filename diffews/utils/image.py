@@ -140,6 +140,20 @@ def read_label(path: str) -> np.ndarray:
     return label_array(_open(path), path)
 
 
+def read_grey(path: str) -> np.ndarray:
+    """Read an image file as Pillow's ``convert("L")`` (how the reference reads FSS-1000 masks,
+    aim-uofa/DiffewS evaluation_util/data/fss.py l.78, before thresholding them).
+
+    Returns:
+        np.ndarray: (H, W) uint8.
+    """
+    img = _open(path)
+    try:
+        return np.asarray(img.convert("L"))
+    except DECODE_ERRORS as e:
+        raise _refusal(path, e) from e
+
+
 def read_mask(path: str) -> np.ndarray:
     """Read a binary mask: any non-zero pixel is foreground.
 
