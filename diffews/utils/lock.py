@@ -11,7 +11,8 @@ host, start time, command). The operating system drops the lock when the holder'
 (deleting it would let two runs lock two different files of the same name).
 
 In a multi-process run only the main process takes the lock (the other ranks of the same run
-write their own shards under it). Locks are advisory and local to one machine's kernel; on a
+write their own shards under it). A process forked while the lock is held (a DataLoader worker)
+shares it until it exits too. Locks are advisory and local to one machine's kernel; on a
 network file system they hold as far as that file system supports ``flock``.
 
 API::
@@ -140,8 +141,7 @@ class OutputLock:
         except OSError:  # a read-only or vanished folder: the lock still goes with the fd
             pass
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            os.close(fd)  # the last descriptor of the lock: the kernel drops the lock with it
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()
