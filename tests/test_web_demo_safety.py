@@ -18,7 +18,7 @@ from diffews.modeling.support_set import SupportSet
 from diffews.utils.errors import UsageError
 from diffews.web_demo import (DemoInputError, FolderPolicy, InputLimits, SupportCache,
                               WebDemoSession, exposure_warning, folder_roots, is_loopback)
-from diffews.web_demo.access import parse_auth, read_auth_file
+from diffews.web_demo.access import auth_warnings, parse_auth, read_auth_file
 from diffews.web_demo.inputs import parse_support
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -96,9 +96,49 @@ def test_auth_and_exposure_warning(tmp_path):
         read_auth_file(str(f))
     warning = exposure_warning("0.0.0.0", None)
     assert warning and "\n" not in warning and "without --auth" in warning
-    assert "anyone" in warning
+    assert "anyone" in warning and "--auth-file FILE" in warning
     assert exposure_warning("0.0.0.0", [("a", "b")]) is None
     assert exposure_warning("127.0.0.1", None) is None
+    # issue 29 item 4: a public link on the default loopback host is exposed all the same
+    shared = exposure_warning("127.0.0.1", None, share=True)
+    assert shared and "\n" not in shared and "--share" in shared and "anyone" in shared
+    assert "--auth-file" in shared
+    assert exposure_warning("127.0.0.1", [("a", "b")], share=True) is None
+
+
+def test_auth_on_the_command_line_and_readable_auth_file_warn(tmp_path):
+    """Issue 29 item 4: --auth USER:PASS is visible in ps; a users file others can read too."""
+    f = tmp_path / "users.txt"
+    f.write_text("alice:one\n")
+    os.chmod(f, 0o600)
+    assert auth_warnings([], str(f)) == []
+    assert auth_warnings([], None) == []
+    (flag,) = auth_warnings(["alice:one"], str(f))
+    assert "\n" not in flag and "--auth" in flag and "ps" in flag and "--auth-file" in flag
+    os.chmod(f, 0o644)
+    (loose,) = auth_warnings([], str(f))
+    assert loose == (f"web demo: --auth-file {f} may be read by other users (mode 644); "
+                     f"chmod 600 {f}")
+
+
+def test_launch_warns_of_a_public_link_without_login(monkeypatch, caplog):
+    import gradio as gr
+
+    from diffews.web_demo import launch_demo
+
+    with gr.Blocks() as demo:
+        gr.Markdown("page")
+    launched = {}
+    monkeypatch.setattr(demo, "launch",
+                        lambda **kw: launched.update(kw) or (None, "http://x", None))
+    with caplog.at_level("WARNING", logger="diffews.web_demo"):
+        launch_demo(demo, share=True, block=False)
+    assert launched["share"] and launched["server_name"] == "127.0.0.1"  # no network call made
+    assert any("--share without a login" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffews.web_demo"):
+        launch_demo(demo, share=True, block=False, auth=[("alice", "one")])
+    assert not caplog.records
 
 
 # ---- 3. the cache, by bytes ----------------------------------------------------------------

@@ -21,8 +21,9 @@ hashes, weights, thresholds, config); a journal opened with another fingerprint 
 one line naming the first key that differs, unless ``overwrite=True``, which deletes the old
 shards first and then writes the new fingerprint (a kill in between leaves the old fingerprint
 over no or fewer shards, never the new one over old shards). Several processes may share one
-journal as long as each writes its own keys: the main process opens it with ``create=True`` (writes or checks ``journal.json``, clears
-shards on overwrite), the others, after a barrier, with ``create=False`` (check only).
+journal as long as each writes its own keys: the main process opens it with ``create=True``
+(writes or checks ``journal.json``, clears shards on overwrite), the others, after a barrier, with
+``create=False`` (check only).
 
 API::
 
@@ -51,6 +52,11 @@ A benchmark runner (per seed and image shard, per sequence, per chunk of episode
     comm.synchronize()
     if comm.is_main_process():
         final = reduce(j.collect(keys))       # the same numbers as one uninterrupted run
+
+One run at a time per output folder: the main process holds ``utils/lock.OutputLock`` on it
+for the whole run (``with OutputLock(out, what=f"--output {out}"):`` around the code above), so a
+second run, whatever its flags, is refused with one line naming the running one instead of
+clearing or mixing its shards.
 
 A unit's value must not depend on which process or run computed it (fixed episode order and
 batches within the unit), and the reduction must read the values in key order.

@@ -18,7 +18,7 @@ from .inputs import DemoInputError
 logger = logging.getLogger(__name__)
 
 __all__ = ["is_loopback", "FolderPolicy", "folder_roots", "parse_auth", "read_auth_file",
-           "exposure_warning"]
+           "exposure_warning", "auth_warnings"]
 
 
 def is_loopback(host: str) -> bool:
@@ -128,10 +128,37 @@ def read_auth_file(path: str) -> List[Tuple[str, str]]:
     return pairs
 
 
-def exposure_warning(host: str, auth) -> Optional[str]:
-    """The one-line warning of a page served on the network without a login, else None."""
-    if auth or is_loopback(host):
+def exposure_warning(host: str, auth, share: bool = False) -> Optional[str]:
+    """The one-line warning of a page anyone may reach without a login (served on the network,
+    or through a public ``--share`` link whatever the host), else None."""
+    if auth:
         return None
-    return (f"web demo: serving on {host} without --auth: anyone who can reach this port can run "
-            "the model, upload images and fill its memory; add --auth USER:PASS "
-            "(or --auth-file FILE)")
+    if share:
+        return ("web demo: --share without a login: the public gradio.live link lets anyone who "
+                "has it run the model, upload images and fill its memory, whatever --host says; "
+                "add --auth-file FILE (one USER:PASS a line)")
+    if is_loopback(host):
+        return None
+    return (f"web demo: serving on {host} without --auth-file: anyone who can reach this port can "
+            "run the model, upload images and fill its memory; add --auth-file FILE (one "
+            "USER:PASS a line)")
+
+
+def auth_warnings(auth_flags: Sequence[str], auth_file: Optional[str]) -> List[str]:
+    """One-line warnings about how the logins were given: ``--auth USER:PASS`` shows the password
+    to every user of the machine (``ps``, ``/proc/PID/cmdline``) and stays in the shell's
+    history; an ``--auth-file`` that other users may read shows it too."""
+    out = []
+    if auth_flags:
+        out.append("web demo: --auth puts the password on the command line, where every user of "
+                   "this machine sees it (ps) and the shell history keeps it; use --auth-file "
+                   "FILE (one USER:PASS a line, chmod 600) instead")
+    if auth_file:
+        try:
+            mode = os.stat(auth_file).st_mode & 0o777
+        except OSError:  # read_auth_file reports it
+            mode = 0
+        if mode & 0o077:
+            out.append(f"web demo: --auth-file {auth_file} may be read by other users (mode "
+                       f"{mode:o}); chmod 600 {auth_file}")
+    return out

@@ -17,9 +17,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import gradio as gr
 from gradio.components.base import server
+from gradio.utils import NamedString
+from gradio_client.utils import is_valid_file
 
-from ..predictor import SupportSetError
 from ..cli import format_error
+from ..predictor import SupportSetError
 from ..utils.image import ImageReadError
 from .access import exposure_warning
 from .examples import DemoExample
@@ -29,7 +31,7 @@ from .session import WebDemoSession
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_demo", "launch_demo", "TABLE_HEADERS"]
+__all__ = ["build_demo", "launch_demo", "TABLE_HEADERS", "GRADIO_CACHE_SECONDS"]
 
 TABLE_HEADERS = ["query", "size (WxH)", "foreground %", "score", "seconds", "found"]
 HOW_TO = """\
@@ -50,6 +52,7 @@ CSS = """
 
 
 MAX_PENDING_EDITS = 64  # editor uploads awaiting their run, kept by Gradio per component
+GRADIO_CACHE_SECONDS = 3600  # the page's files in Gradio's cache folder are deleted after this
 
 
 class SupportEditor(gr.ImageEditor):
@@ -112,22 +115,45 @@ TAGLINES = {"DiffewS": "few-shot segmentation with a one-step diffusion UNet",
             "SINE": "in-context segmentation with a frozen DINOv2 and a Matching Transformer"}
 
 
+class FilePaths(gr.File):
+    """``gr.File(type="filepath")`` (the same page component: ``is_template``) without Gradio
+    6.31's leak: its ``preprocess`` opens an empty ``NamedTemporaryFile`` in the cache folder for
+    every file it passes on and never deletes it (two 0-byte files a run here, which
+    ``delete_cache`` does not see either). The upload itself is in Gradio's cache already."""
+
+    is_template = True
+
+    def _process_single_file(self, f):
+        if self.type != "filepath":
+            return super()._process_single_file(f)
+        if self.file_types and not is_valid_file(f.path, self.file_types):
+            raise gr.Error(f"{f.orig_name or os.path.basename(f.path)}: not one of the accepted "
+                           f"file types ({', '.join(self.file_types)})", print_exception=False)
+        return NamedString(f.path)
+
+
 def _caption(r: QueryResult) -> str:
     found = "" if r.present else "not found · "
     return f"{found}score {r.score:.2f} · {r.seconds:.3f} s · {r.name}"
 
 
 def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
-               description: str = ""):
+               description: str = "", cache_seconds: int = GRADIO_CACHE_SECONDS):
     """Build the page.
 
     Args:
         session: what the button runs (predictor, support-set cache, output folder).
         examples: shown under the results; clicking one fills the inputs and runs it.
         description: a Markdown line about the model (weights, working size, device).
+        cache_seconds: how long Gradio keeps the page's files in its cache folder (uploads, the
+            result pictures, copies of the zips; ``GRADIO_TEMP_DIR``, else ``/tmp/gradio``):
+            Gradio's ``delete_cache`` deletes older ones every ``min(60, cache_seconds)``
+            seconds, and all of them when the server stops. Without it they were never deleted.
     Returns:
         the ``gr.Blocks`` (not launched; see ``launch_demo``).
     """
+    if cache_seconds < 1:
+        raise ValueError(f"cache_seconds must be >= 1, got {cache_seconds}")
     def segment(support_1_image, support_2_image, support_3_image, support_4_image,
                 support_5_image, support_1_mask, support_2_mask, support_3_mask, support_4_mask,
                 support_5_mask, queries: Optional[List[str]], folder: Optional[str],
@@ -151,7 +177,9 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
         return gallery, rows, out.status(), out.zip_path
 
     model = session.predictor.architecture or "DiffewS"
-    with gr.Blocks(title=f"{model} web demo", analytics_enabled=False) as demo:
+    delete_cache = (min(60, int(cache_seconds)), int(cache_seconds))
+    with gr.Blocks(title=f"{model} web demo", analytics_enabled=False,
+                   delete_cache=delete_cache) as demo:
         gr.Markdown(f"## {model}: {TAGLINES.get(model, 'few-shot segmentation')}")
         if description:
             gr.Markdown(description, elem_id="model_info")
@@ -169,12 +197,12 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
                                 brush=gr.Brush(colors=[("#ff2020", 0.6)], color_mode="fixed"),
                                 elem_id=f"support_image_{i}"))
                             editor.limits = session.limits
-                            mask_files.append(gr.File(
+                            mask_files.append(FilePaths(
                                 label=f"Support {i}: or a mask file (same size, non-zero = "
                                 "object; replaces the painting)", file_types=["image"],
                                 type="filepath", height=110, elem_id=f"support_mask_{i}"))
             with gr.Column(scale=2):
-                queries = gr.File(label="Query images", file_count="multiple",
+                queries = FilePaths(label="Query images", file_count="multiple",
                                   file_types=["image"], type="filepath", elem_id="queries")
                 folder = gr.Textbox(label="and/or a folder of query images on the server "
                                     "(under the folders the server allows)",
@@ -219,7 +247,8 @@ def launch_demo(demo, host: str = "127.0.0.1", port: Optional[int] = None, share
         host: interface to listen on ("127.0.0.1": this machine only; "0.0.0.0": the network,
             logged as a warning without ``auth``).
         port: TCP port (None: Gradio's default, 7860, or the next free one).
-        share: also open a public gradio.live link (off by default).
+        share: also open a public gradio.live link (off by default; logged as a warning without
+            ``auth``, whatever the host).
         block: wait until interrupted; False returns at once (tests, notebooks).
         allowed_paths: extra folders whose files the page may serve (the examples).
         auth: (user, password) pairs of Gradio's login page; None: no login.
@@ -227,7 +256,7 @@ def launch_demo(demo, host: str = "127.0.0.1", port: Optional[int] = None, share
     Returns:
         the page's local URL.
     """
-    warning = exposure_warning(host, auth)
+    warning = exposure_warning(host, auth, share)
     if warning:
         logger.warning(warning)
     demo.queue(default_concurrency_limit=1)

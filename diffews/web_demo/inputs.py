@@ -1,7 +1,8 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""The page's inputs: limits on what an upload may cost (pixels read from the header before any
-decoding, and bytes), the readers that apply them, and one support slot turned into an image and
-a mask. Every refusal is a ``DemoInputError`` with a one-line message the page shows.
+"""The page's inputs: limits on what an upload may cost (pixels and the longer side read from the
+header before any decoding, and bytes), the readers that apply them, and one support slot turned
+into an image and a mask. Every refusal is a ``DemoInputError`` with a one-line message the page
+shows.
 """
 
 import hashlib
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..utils.image import as_rgb
+from ..utils.image import DECODE_ERRORS, ImageReadError, as_rgb, label_array
 
 __all__ = ["DemoInputError", "InputLimits", "SupportInput", "open_checked", "read_rgb",
            "read_binary_mask", "parse_support", "support_key", "MAX_SUPPORTS"]
@@ -34,14 +35,17 @@ class InputLimits:
     max_pixels: width x height read from the file's header; a larger image is refused before it
         is decoded (a small PNG can expand to gigabytes of pixels).
     max_file_bytes: the file's size on disk (uploads are also cut off by Gradio at this size).
+    max_side: the longer side, read from the header too: within ``max_pixels`` a 40,000,000 x 1
+        PNG of a few hundred bytes is still a 40-million-pixel-wide mask and zip entry.
     """
 
     max_pixels: int = 40_000_000
     max_file_bytes: int = 50 * 2**20
+    max_side: int = 30_000
 
     def __post_init__(self):
-        if self.max_pixels < 1 or self.max_file_bytes < 1:
-            raise ValueError("max_pixels and max_file_bytes must be >= 1")
+        if min(self.max_pixels, self.max_file_bytes, self.max_side) < 1:
+            raise ValueError("max_pixels, max_file_bytes and max_side must be >= 1")
 
 
 def _mb(n: int) -> str:
@@ -72,13 +76,17 @@ def open_checked(source: Union[str, bytes], what: str, limits: InputLimits) -> I
         raise DemoInputError(f"{what}: more pixels than Pillow's decompression-bomb guard allows; "
                              f"the limit is {limits.max_pixels / 1e6:g} megapixels "
                              "(--max-pixels); downscale it") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except DECODE_ERRORS as e:
         raise DemoInputError(f"{what}: {NOT_AN_IMAGE}") from e
     w, h = img.size
     if w * h > limits.max_pixels:
         img.close()
         raise DemoInputError(f"{what}: {w}x{h} is {w * h / 1e6:.1f} megapixels; the limit is "
                              f"{limits.max_pixels / 1e6:g} megapixels (--max-pixels); downscale it")
+    if max(w, h) > limits.max_side:
+        img.close()
+        raise DemoInputError(f"{what}: {w}x{h} has a side of {max(w, h)} pixels; the limit is "
+                             f"{limits.max_side} (--max-side); crop or downscale it")
     return img
 
 
@@ -87,7 +95,7 @@ def _decoded(img: Image.Image, what: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
+    except DECODE_ERRORS as e:  # truncated or corrupt pixel data
         raise DemoInputError(f"{what}: {NOT_AN_IMAGE}") from e
     return img
 
@@ -95,17 +103,21 @@ def _decoded(img: Image.Image, what: str) -> Image.Image:
 def read_rgb(source: Union[str, bytes], what: str, limits: InputLimits) -> np.ndarray:
     """(H, W, 3) uint8, as ``diffews.utils.image.read_image`` reads it, within ``limits``."""
     with open_checked(source, what, limits) as img:
-        return np.asarray(_decoded(img, what).convert("RGB"))
+        try:
+            return as_rgb(_decoded(img, what), what)
+        except ImageReadError as e:  # a mode Pillow cannot convert to RGB
+            raise DemoInputError(f"{what}: {NOT_AN_IMAGE}") from e
 
 
 def read_binary_mask(source: str, what: str, limits: InputLimits) -> np.ndarray:
-    """(H, W) bool, non-zero = foreground, as ``diffews.utils.image.read_mask`` reads it (palette
-    indices or grey values as stored; for RGB(A), any non-zero colour channel)."""
+    """(H, W) bool, non-zero = foreground, as ``diffews.utils.image.read_mask`` reads it (the
+    rules of ``diffews.utils.image.label_array``: palette indices or grey values as stored, alpha
+    ignored; for RGB(A), any non-zero colour channel)."""
     with open_checked(source, what, limits) as img:
-        arr = np.asarray(_decoded(img, what))
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2)
-    return arr > 0
+        try:
+            return label_array(_decoded(img, what), what) != 0
+        except ImageReadError as e:
+            raise DemoInputError(f"{what}: {NOT_AN_IMAGE}") from e
 
 
 @dataclass

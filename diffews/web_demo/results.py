@@ -11,7 +11,11 @@ from PIL import Image
 
 from ..utils.overlay import PRED_COLOR, draw_contour, overlay_mask
 
-__all__ = ["QueryResult", "RunOutput", "result_panel", "png_bytes"]
+__all__ = ["QueryResult", "RunOutput", "result_panel", "fit_size", "png_bytes", "PANEL_HEIGHT",
+           "PANEL_MAX_WIDTH"]
+
+PANEL_HEIGHT = 256  # the pictures of the page's results
+PANEL_MAX_WIDTH = 1024  # each of the two pictures of a result: at most 4:1 shown at full height
 
 
 @dataclass
@@ -94,25 +98,43 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def result_panel(image: np.ndarray, mask: np.ndarray, pred_image: np.ndarray,
-                 height: int = 256) -> np.ndarray:
-    """(height, W, 3) uint8: the query with its mask tinted and outlined, beside the decoded
-    prediction; small images are enlarged with nearest so that mask edges stay sharp, large ones
-    are shrunk before drawing (a 40-megapixel query is not overlaid at full size)."""
-    h, w = image.shape[:2]
-    if h > height:
-        size = (max(1, round(w * height / h)), height)
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size,
+                 height: int = PANEL_HEIGHT, max_width: int = PANEL_MAX_WIDTH) -> np.ndarray:
+    """The query with its mask tinted and outlined, beside the decoded prediction.
+
+    Each of the two pictures is scaled, aspect ratio kept, to fit a box of ``height`` x
+    ``max_width`` (so a 400 x 1 query is a 1024 x 3 strip, not 102,400 x 256) with each side at
+    least 1 pixel; small pictures are enlarged with nearest so that mask edges stay sharp, large
+    ones are shrunk before drawing (a 40-megapixel query is not overlaid at full size).
+
+    Args:
+        image: (H, W, 3) uint8 query; mask: (H, W) bool; pred_image: (S, S, 3) uint8.
+    Returns:
+        (height, W', 3) uint8 with W' <= 2 * max_width + 6, white where a picture is smaller
+        than the box.
+    """
+    shown_size = fit_size(image.shape[:2], height, max_width)
+    if shown_size[0] < image.shape[1] or shown_size[1] < image.shape[0]:
+        image = np.asarray(Image.fromarray(image).resize(shown_size, Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shown_size,
                                                                              Image.NEAREST)) > 0
     shown = draw_contour(overlay_mask(image, mask, PRED_COLOR), mask, (255, 255, 255))
     panels = []
     for im in (shown, pred_image):
-        h, w = im.shape[:2]
-        resample = Image.NEAREST if h < height else Image.BILINEAR
-        panels.append(Image.fromarray(im).resize((max(1, round(w * height / h)), height),
-                                                 resample))
+        size = fit_size(im.shape[:2], height, max_width)
+        enlarged = size[0] >= im.shape[1] and size[1] >= im.shape[0]
+        resample = Image.NEAREST if enlarged else Image.BILINEAR
+        pic = Image.fromarray(im)
+        panels.append(pic if pic.size == size else pic.resize(size, resample))
     gap = 6
     canvas = Image.new("RGB", (sum(p.width for p in panels) + gap, height), (255, 255, 255))
     canvas.paste(panels[0], (0, 0))
     canvas.paste(panels[1], (panels[0].width + gap, 0))
     return np.asarray(canvas)
+
+
+def fit_size(hw: Tuple[int, int], height: int, max_width: int) -> Tuple[int, int]:
+    """(width, height) of an (h, w) picture scaled to fit ``height`` x ``max_width``, aspect ratio
+    kept, each side rounded and at least 1."""
+    h, w = hw
+    scale = min(height / h, max_width / w)
+    return max(1, min(max_width, round(w * scale))), max(1, min(height, round(h * scale)))

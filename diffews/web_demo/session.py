@@ -28,11 +28,35 @@ from .results import QueryResult, RunOutput, png_bytes, result_panel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WebDemoSession"]
+__all__ = ["WebDemoSession", "demo_runs", "RUN_MARKER"]
+
+
+RUN_MARKER = ".diffews_web_demo_run"  # in every run folder the demo writes, and only there
 
 
 def _name(path: Optional[str]) -> str:
     return os.path.basename(path) if path else "?"
+
+
+def demo_runs(output_dir: str) -> List[str]:
+    """The run folders of ``output_dir`` that the demo wrote (those holding ``RUN_MARKER``; not
+    symlinks), oldest first (by the marker's time, then name)."""
+    runs = []
+    try:
+        names = os.listdir(output_dir)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        path = os.path.join(output_dir, name)
+        marker = os.path.join(path, RUN_MARKER)
+        if os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            stamp = os.lstat(marker).st_mtime_ns
+        except OSError:  # no marker: not ours
+            continue
+        runs.append((stamp, name, path))
+    return [path for _, _, path in sorted(runs)]
 
 
 class WebDemoSession:
@@ -48,8 +72,9 @@ class WebDemoSession:
         allowed_roots: server folders (and their subtrees) whose images may be queries; none:
             the folder field is off.
         limits: pixels and bytes one image may have.
-        output_dir: where the zips go (a new temporary folder by default); the last
-            ``keep_runs`` runs are kept.
+        output_dir: where the zips go (a new temporary folder by default), one folder per run
+            marked as the demo's (``RUN_MARKER``); the last ``keep_runs`` of them are kept, and
+            nothing else in the folder is touched.
     """
 
     def __init__(self, predictor: Predictor, batch_size: int = 4,
@@ -199,10 +224,16 @@ class WebDemoSession:
         return entry
 
     def _new_run_dir(self) -> str:
+        """A new folder ``run-<date>-<time>-<random>`` of ``output_dir`` holding the marker file
+        ``RUN_MARKER``; then the oldest marked folders beyond ``keep_runs`` are deleted. Only
+        marked folders are ever deleted: a user's own ``run-x/`` in ``--output`` stays."""
+        os.makedirs(self.output_dir, exist_ok=True)
         self._runs += 1
-        run_dir = os.path.join(self.output_dir, f"run{self._runs:05d}")
-        os.makedirs(run_dir, exist_ok=True)
-        runs = sorted(d for d in os.listdir(self.output_dir) if d.startswith("run"))
-        for d in runs[:-self.keep_runs]:
-            shutil.rmtree(os.path.join(self.output_dir, d), ignore_errors=True)
+        run_dir = tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"),
+                                   dir=self.output_dir)
+        with open(os.path.join(run_dir, RUN_MARKER), "w") as f:
+            f.write(f"written by the DiffewS web demo (pid {os.getpid()}, run {self._runs}); "
+                    "the folder is deleted when newer runs replace it\n")
+        for old in demo_runs(self.output_dir)[:-self.keep_runs]:
+            shutil.rmtree(old, ignore_errors=True)
         return run_dir
