@@ -30,7 +30,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..utils.image import ImageReadError, read_image, read_label
+from ..utils.image import ImageReadError, read_grey, read_image, read_label
 
 IGNORE = 255
 LABEL_FORMATS = ("class_value", "threshold128", "polygons", "synthetic")
@@ -101,9 +101,7 @@ def _load_file_sample(record: Dict, class_id: int, label_format: str, ignore_bou
         if ignore_boundary:
             label[raw == IGNORE] = IGNORE
     elif label_format == "threshold128":
-        from PIL import Image
-
-        raw = np.asarray(Image.open(record["mask_file"]).convert("L"))
+        raw = read_grey(record["mask_file"])
         label = (raw >= 128).astype(np.uint8)
     elif label_format == "polygons":
         from pycocotools import mask as mask_util
