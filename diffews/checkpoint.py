@@ -20,7 +20,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .modeling.unet import check_shape, load_release_state_dict
 from .utils.atomic import atomic_open
-from .utils.hub import resolve_hub_path
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def load_inference_weights(model, cfg) -> str:
         attach_inference_backend(model, cfg, "")
         return ""
     DiffewSCheckpointer(model).load(weights)
-    attach_inference_backend(model, cfg, resolve_hub_path(weights, "MODEL.WEIGHTS"))
+    attach_inference_backend(model, cfg, weights)
     return weights
 
 
@@ -109,7 +108,6 @@ def attach_inference_backend(model, cfg, weights: str = "") -> None:
 
 class DiffewSCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args, **kwargs):
-        path = resolve_hub_path(path, "MODEL.WEIGHTS")  # a per-fold hub id (run_fss {fold})
         if path and not os.path.exists(path):
             raise FileNotFoundError(
                 f"MODEL.WEIGHTS: {path} does not exist (expected a trainer checkpoint .pth or a "

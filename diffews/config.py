@@ -300,6 +300,12 @@ def add_sine_config(cfg: CN) -> None:
     # ID queries (one per reference instance) in the decoder: True for FSS and VOS; False for
     # FSIS (inference_fsod/configs/Base-SINE.yaml use_id_query False).
     cfg.MODEL.SINE.USE_ID_QUERY = True
+    # Presence (is the supports' object in the query at all?): the signal is the best class
+    # probability over the instance queries (softmax over class + "no object"); a query below
+    # this threshold is judged absent (empty mask, result "present" False; in instance
+    # segmentation its class gives no instance). < 0 = no decision, as the published protocols
+    # assume (the object is present).
+    cfg.MODEL.SINE.PRESENCE_THRESHOLD = -1.0
     # Inference refuses to run with MODEL.WEIGHTS empty (the decoder would be random and the
     # numbers plausible-looking); True runs the untrained model on purpose (tests, timing).
     cfg.MODEL.SINE.ALLOW_UNTRAINED = False

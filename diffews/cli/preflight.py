@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Optional
 from ..utils.errors import UsageError
 
 __all__ = ["check_output_dir", "check_pretrained", "check_image_size", "check_weights",
-           "check_datasets", "check_config_values", "check_backend", "preflight"]
+           "check_datasets", "check_config_values", "check_backend", "check_sine", "preflight"]
 
 # what each Stable Diffusion component folder must hold: config, then one of the weight files
 _TEXT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -122,13 +122,10 @@ def check_weights(weights: str, allow_untrained: bool, key: str = "MODEL.WEIGHTS
     from ..checkpoint import UNTRAINED_MESSAGE, UntrainedModelError
     from ..modeling.unet import find_unet_weights, index_shards, read_state_dict, \
         resolve_release_folder
-    from ..utils.hub import resolve_hub_path
-
     if not weights:
         if allow_untrained:
             return
         raise UntrainedModelError(UNTRAINED_MESSAGE)
-    weights = resolve_hub_path(weights, key)  # a per-fold hub id (run_fss {fold}): local now
     if not os.path.exists(weights):
         raise FileNotFoundError(f"{key}: {weights} does not exist (expected a trainer "
                                 "checkpoint .pth or a released DiffewS UNet folder)")
@@ -204,17 +201,46 @@ def check_backend(cfg) -> None:
                          f"onnxruntime (it has {ort.get_available_providers()})")
 
 
+def check_sine(cfg, weights: List[str]) -> None:
+    """A SINE config's files and sizes: ``MODEL.SINE.PAD_SIZE`` a multiple of the patch size 14
+    and at least ``IMAGE_SIZE``; ``MODEL.SINE.ENCODER.WEIGHTS`` (when set) and each weights file
+    existing; an empty ``MODEL.WEIGHTS`` only with ``MODEL.SINE.ALLOW_UNTRAINED``."""
+    from ..checkpoint import SINE_UNTRAINED_MESSAGE, UntrainedModelError
+
+    s = cfg.MODEL.SINE
+    if s.PAD_SIZE % 14 or s.PAD_SIZE < s.IMAGE_SIZE:
+        raise UsageError(f"MODEL.SINE.PAD_SIZE {s.PAD_SIZE} must be a multiple of DINOv2's patch "
+                         f"size 14 and at least MODEL.SINE.IMAGE_SIZE {s.IMAGE_SIZE}")
+    if s.ENCODER.WEIGHTS and not os.path.exists(s.ENCODER.WEIGHTS):
+        raise FileNotFoundError(f"MODEL.SINE.ENCODER.WEIGHTS: {s.ENCODER.WEIGHTS} does not "
+                                "exist (an official DINOv2 checkpoint such as "
+                                "dinov2_vitl14_pretrain.pth, or a transformers DINOv2 folder)")
+    for w in weights:
+        if not w:
+            if not s.ALLOW_UNTRAINED:
+                raise UntrainedModelError(SINE_UNTRAINED_MESSAGE)
+        elif not os.path.exists(w):
+            raise FileNotFoundError(f"MODEL.WEIGHTS: {w} does not exist (expected the released "
+                                    "pytorch_model.bin or a trainer checkpoint .pth)")
+
+
 def preflight(cfg, *, output_dir: Optional[str] = None, weights: Optional[List[str]] = None,
-              output_key: str = "--output") -> int:
-    """The checks every entry point runs before building the model: the PRETRAINED folder, the
-    image size against its stride, the output folder and (for inference) each weights path.
-    Returns the stride."""
+              output_key: str = "--output") -> None:
+    """The checks every entry point runs before building the model: the config's values, the
+    model's own files (DiffewS: the PRETRAINED folder, the image size against its stride, the
+    inference backend; SINE: ``check_sine``), the output folder and (for inference) each weights
+    path."""
+    from ..predictor import predictor_class
+
     check_config_values(cfg)
-    check_backend(cfg)
-    stride = check_pretrained(cfg.MODEL.DIFFEWS.PRETRAINED)
-    check_image_size(cfg.INPUT.IMAGE_SIZE, stride, cfg.MODEL.DIFFEWS.PRETRAINED)
+    predictor_class(cfg).check_config(cfg)
+    if cfg.MODEL.META_ARCHITECTURE == "SINE":
+        check_sine(cfg, list(weights or []))
+    else:
+        check_backend(cfg)
+        stride = check_pretrained(cfg.MODEL.DIFFEWS.PRETRAINED)
+        check_image_size(cfg.INPUT.IMAGE_SIZE, stride, cfg.MODEL.DIFFEWS.PRETRAINED)
+        for w in weights or []:
+            check_weights(w, cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED)
     if output_dir is not None:
         check_output_dir(output_dir, output_key)
-    for w in weights or []:
-        check_weights(w, cfg.MODEL.DIFFEWS.ALLOW_UNTRAINED)
-    return stride

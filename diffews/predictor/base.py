@@ -77,9 +77,13 @@ class Predictor(abc.ABC):
     # -- supports ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def encode_supports(self, images: Sequence, masks: Sequence,
-                        dtype: Optional[torch.dtype] = None, warn_empty: bool = True):
+                        dtype: Optional[torch.dtype] = None, warn_empty: bool = True,
+                        task: str = "fss"):
         """K support images (paths, H x W x 3 uint8 arrays, PIL images or encoded images) and their
-        masks (paths or H x W arrays, non-zero = foreground) -> a support set."""
+        masks (paths or H x W arrays, non-zero = foreground, or COCO annotations of the image's
+        instances: ``masks.py``) -> a support set. ``task`` says what the set is for: "fss"
+        (``predict``, ``predict_many``) or "fsis" (``predict_instances``); a model whose tasks
+        pre-process supports differently (SINE) encodes each as its task does."""
 
     @abc.abstractmethod
     def load_support_set(self, path: str):

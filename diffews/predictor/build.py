@@ -6,11 +6,13 @@ from typing import Dict, Type
 from ..utils.errors import UsageError
 from .base import Predictor
 from .diffews import DiffewSPredictor
+from .sine import SINEPredictor
 
 __all__ = ["PREDICTORS", "predictor_class", "build_predictor"]
 
 # MODEL.META_ARCHITECTURE -> its predictor
-PREDICTORS: Dict[str, Type[Predictor]] = {p.architecture: p for p in (DiffewSPredictor,)}
+PREDICTORS: Dict[str, Type[Predictor]] = {p.architecture: p for p in (DiffewSPredictor,
+                                                                      SINEPredictor)}
 
 
 def predictor_class(cfg) -> Type[Predictor]:

@@ -36,6 +36,7 @@ from ..utils.inputs import input_name as _name
 from .base import Predictor
 from .diffews_video import DiffewSVideoTracker
 from .instances import CLASS_SCORES, MODES, predictions_to_instances
+from .masks import is_annotations, union_mask
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,8 @@ class DiffewSPredictor(Predictor):
     # -- supports ------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_supports(self, images: Sequence, masks: Sequence,
-                        dtype: Optional[torch.dtype] = None, warn_empty: bool = True) -> SupportSet:
+                        dtype: Optional[torch.dtype] = None, warn_empty: bool = True,
+                        task: str = "fss") -> SupportSet:
         """Encode K annotated supports into a ``SupportSet`` (VAE latents and the keys/values of
         every fused self-attention layer), computed once for any number of queries.
 
@@ -198,10 +200,12 @@ class DiffewSPredictor(Predictor):
             images: K images: file paths, HxWx3 uint8 arrays, PIL images or ``EncodedImage``
                 (whose latent is reused).
             masks: K masks: file paths, PIL images or HxW arrays (non-zero = foreground), each of
-                its image's size.
+                its image's size, or COCO annotations of the image's instances (``masks.py``;
+                their union is the mask).
             dtype: storage dtype of the keys/values (e.g. ``torch.float16`` halves the memory).
             warn_empty: log a warning for a mask without foreground (it is encoded anyway; video
                 memories, where a vanished object's empty mask is normal, turn it off).
+            task: what the set is for ("fss" or "fsis"); DiffewS encodes both the same way.
         """
         images, masks = list(_as_list(images)), list(_as_list(masks))
         if not images:
@@ -211,13 +215,16 @@ class DiffewSPredictor(Predictor):
         arrays, latents, resized, info = [], [], [], []
         for i, (image, mask) in enumerate(zip(images, masks)):
             name = _name(image, "support", i)
-            m = as_mask(mask, _name(mask, f"support {i} mask", i))
             if isinstance(image, EncodedImage):
                 size = image.size
                 latents.append(self._encode_chunk([image], i)[0].latent)
             else:
                 array, size = self._working_image(image, name)
                 arrays.append(array)
+            if is_annotations(mask):
+                m = union_mask(mask, tuple(size), f"{name}'s annotations")
+            else:
+                m = as_mask(mask, _name(mask, f"support {i} mask", i))
             if m.shape != tuple(size):
                 raise ImageReadError(f"{_name(mask, f'support {i} mask', i)}: mask is "
                                      f"{m.shape[1]}x{m.shape[0]} but its image {name} is "

@@ -174,10 +174,14 @@ def resolve_hub_path(path, key: str = "path"):
 
 
 def resolve_config_paths(cfg) -> None:
-    """Replace hub ids in ``MODEL.DIFFEWS.PRETRAINED`` and ``MODEL.WEIGHTS`` of an unfrozen
-    detectron2 config by local folders, in place. A ``MODEL.WEIGHTS`` holding ``{fold}`` is left
-    as it is: the per-fold id is resolved when the fold's weights are checked and loaded."""
+    """Replace hub ids in ``MODEL.DIFFEWS.PRETRAINED``, ``MODEL.SINE.ENCODER.WEIGHTS`` and
+    ``MODEL.WEIGHTS`` of an unfrozen detectron2 config by local folders, in place. A
+    ``MODEL.WEIGHTS`` holding ``{fold}`` is left as it is: the per-fold id is resolved when the
+    fold's weights are taken (``diffews.config.fold_weights``)."""
     cfg.MODEL.DIFFEWS.PRETRAINED = resolve_hub_path(cfg.MODEL.DIFFEWS.PRETRAINED,
                                                     "MODEL.DIFFEWS.PRETRAINED")
+    if "SINE" in cfg.MODEL:
+        cfg.MODEL.SINE.ENCODER.WEIGHTS = resolve_hub_path(cfg.MODEL.SINE.ENCODER.WEIGHTS,
+                                                          "MODEL.SINE.ENCODER.WEIGHTS")
     if "{fold}" not in cfg.MODEL.WEIGHTS:
         cfg.MODEL.WEIGHTS = resolve_hub_path(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")

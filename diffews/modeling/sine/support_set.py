@@ -113,6 +113,13 @@ class SINESupportSet:
 
         return self._replace(**{k: move(getattr(self, k)) for k in _TENSORS})
 
+    def relabel(self, label: int) -> "SINESupportSet":
+        """This one-class set with its class (and its ID queries' class) set to ``label``."""
+        if self.num_classes != 1:
+            raise SupportSetError(f"relabel: the set holds {self.num_classes} classes, not one")
+        return self._replace(id_labels=torch.full_like(self.id_labels, int(label)),
+                             class_labels=torch.tensor([int(label)]))
+
     @staticmethod
     def cat(sets: Sequence["SINESupportSet"]) -> "SINESupportSet":
         """All ID queries of ``sets`` in order, and one class query per class: a class held by

@@ -27,7 +27,6 @@ from typing import Dict, Iterable
 import torch
 from torch import nn
 
-from ...utils.hub import resolve_hub_path
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +127,7 @@ def official_to_timm(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 def read_encoder_state(path: str, what: str = "MODEL.SINE.ENCODER.WEIGHTS"
                        ) -> Dict[str, torch.Tensor]:
     """The DINOv2 state dict in timm's layout from an official checkpoint file, a transformers
-    folder or a hub id (``diffews.utils.hub``)."""
-    path = resolve_hub_path(path, what)
+    folder (a hub id in a config is a local folder once ``build_config`` resolved it)."""
     if os.path.isdir(path):
         files = [os.path.join(path, n) for n in _HF_WEIGHTS
                  if os.path.isfile(os.path.join(path, n))]
@@ -197,12 +195,11 @@ def load_sine_weights(model: nn.Module, path: str, encoder_loaded: bool = False)
     Args:
         model: a ``SINE`` (``image_encoder.encoder``, ``image_encoder.neck``,
             ``transformer_decoder``).
-        path: the released ``pytorch_model.bin``, our checkpoint, or a hub id of a file.
+        path: the released ``pytorch_model.bin`` or our checkpoint (a local file).
         encoder_loaded: the DINOv2 weights came from ``MODEL.SINE.ENCODER.WEIGHTS``, so a file
             without ``image_encoder.encoder.*`` keys is complete; with encoder keys, the file's
             encoder replaces it (as the original's whole-model load does).
     """
-    path = resolve_hub_path(path, "MODEL.WEIGHTS")
     state = read_state_dict(path)
     ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}

@@ -153,6 +153,17 @@ def support_mask(record: Dict, class_id: int, shape):
     return label
 
 
+def _instances_or_mask(record: Dict, class_id: int, shape):
+    """A COCO json support: its instances of the class as COCO annotations (a model that
+    rasterises them itself, SINE, sees each instance as few-shot instance segmentation does);
+    otherwise the class's mask (``support_mask``)."""
+    if record["label_format"] == "coco_instances":
+        segs = record["segmentations"].get(class_id, [])
+        if segs and (record.get("height", shape[0]), record.get("width", shape[1])) == tuple(shape):
+            return [{"segmentation": seg} for seg in segs]
+    return support_mask(record, class_id, shape)
+
+
 def set_file(folder: str, name: str) -> str:
     """``<folder>/<class, file-safe>.pt``: the folder is itself a SRC of the "sets" kind."""
     safe = re.sub(r"[^A-Za-z0-9 ._-]+", "_", name).strip(". ") or "class"
@@ -185,8 +196,8 @@ def support_sets(predictor, source: SupportSource, folder: str, compute: bool = 
             raise SupportSetError(f"{path}: missing after the main process prepared it")
         else:
             images = [read_image(r["file_name"]) for r in records]
-            masks = [support_mask(r, c, im.shape[:2]) for r, im in zip(records, images)]
-            s = predictor.encode_supports(images, masks)
+            masks = [_instances_or_mask(r, c, im.shape[:2]) for r, im in zip(records, images)]
+            s = predictor.encode_supports(images, masks, task="fsis")
             for info, r in zip(s.info, records):
                 info.update(source=r["file_name"], category=name)
             s.save(path)

@@ -9,7 +9,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from ...data.datasets.coco_fsod_reader import (
-    NOVEL_CLASSES, annotation_mask, load_fsod_support, support_split_file
+    NOVEL_CLASSES, load_fsod_support, support_split_file
 )
 from ...data.datasets.coco_fsod import fsod_dataset_names
 from ...data.datasets.roots import README, dataset_root
@@ -107,9 +107,11 @@ def class_support_sets(predictor, by_class: Sequence[List[Dict]], folder: str,
             if not compute:
                 raise SupportSetError(f"{path}: missing or unusable after the main process "
                                       "prepared it")
-            masks = [annotation_mask(r["annotations"][0], r["height"], r["width"])
-                     for r in records]
-            s = predictor.encode_supports([r["file_name"] for r in records], masks)
+            # each support is one instance: its COCO annotation (a model that rasterises
+            # polygons at its own input size, as SINE's original does, reads them)
+            s = predictor.encode_supports([r["file_name"] for r in records],
+                                          [dict(r["annotations"][0]) for r in records],
+                                          task="fsis")
             for info, r, key in zip(s.info, records, keys):
                 info.update(record=key, image_id=r["image_id"], category=NOVEL_CLASSES[c])
             s.save(path)
