@@ -30,8 +30,9 @@ def tiny_opts(tiny=None) -> list:
         "MODEL.SINE.DECODER.FUSION_DEPTH", t["fusion"]]
 
 
-def sine_cfg(*opts, tiny=None):
-    """detectron2 config of a tiny SINE (``configs/sine/Base-SINE.yaml`` + tiny sizes + opts)."""
+def sine_cfg(*opts, tiny=None, config_file=None):
+    """detectron2 config of a tiny SINE (``config_file``, default ``configs/sine/Base-SINE.yaml``,
+    + tiny sizes + opts)."""
     from detectron2.config import get_cfg
 
     from diffews.config import add_diffews_config, add_sine_config
@@ -39,7 +40,7 @@ def sine_cfg(*opts, tiny=None):
     cfg = get_cfg()
     add_diffews_config(cfg)
     add_sine_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "sine", "Base-SINE.yaml"))
+    cfg.merge_from_file(config_file or os.path.join(ROOT, "configs", "sine", "Base-SINE.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", *tiny_opts(tiny), *opts])
     return cfg
 

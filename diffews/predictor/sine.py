@@ -119,10 +119,6 @@ class SINEPredictor(Predictor):
                 raise UsageError(f"INPUT.{key} must be >= 1, got {cfg.INPUT[key]}")
         if cfg.TEST.FSOD.TOPK < 1:
             raise UsageError(f"TEST.FSOD.TOPK must be >= 1, got {cfg.TEST.FSOD.TOPK}")
-        if cfg.INPUT.MAX_SIZE_TEST > cfg.MODEL.SINE.PAD_SIZE:
-            raise UsageError(f"INPUT.MAX_SIZE_TEST {cfg.INPUT.MAX_SIZE_TEST} is larger than "
-                             f"MODEL.SINE.PAD_SIZE {cfg.MODEL.SINE.PAD_SIZE}: a resized image "
-                             "would not fit the padding")
 
     def load_weights(self, weights: str) -> None:
         """``MODEL.WEIGHTS`` = ``weights`` loaded into the same model; the signature follows."""
@@ -135,6 +131,21 @@ class SINEPredictor(Predictor):
         self.model.eval()
         self.signature = self.model.support_signature()
         self.weights = weights
+
+    def _fsis_image(self, rgb: np.ndarray, what: str) -> np.ndarray:
+        """``rgb`` resized as few-shot instance segmentation resizes it (INPUT.MIN_SIZE_TEST /
+        MAX_SIZE_TEST, INPUT.FORMAT); an error naming the keys when it would not fit the
+        padding."""
+        h, w = P.fsis_size(rgb.shape[0], rgb.shape[1], self.fsis["min_size"],
+                           self.fsis["max_size"])
+        if max(h, w) > self.model.pad_size:
+            raise UsageError(f"{what}: resized to {w}x{h} by INPUT.MIN_SIZE_TEST "
+                             f"{self.fsis['min_size']} / MAX_SIZE_TEST {self.fsis['max_size']}, "
+                             f"larger than MODEL.SINE.PAD_SIZE {self.model.pad_size}; SINE's "
+                             "instance segmentation config (configs/sine/sine_dinov2l_fsis.yaml) "
+                             "sets both to the padded size")
+        return P.fsis_image(rgb, self.fsis["min_size"], self.fsis["max_size"],
+                            self.fsis["format"])
 
     # -- inputs ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -196,8 +207,7 @@ class SINEPredictor(Predictor):
                 info.append({"source": name, "size": [int(shape[0]), int(shape[1])],
                              "mask_fraction": float(union.mean())})
             else:
-                resized = P.fsis_image(rgb, self.fsis["min_size"], self.fsis["max_size"],
-                                       self.fsis["format"])
+                resized = self._fsis_image(rgb, name)
                 feats.append(self._features([P.to_unit(resized)])[0])
                 size = resized.shape[:2]
                 if is_annotations(mask):
@@ -280,8 +290,7 @@ class SINEPredictor(Predictor):
                                       "task='fsis')")
         support = SINESupportSet.cat([s.relabel(i) for i, s in enumerate(sets)])
         rgb = as_rgb(image, _name(image, "image", 0))
-        resized = P.fsis_image(rgb, self.fsis["min_size"], self.fsis["max_size"],
-                               self.fsis["format"])
+        resized = self._fsis_image(rgb, _name(image, "image", 0))
         pixels = self.model.prepare([P.to_unit(resized)])
         out = self.model.decode(self.model.encode(pixels), support)
         found = fsis_instances(out, pixels.shape[-2:], resized.shape[:2], rgb.shape[:2],
