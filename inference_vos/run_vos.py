@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Semi-supervised video object segmentation with DiffewS on DAVIS 2016/2017 or YouTube-VOS 2018.
+"""Semi-supervised video object segmentation (DiffewS or SINE): DAVIS 2016/2017, YouTube-VOS 2018.
 
   python inference_vos/run_vos.py --config-file configs/vos/Base-DAVIS17.yaml \
       --dataset davis17_val --output output/vos/davis17_val MODEL.WEIGHTS weight/coco_fold0
@@ -25,11 +25,13 @@ FLAGS = {"mem_size": "TEST.VOS.MEM_SIZE", "decay_ratio": "TEST.VOS.DECAY_RATIO",
          "reuse_supports": "TEST.VOS.REUSE_SUPPORTS", "batch_size": "TEST.VOS.BATCH_SIZE"}
 
 EPILOG = """\
-Per object, the first annotated frame with its given mask is a fixed support and up to
+Per object, the first annotated frame with its given mask is a fixed reference and up to
 MEM_SIZE - 1 past predicted frames, chosen by score decayed linearly with their distance in time
-(ratio DECAY_RATIO), are added; every frame is one query per object, VAE-encoded once, and each
-memory entry is encoded once (diffews/predictor/diffews_video.py). Frames are resized to INPUT.IMAGE_SIZE squared;
-masks are written at the frame's size as palette PNGs in the official results layout:
+(ratio DECAY_RATIO), are added; every frame is encoded once. The model's own rules decide the rest
+(DiffewS: diffews/predictor/diffews_video.py, frames resized to INPUT.IMAGE_SIZE squared, each
+memory entry encoded once; SINE: diffews/predictor/sine_video.py, tools/eval_vos.py's loop with
+TEST.VOS.FRAME_SIZE and MODEL.SINE.IMAGE_SIZE, configs/sine/sine_dinov2l_vos.yaml). Masks are
+written at the frame's size as palette PNGs in the official results layout:
 <output>/<video>/<frame>.png (DAVIS) or <output>/Annotations/<video>/<frame>.png plus
 <output>/submission.zip (YouTube-VOS). DAVIS val is scored at the end (global_results-val.csv,
 per-sequence_results-val.csv in --output, as inference_vos/eval_davis.py does); DAVIS test-dev

@@ -44,7 +44,8 @@ def test_gpu_suite_rows_for_the_execution_providers():
     from diffews.benchmark.suite import format_rows, run_suite
 
     rows = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, log=lambda *a: None,
-                     dtypes=(), compile_modes=(), onnx_runtimes=("cpu", "cuda", "tensorrt"))
+                     dtypes=(), compile_modes=(), onnx_runtimes=("cpu", "cuda", "tensorrt"),
+                     sine_dtypes=())
     ort = [r for r in rows if r.get("runtime")]
     assert [r["runtime"] for r in ort] == ["onnxruntime cpu"] * 4 + ["onnxruntime cuda"] * 4 \
         + ["onnxruntime tensorrt"] * 4

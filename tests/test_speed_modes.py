@@ -101,14 +101,16 @@ def test_gpu_suite_dry_run_on_cpu(tmp_path):
     from diffews.benchmark.suite import append_to_benchmarks, format_rows, run_suite
 
     rows = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, log=lambda *a: None,
-                     dtypes=("float32",), compile_modes=(False,), onnx_runtimes=())
+                     dtypes=("float32",), compile_modes=(False,), onnx_runtimes=(),
+                     sine_dtypes=())
     assert [r["status"] for r in rows] == ["ok"] * 6
     assert {(r["shots"], r["batch"]) for r in rows if r["what"] == "inference"} == {
         (1, 1), (1, 8), (5, 1), (5, 8)}
     assert all(r["ms_per_episode"] > 0 for r in rows if r["what"] == "inference")
     assert [r["checkpointing"] for r in rows if r["what"] == "training step"] == [False, True]
     late = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, budget_s=0, log=lambda *a: None,
-                     dtypes=("float32",), compile_modes=(False,), onnx_runtimes=())
+                     dtypes=("float32",), compile_modes=(False,), onnx_runtimes=(),
+                     sine_dtypes=())
     assert {r["status"] for r in late} == {"not run (time budget)"}
     path = tmp_path / "BENCHMARKS.md"
     append_to_benchmarks(str(path), rows, "CPU (dry run)", "python tools/benchmark.py --suite gpu")
@@ -164,3 +166,18 @@ def test_mode_accuracy_reports_agreement_and_first_batch(tiny_sd, tmp_path, monk
     assert all(r["agreement"] >= 0.999 for r in rows.values())
     assert rows[modes[2]]["mIoU"] == pytest.approx(rows[modes[0]]["mIoU"], abs=0.5)
     assert all(r["first_batch_s"] > 0 and r["s_per_episode"] > 0 for r in rows.values())
+
+
+def test_gpu_suite_sine_rows_dry_run_on_cpu():
+    """The suite's SINE rows with a tiny SINE on the CPU: fp32 and bf16 autocast timed, fp16
+    autocast says it needs a GPU."""
+    from diffews.benchmark.suite import format_rows, run_suite
+
+    rows = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, log=lambda *a: None,
+                     dtypes=(), compile_modes=(), onnx_runtimes=())
+    sine = [r for r in rows if r["what"] == "SINE inference"]
+    assert [(r["dtype"], r["shots"]) for r in sine] == [
+        (d, k) for d in ("float32", "bfloat16", "float16") for k in (1, 5)]
+    assert all(r["status"] == "ok" and r["ms_per_episode"] > 0 for r in sine[:4])
+    assert {r["status"] for r in sine[4:]} == {"not run (fp16 autocast needs a GPU)"}
+    assert format_rows(rows).count("| SINE inference |") == 6

@@ -7,6 +7,7 @@
   python tools/benchmark.py --compare --model tiny,mid,sd21 --size 256 --shots 1,5 --episodes 10 [--profile 3]
   python tools/benchmark.py --suite gpu        # SD 2.1-shaped, 512 px, every speed mode, training
   python tools/benchmark.py --onnx-parts --model mid --size 256   # torch vs ORT / OpenVINO per part
+  python tools/benchmark.py --sine --shots 1 --reps 3  # SINE-L-shaped random weights, 518/896
 
 Training iterations run the real EpisodeTrainer step (accumulation, AMP, clipping) on random
 episodes at INPUT.IMAGE_SIZE; inference episodes run the model in eval mode with the support cache
@@ -36,7 +37,7 @@ command line or config, 1: files); --debug shows the traceback.
 import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
-from diffews.benchmark.run import MODELS, accuracy, compare, onnx_parts, suite, timing
+from diffews.benchmark.run import MODELS, accuracy, compare, onnx_parts, sine, suite, timing
 from diffews.cli import add_list_argument, check_counts, entry_parser, parse_list, run_cli
 
 
@@ -67,6 +68,8 @@ def get_parser():
     p.add_argument("--onnx-parts", action="store_true", help="time each part in torch, ONNX "
                    "Runtime (several session options) and OpenVINO on the same graphs")
     p.add_argument("--tiny", action="store_true", help="benchmark the tiny random test model")
+    p.add_argument("--sine", action="store_true", help="SINE-L-shaped random weights at 518 px "
+                   "padded to 896: seconds per FSS episode (--shots, --reps) and peak memory")
     add_list_argument(p, "--shots", default="1,5", metavar="K,...",
                       help="supports per episode (default 1,5)")
     p.add_argument("--iters", type=int, default=10)
@@ -95,7 +98,7 @@ def cli(argv=None) -> int:
     """The command line: parse, run the chosen benchmark; one ``error:`` line and exit 1/2."""
     args = parse_args(argv)
     run = compare if args.compare else suite if args.suite else accuracy if args.accuracy \
-        else onnx_parts if args.onnx_parts else timing
+        else onnx_parts if args.onnx_parts else sine if args.sine else timing
     return run_cli(lambda: run(args), args.debug)
 
 

@@ -21,7 +21,8 @@ from ..engine.train_loop import EpisodeTrainer
 from ..utils.timing import describe_peak, sync
 from .episodes import random_episode
 
-__all__ = ["MODELS", "QUICK_CONFIG", "timing", "compare", "suite", "accuracy", "onnx_parts"]
+__all__ = ["MODELS", "QUICK_CONFIG", "timing", "compare", "suite", "accuracy", "onnx_parts",
+           "sine"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK_CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
@@ -204,6 +205,20 @@ def onnx_parts(args) -> int:
         rows = part_timings(model_name, args.size, threads, args.reps)
         print(format_parts(rows, f"\n{model_name} at {args.size} px, batch 1, fastest of "
                            f"{args.reps} (1-minute load average {os.getloadavg()[0]:.2f}):"))
+    return 0
+
+
+def sine(args) -> int:
+    """Seconds per FSS episode and peak memory of SINE-L-shaped random weights at 518 px
+    padded to 896 (``sine_speed.py``), --shots each, median of --reps after a warm-up."""
+    import json
+
+    from .sine_speed import measure
+
+    for shots in args.shots:
+        result = measure(518, 896, shots, args.reps, device=_device(args))
+        result["load_average"] = list(os.getloadavg())
+        print(json.dumps(result, indent=1))
     return 0
 
 

@@ -10,7 +10,9 @@ runs them; the support latent cache off). Each setting reports ms per episode (m
 and the peak memory. Training: one ``EpisodeTrainer`` step (1 episode, K = 2 supports, fp16 AMP,
 AdamW, clipping: the reference recipe) with and without gradient checkpointing. ONNX Runtime
 rows (``suite_onnx.py``): the inference settings with the backend under the CUDA and TensorRT
-(fp16) execution providers; rows whose provider is missing say "not run" and why.
+(fp16) execution providers; rows whose provider is missing say "not run" and why. SINE rows
+(``suite_sine.py``): SINE-L-shaped random weights, FSS episodes in fp32 and under bf16/fp16
+autocast.
 """
 
 import datetime
@@ -24,6 +26,7 @@ from ..utils.timing import peak_gib, reset_peak, sync
 from .episodes import random_episode
 from .random_sd import build_random_diffews
 from .suite_onnx import ORT_RUNTIMES, ort_rows
+from .suite_sine import sine_rows
 
 __all__ = ["run_suite", "format_rows", "append_to_benchmarks"]
 
@@ -85,11 +88,13 @@ def _time_training(model_name: str, device, size: int, checkpointing: bool, reps
 def run_suite(device: torch.device, model_name: str = "sd21", size: int = 512, reps: int = 5,
               budget_s: float = 270.0, log=print, dtypes=("float32", "bfloat16"),
               compile_modes=(False, True), onnx_runtimes=ORT_RUNTIMES,
-              onnx_budget_s: float = 300.0) -> List[Dict]:
+              onnx_budget_s: float = 300.0,
+              sine_dtypes=("float32", "bfloat16", "float16")) -> List[Dict]:
     """Every setting of the module docstring (``dtypes`` x ``compile_modes`` narrow them);
     settings that would start after ``budget_s`` seconds are listed with status "not run (time
     budget)" rather than silently dropped. ``onnx_runtimes`` ("cpu", "cuda", "tensorrt") get
-    their own ``onnx_budget_s``."""
+    their own ``onnx_budget_s``; ``sine_dtypes`` the SINE rows (``suite_sine.py``; empty:
+    none)."""
     start = time.perf_counter()
     rows: List[Dict] = []
 
@@ -127,6 +132,9 @@ def run_suite(device: torch.device, model_name: str = "sd21", size: int = 512, r
         log(format_rows(rows[-1:]).splitlines()[-1])
     rows += ort_rows(device, model_name, size, reps, _time_inference, onnx_runtimes,
                      onnx_budget_s, log)
+    if sine_dtypes:
+        rows += sine_rows(device, tiny=model_name == "tiny", reps=reps, log=log,
+                          dtypes=sine_dtypes)
     return rows
 
 
@@ -135,8 +143,8 @@ def format_rows(rows: List[Dict]) -> str:
     lines = ["| what | dtype | compile | shots | batch | ms / episode or s / step | first call s "
              "| peak GiB | status |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["what"] == "inference":
-            what, dtype, comp = "inference", r["dtype"], "on" if r["compile"] else "off"
+        if r["what"] in ("inference", "SINE inference"):
+            what, dtype, comp = r["what"], r["dtype"], "on" if r["compile"] else "off"
             if r.get("runtime"):  # the ONNX Runtime rows (suite_onnx.py)
                 what = f"inference, {r['runtime']}"
             value = f"{r['ms_per_episode']:.1f} ms" if "ms_per_episode" in r else ""
