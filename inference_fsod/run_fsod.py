@@ -22,8 +22,7 @@ import os
 import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
-from diffews.cli import check_counts, entry_parser, launch_cli, load_config_checked, \
-    load_entry_config
+from diffews.cli import check_counts, entry_parser, launch_cli, load_entry_config
 from diffews.cli.preflight import check_output_dir, preflight
 from diffews.data.datasets.coco_fsod_reader import SEEDS, SHOTS
 from diffews.data.datasets.coco_fsod import TEST_SETS
