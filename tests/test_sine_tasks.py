@@ -196,3 +196,31 @@ def test_autolabel_gives_the_predictors_instances(weights, tmp_path):
         for a in data["annotations"]:
             if a["image_id"] == image_id:
                 assert mask_util.decode(a["segmentation"]).any()
+
+
+def test_web_demo_session_with_sine(weights, tmp_path):
+    """The web demo's session over a SINEPredictor: the page's mask is the predictor's, and the
+    page is titled with the model."""
+    import zipfile
+
+    from _sine import sine_cfg
+    from diffews.web_demo import WebDemoSession
+
+    sizes = ["MODEL.SINE.IMAGE_SIZE", 56, "MODEL.SINE.PAD_SIZE", 84, "INPUT.IMAGE_SIZE", 56]
+    predictor = build_predictor(sine_cfg("MODEL.WEIGHTS", weights, *sizes))
+    image = np.full((48, 64, 3), 30, np.uint8)
+    image[10:30, 20:40] = 225
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 20:40] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(image).save(tmp_path / "q.png")
+    session = WebDemoSession(predictor, cache_bytes=2**30, output_dir=str(tmp_path / "o"))
+    out = session.run([{"background": image, "layers": [], "composite": None}],
+                      [str(tmp_path / "m.png")], [str(tmp_path / "q.png")])
+    (r,) = out.results
+    (expected,) = predictor.predict([str(tmp_path / "q.png")],
+                                    predictor.encode_supports([image], [mask]))
+    with zipfile.ZipFile(out.zip_path) as zf:
+        written = np.asarray(Image.open(zf.open("q_mask.png"))) > 0
+    assert np.array_equal(written, expected["mask"])
+    assert predictor.architecture == "SINE"

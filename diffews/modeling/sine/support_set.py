@@ -100,6 +100,11 @@ class SINESupportSet:
     def dtype(self) -> torch.dtype:
         return self.class_queries.dtype
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the set's tensors (what a cache of sets charges for it)."""
+        return sum(getattr(self, k).numel() * getattr(self, k).element_size() for k in _TENSORS)
+
     def _replace(self, **changes) -> "SINESupportSet":
         fields = {k: getattr(self, k) for k in _TENSORS}
         fields.update(rule=self.rule, signature=self.signature, info=self.info)
