@@ -4,7 +4,8 @@
 
   python tools/benchmark.py --config-file CFG [--shots 1,5] [--iters 10] [KEY VALUE ...]
   python tools/benchmark.py --tiny            # the tiny random model of the tests, on the CPU
-  python tools/benchmark.py --compare --model tiny,mid,sd21 --size 256 --shots 1,5 --episodes 10 [--profile 3]
+  python tools/benchmark.py --compare --model tiny,mid,sd21 --size 256 --shots 1,5 --episodes 10
+  [--profile 3]
   python tools/benchmark.py --suite gpu        # SD 2.1-shaped, 512 px, every speed mode, training
   python tools/benchmark.py --onnx-parts --model mid --size 256   # torch vs ORT / OpenVINO per part
   python tools/benchmark.py --sine --shots 1 --reps 3  # SINE-L-shaped random weights, 518/896
@@ -15,14 +16,14 @@ off (every episode encodes its supports).
 
 ``--compare`` times three inference paths side by side on random-weight models built in memory
 (``diffews/benchmark/random_sd.py``: tiny, mid-size SD-shaped, SD 2.1-shaped), paired and
-interleaved episode by episode (``diffews/benchmark/inference_paths.py``): (a) the original implementation's
-per-episode work, (b) our default path, (c) one SupportSet reused for every query, and with
-onnxruntime installed (d) (b) and (e) (c) on the ONNX Runtime backend (MODEL.DIFFEWS.BACKEND
-onnxruntime; --onnx-optimization, --onnx-threads; --no-onnx leaves them out). It reports
-episodes/s, p50/p90 latency, mask agreement with (a), FLOPs per episode (torch's FLOP counter;
-a backend path is credited with its torch twin's FLOPs), achieved GFLOP/s against the device's
-peak, and peak memory. ``--onnx-parts`` times each part (VAE encoder and decoder, support and
-query pass) in torch, in ONNX Runtime under several session options and in OpenVINO (if
+interleaved episode by episode (``diffews/benchmark/inference_paths.py``): (a) the original
+implementation's per-episode work, (b) our default path, (c) one SupportSet reused for every query,
+and with onnxruntime installed (d) (b) and (e) (c) on the ONNX Runtime backend
+(MODEL.DIFFEWS.BACKEND onnxruntime; --onnx-optimization, --onnx-threads; --no-onnx leaves them out).
+It reports episodes/s, p50/p90 latency, mask agreement with (a), FLOPs per episode (torch's FLOP
+counter; a backend path is credited with its torch twin's FLOPs), achieved GFLOP/s against the
+device's peak, and peak memory. ``--onnx-parts`` times each part (VAE encoder and decoder, support
+and query pass) in torch, in ONNX Runtime under several session options and in OpenVINO (if
 installed), on the same graphs (``diffews/benchmark/onnx_parts.py``).
 
 ``--suite gpu`` (``diffews/benchmark/suite.py``) runs, on a CUDA device in about 5 minutes,

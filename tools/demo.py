@@ -3,8 +3,8 @@
 """Segment query images given K annotated support images (supports encoded once for all queries).
 
   python tools/demo.py --config-file configs/Base-DiffewS.yaml \
-      --support dog1.jpg dog1.png [--support dog2.jpg dog2.png ...] --query a.jpg [b.jpg folder/ ...] \
-      [--output output/demo] [--device cuda] MODEL.WEIGHTS weight/coco_fold0
+      --support dog1.jpg dog1.png [--support dog2.jpg dog2.png ...] --query a.jpg [b.jpg folder/
+      ...] \ [--output output/demo] [--device cuda] MODEL.WEIGHTS weight/coco_fold0
 """
 
 import argparse
@@ -35,9 +35,9 @@ beside), and prints its foreground fraction and confidence score.
 Errors (a missing or half-written MODEL.DIFFEWS.PRETRAINED folder, an unwritable --output, a
 missing or unreadable file, a mask whose size differs from its image, MODEL.WEIGHTS empty) stop
 the demo, before the model is built, with a one-line message naming the file and exit status 1
-(2 for a wrong command line or config; --debug shows the traceback). An empty support mask is a warning, not an error: the queries still run,
-with a support that shows no foreground. Set MODEL.DIFFEWS.ALLOW_UNTRAINED True to run an
-untrained model on purpose.
+(2 for a wrong command line or config; --debug shows the traceback). An empty support mask is a
+warning, not an error: the queries still run, with a support that shows no foreground. Set
+MODEL.DIFFEWS.ALLOW_UNTRAINED True to run an untrained model on purpose.
 """
 
 

@@ -4,7 +4,8 @@
 folder whose weights hold ``conv_in_ref``), which MODEL.WEIGHTS accepts as it accepts the
 official releases.
 
-  python tools/export_unet.py --config-file CFG --weights output/model_final.pth --output weight/my_fold0
+  python tools/export_unet.py --config-file CFG --weights output/model_final.pth --output
+  weight/my_fold0
 
 --output defaults to output/export_unet; the model is built on --device (default cpu, unless a
 MODEL.DEVICE override is given). Config

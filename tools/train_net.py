@@ -2,7 +2,8 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Train or evaluate DiffewS.
 
-  python tools/train_net.py --config-file configs/fss/coco20i/diffews_sd21_coco20i_fold0_2shot_bs4_20k.yaml
+  python tools/train_net.py --config-file
+  configs/fss/coco20i/diffews_sd21_coco20i_fold0_2shot_bs4_20k.yaml
   python tools/train_net.py --config-file CFG --resume                       # continue a killed run
   python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
   python tools/train_net.py --config-file CFG --num-gpus 8                   # data-parallel

@@ -46,11 +46,11 @@ def _default_cfg():
 
 
 def load_config_checked(config_file: str, opts: Sequence[str] = ()):
-    """``diffews.config.build_config`` with one-line ``UsageError`` s: a missing or unreadable config
-    file, an option given after the overrides, an odd number of overrides, an unknown key (the
-    closest valid key is named; nodes that allow new keys, e.g. ``DATASETS.CUSTOM``, still do) or
-    a value of the wrong type. Missing files named by the config stay ``OSError`` (exit status 1).
-    Returned unfrozen."""
+    """``diffews.config.build_config`` with one-line ``UsageError`` s: a missing or unreadable
+    config file, an option given after the overrides, an odd number of overrides, an unknown key
+    (the closest valid key is named; nodes that allow new keys, e.g. ``DATASETS.CUSTOM``, still do)
+    or a value of the wrong type. Missing files named by the config stay ``OSError`` (exit status
+    1). Returned unfrozen."""
     import yaml
 
     from ..config import build_config

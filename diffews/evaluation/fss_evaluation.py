@@ -2,7 +2,8 @@
 """Episodic few-shot segmentation metrics: mIoU and FB-IoU, as HSNet computes them.
 
 Protocol: docs/PROTOCOLS.md section 2a (HSNet's per-episode counts and per-class sums, which
-Matcher, DiffewS and SINE copy). For one episode with prediction P and ground truth G (values 0, 1, 255 = ignore):
+Matcher, DiffewS and SINE copy). For one episode with prediction P and ground truth G (values 0, 1,
+255 = ignore):
 
 * pixels where G == 255 are set to 255 in P too and fall outside the 2-bin histogram over {0, 1},
   so they count in no bin (PASCAL-5i boundaries);

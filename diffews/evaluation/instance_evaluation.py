@@ -17,8 +17,8 @@ Two conventions differ from TFA's old evaluator and are detectron2's: for ``segm
 boxes are dropped so small/medium/large use the mask area (TFA kept them: its segm APs/APm/APl
 use box areas; AP, AP50, AP75 are unaffected), and an evaluation without any detection gives NaN.
 
-``aggregate_seeds`` is TFA's seed aggregation (docs/PROTOCOLS.md section 2f): mean, ``np.std`` (population, ddof=0)
-and the 95% interval ``1.96 * std / sqrt(n)`` per metric over the seeds.
+``aggregate_seeds`` is TFA's seed aggregation (docs/PROTOCOLS.md section 2f): mean, ``np.std``
+(population, ddof=0) and the 95% interval ``1.96 * std / sqrt(n)`` per metric over the seeds.
 """
 
 import contextlib

@@ -5,9 +5,9 @@ The support pass runs the UNet on the supports with a ``KVBank`` in write mode: 
 self-attention (``attn1``) layer runs ordinary self-attention over each support's own tokens and
 stores its keys/values under the layer's name; ``KVBank.to_support_set`` turns them into a
 ``SupportSet``. The query pass runs with a bank in read mode over SupportSets: each ``attn1``
-attends to ``[own ; support 1 ; ... ; support K]`` along the token axis (docs/METHOD.md section 1.4). The K
-supports of one query are flattened into one key sequence, which is what the reference's xformers
-path does; its SDPA path is only correct for K = 1.
+attends to ``[own ; support 1 ; ... ; support K]`` along the token axis (docs/METHOD.md section
+1.4). The K supports of one query are flattened into one key sequence, which is what the reference's
+xformers path does; its SDPA path is only correct for K = 1.
 
 A bank reaches the processors through ``cross_attention_kwargs`` (``kv_bank``), so processors
 hold no state and each pass keeps its own bank: gradient checkpointing can recompute either pass,

@@ -5,7 +5,8 @@ The VAE is frozen and inference takes the posterior mean, so a support's latent 
 concatenated with mask latent) depends only on the image and mask pixels. Episodes of a benchmark
 reuse supports (FSS-1000 draws them from 10 images per class; VOS and few-shot instance
 segmentation reuse a fixed support set), and VAE encodes are most of an episode's FLOPs
-(docs/PROTOCOLS.md section 4), so latents are kept in a small LRU cache keyed by a hash of the pixels.
+(docs/PROTOCOLS.md section 4), so latents are kept in a small LRU cache keyed by a hash of the
+pixels.
 """
 
 import hashlib

@@ -1,9 +1,9 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """``SupportSet``: K supports encoded once, for any number of queries.
 
-In the support pass every support attends only to its own tokens (docs/METHOD.md section 1.4), so what a
-support contributes to a query is fixed once its latents are known: the keys and values that each
-fused self-attention layer computes from it. A ``SupportSet`` keeps, per support,
+In the support pass every support attends only to its own tokens (docs/METHOD.md section 1.4), so
+what a support contributes to a query is fixed once its latents are known: the keys and values that
+each fused self-attention layer computes from it. A ``SupportSet`` keeps, per support,
 
 * its latent: the VAE posterior mean of the image concatenated with that of the mask image,
   ``(2C, h, w)`` (what the support input conv reads);

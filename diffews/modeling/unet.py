@@ -4,8 +4,9 @@
 diffusers' UNet is used as it is. Two things are added (docs/METHOD.md section 1.2):
 
 - ``unet.conv_in_ref``: the support input conv, ``2 * in_channels`` (image latent, then mask
-  latent) -> ``block_out_channels[0]``. It is registered on the UNet itself, so ``unet.state_dict()``
-  and ``unet.save_pretrained()`` hold exactly the released DiffewS keys (SD keys + ``conv_in_ref.*``).
+  latent) -> ``block_out_channels[0]``. It is registered on the UNet itself, so
+  ``unet.state_dict()`` and ``unet.save_pretrained()`` hold exactly the released DiffewS keys (SD
+  keys + ``conv_in_ref.*``).
 - ``unet.conv_in`` becomes a ``DualConvIn``: the same conv with the same parameters, which sends a
   support input (``2 * in_channels`` channels) through ``conv_in_ref`` instead. The number of input
   channels selects the branch, so the UNet's own forward is untouched.
@@ -63,7 +64,8 @@ class DualConvIn(nn.Conv2d):
 
 
 def init_support_conv(conv_in: nn.Conv2d) -> nn.Conv2d:
-    """Build the support conv from the query conv as the reference does (docs/METHOD.md section 1.2).
+    """Build the support conv from the query conv as the reference does (docs/METHOD.md section
+    1.2).
 
     ``W_ref = repeat(W, (1, 2, 1, 1)) / 2`` (each half of the 8 input channels gets half of the
     pretrained kernel) and ``b_ref = b``.
@@ -244,7 +246,8 @@ def resolve_release_folder(path: str) -> str:
 
 
 def load_release_state_dict(path: str, unet_config: Optional[dict] = None) -> Dict[str, torch.Tensor]:
-    """Read a released DiffewS UNet (diffusers layout, docs/METHOD.md section 8) as a UNet state dict.
+    """Read a released DiffewS UNet (diffusers layout, docs/METHOD.md section 8) as a UNet state
+    dict.
 
     ``config.json`` may name ``UNet2DConditionModel`` or ``MyUNet2DConditionModel`` and may or may
     not hold ``in_channels_ref``; the weights must hold ``conv_in_ref``.

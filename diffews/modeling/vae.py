@@ -31,8 +31,8 @@ def encode_empty_prompt(pretrained: str, pad_in_training: bool = True) -> Tuple[
     """Encode the empty prompt once; the text encoder is then released.
 
     Training uses ``[BOS, EOS, pad x 75]`` (docs/METHOD.md section 1.6), inference the
-    unpadded ``[BOS, EOS]`` (docs/METHOD.md section 1.6). The CLIP text encoder is causal, so the first two
-    training embeddings equal the inference ones.
+    unpadded ``[BOS, EOS]`` (docs/METHOD.md section 1.6). The CLIP text encoder is causal, so the
+    first two training embeddings equal the inference ones.
 
     Returns:
         (train, test): (1, T_train, D) and (1, 2, D) float32 tensors.

@@ -2,7 +2,8 @@
 """From one predicted mask per class to scored instances (few-shot instance segmentation).
 
 DiffewS predicts, for a query image and one class's supports, a decoded image whose RGB mean is a
-probability map ``prob`` in [0, 1] and a binary mask (``prob > 0.25 * max(prob)``, docs/METHOD.md section 3.2).
+probability map ``prob`` in [0, 1] and a binary mask (``prob > 0.25 * max(prob)``, docs/METHOD.md
+section 3.2).
 It has no notion of instances, so the mask is split after the fact. Strategies (``MODES``):
 
 * ``"mask"``: the whole mask is one instance (the FSS output as is);
@@ -17,9 +18,9 @@ Score of an instance with pixels P: ``class_score * mean(prob[P])``. ``mean(prob
 (the relative threshold always yields pixels, even for a class absent from the image, whose
 probabilities are then low; a class the predictor judges absent arrives with an empty mask and
 gives no instance); ``class_score`` (default 1) is whatever per-class confidence the caller has
-(``class_confidence``). Box: the mask's tight box, XYXY with exclusive max (detectron2 ``BitMasks``).
-All masks are at the output (original image) resolution. Each image keeps its ``topk`` best
-instances over all classes (TFA/SINE: 100, no score threshold).
+(``class_confidence``). Box: the mask's tight box, XYXY with exclusive max (detectron2
+``BitMasks``). All masks are at the output (original image) resolution. Each image keeps its
+``topk`` best instances over all classes (TFA/SINE: 100, no score threshold).
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple

@@ -238,7 +238,8 @@ class Journal:
         return sorted(out)
 
 
-# -- fingerprint helpers ----------------------------------------------------------------------------
+# -- fingerprint helpers
+# ----------------------------------------------------------------------------
 def _files(paths: Iterable[str]) -> List[str]:
     out = []
     for p in paths:

@@ -1,11 +1,11 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Fixed test episodes of the few-shot benchmarks (docs/PROTOCOLS.md section 2a, 2c): ``make_episodes`` draws a
-fold's episodes, ``get_episodes`` gives a registered test dataset's episodes from a file or from
-a cache it keeps.
+"""Fixed test episodes of the few-shot benchmarks (docs/PROTOCOLS.md section 2a, 2c):
+``make_episodes`` draws a fold's episodes, ``get_episodes`` gives a registered test dataset's
+episodes from a file or from a cache it keeps.
 
 How each benchmark draws them: ``draw.py``. The file format (``save_episodes``,
-``load_episodes``, ``read_episode_file``, ``stale_version``): ``file.py``. Cached lists whose ``generator_version`` is not ``GENERATOR_VERSION`` are
-regenerated, never reused.
+``load_episodes``, ``read_episode_file``, ``stale_version``): ``file.py``. Cached lists whose
+``generator_version`` is not ``GENERATOR_VERSION`` are regenerated, never reused.
 """
 
 import hashlib
