@@ -70,11 +70,15 @@ class LabelJob:
     overwrite: bool = False
 
 
+NO_DECISION = -1.0  # a presence threshold < 0: every class kept (the predictor's convention)
+
+
 def presence_threshold(cfg, job: LabelJob) -> Optional[float]:
-    """The flag, else the config key (absent from older configs); < 0 means no decision."""
+    """The flag, else the config key (absent from older configs); None when it is < 0 (no
+    decision: every class kept, whatever the other one says)."""
     value = job.presence_threshold
     if value is None:
-        value = cfg.MODEL.DIFFEWS.get("PRESENCE_THRESHOLD", None)
+        value = cfg.MODEL.get("DIFFEWS", {}).get("PRESENCE_THRESHOLD", None)
     return None if value is None or float(value) < 0 else float(value)
 
 
@@ -111,6 +115,11 @@ def label_image(predictor, sets, image: np.ndarray, cfg, threshold: Optional[flo
                 category_ids: Optional[List[int]] = None):
     """One image against every class's set.
 
+    Args:
+        image: (H, W, 3) uint8.
+        threshold: a class whose presence is below it gives nothing (None: the predictor's
+            configured threshold; < 0: no decision, every class kept).
+        category_ids: the COCO id of each set's class (default 1..C).
     Returns:
         (annotations without ids: ``[{"category_id", "segmentation", "area", "bbox", "score",
         "iscrowd"}]`` by decreasing score, label map (H, W) of class indices 1..C (0 background;
@@ -177,7 +186,9 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     if predictor is None:
         predictor = build_predictor(cfg)
     sets = _prepare_sets(predictor, source, os.path.join(job.output, SETS))
+    # the predictor reads None as "the config's threshold": no decision is said with < 0
     threshold = presence_threshold(cfg, job)
+    threshold = NO_DECISION if threshold is None else threshold
     ids = [c["id"] for c in source.categories]
     paths = dict(images)
     keys = [k for k, _ in images]
