@@ -69,3 +69,58 @@ def test_presence_flag_minus_one_keeps_every_class_over_the_config(tree, opts, p
     assert _load(tmp_path / "config" / "annotations.json")["annotations"] == []
     assert label(tree, opts, tmp_path / "flag", "--presence-threshold", "-1", config=high) == 0
     assert _load(tmp_path / "flag" / "annotations.json")["annotations"] == anns
+
+
+def _snapshot(folder) -> dict:
+    out = {}
+    for base, _, names in os.walk(folder):
+        for n in names:
+            path = os.path.join(base, n)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+def test_foreign_output_folder_refused_with_or_without_overwrite(tree, opts, tmp_path, capsys):
+    """Item 6: a folder without an autolabel journal that holds a user's annotations.json and
+    masks/ is refused with one line, and --overwrite deletes nothing in it."""
+    out = tmp_path / "mine"
+    os.makedirs(out / "masks")
+    (out / "annotations.json").write_text('{"my": "own labels"}')
+    (out / "masks" / "apple_0.png").write_bytes(b"my own mask")
+    before = _snapshot(out)
+    for extra in ((), ("--overwrite",)):
+        assert label(tree, opts, out, "--save-masks", *extra) == 2
+        line = _error(capsys)
+        assert f"--output {out}: holds annotations.json, masks but no autolabel journal" in line
+        after = _snapshot(out)
+        assert {k: after.get(k) for k in before} == before, extra
+        assert set(after) - set(before) <= {"log.txt", ".diffews.lock"}  # nothing of a run
+    # the journal of another kind of run is not an autolabel output either
+    from diffews.utils.journal import Journal
+
+    Journal(str(tmp_path / "fss" / "journal"), {"config": {}, "episodes": "e"})
+    assert label(tree, opts, tmp_path / "fss", "--overwrite") == 2
+    assert "is the journal of another kind of run" in _error(capsys)
+
+
+def test_overwrite_deletes_only_what_the_run_wrote(tree, opts, plain, tmp_path):
+    """Item 6: --overwrite in an autolabel output deletes the earlier run's files (its label PNGs
+    and a temporary of a killed write included) and nothing of the user's beside them."""
+    out = tmp_path / "out"
+    shutil.copytree(plain, out)
+    ours = sorted(os.listdir(out / "masks"))
+    assert ours and sorted(os.listdir(out / "support_sets")) == ["apple.pt", "bird.pt"]
+    mine = {"masks/notes.txt": b"mine", "masks/sub/mine.png": b"mine too",
+            "support_sets/README.txt": b"my notes", "my_file.txt": b"kept"}
+    for rel, data in mine.items():
+        os.makedirs(os.path.dirname(out / rel), exist_ok=True)
+        (out / rel).write_bytes(data)
+    (out / "masks" / f".{ours[0]}.x1y2z3.tmp.png").write_bytes(b"killed mid-write")
+    # another command (no --save-masks, another MIN_AREA) over it
+    assert label(tree, opts, out, "--overwrite", config=["TEST.FSOD.MIN_AREA", "3"]) == 0
+    after = _snapshot(out)
+    assert {k: after.get(k) for k in mine} == mine
+    assert sorted(os.listdir(out / "masks")) == ["notes.txt", "sub"]
+    assert sorted(os.listdir(out / "support_sets")) == ["README.txt", "apple.pt", "bird.pt"]
+    assert len(_load(out / "annotations.json")["images"]) == 2

@@ -33,7 +33,9 @@ SRC), with --save-masks masks/<image>.png (class index 1..C per pixel, 0 = none)
 
 A run killed at any moment and started again with the same command labels only the images left;
 its annotations.json equals an uninterrupted run's. Another command (supports, weights,
-thresholds, config) on the same OUT is refused unless --overwrite. More than --max-bad-fraction
+thresholds, config) on the same OUT is refused unless --overwrite, which deletes only what the
+earlier run wrote; an OUT that is no autolabel output (no journal/) but holds annotations.json,
+skipped.json, masks/, support_sets/ or journal/ is refused. More than --max-bad-fraction
 unreadable images stop the run, naming the first. --num-gpus N processes split the images (the
 result equals one process's). Exit status 2 for a wrong command line or config, 1 for files and
 data; --debug shows the traceback. README.md, "Label your own images".
@@ -60,7 +62,8 @@ def get_parser():
     p.add_argument("--save-masks", action="store_true",
                    help="also write one label PNG per image under OUT/masks/")
     p.add_argument("--overwrite", action="store_true",
-                   help="start again in an OUT that holds another command's results")
+                   help="start again in an OUT that holds another command's results (only "
+                   "the files that run wrote are deleted)")
     return p
 
 

@@ -34,6 +34,7 @@ API::
     j.done(key), j.get(key), j.keys()      # one shard's state / value, every finished key
     j.remove(key)                          # forget a unit (it is pending again)
     Journal.verify(folder, fingerprint)    # refuse another command's folder, writing nothing
+    Journal.stored_fingerprint(folder)     # what a folder's journal was written for (or None)
 
 A benchmark runner (per seed and image shard, per sequence, per chunk of episodes) follows
 ``tasks/autolabel/run.py``::
@@ -76,7 +77,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .atomic import atomic_write_json
 from .errors import UsageError
 
-__all__ = ["Journal", "JournalMismatch", "hash_files", "stat_files", "first_difference"]
+__all__ = ["Journal", "JournalMismatch", "JOURNAL_FILE", "hash_files", "stat_files",
+           "first_difference"]
 
 FORMAT, VERSION = "diffews.journal", 1
 JOURNAL_FILE, SHARD_DIR = "journal.json", "shards"
@@ -162,6 +164,12 @@ class Journal:
                 f"{what or folder}: holds the results of another command "
                 f"({first_difference(old, new)}); rerun the same command to resume, choose "
                 "another output folder, or add --overwrite to start again")
+
+    @classmethod
+    def stored_fingerprint(cls, folder: str) -> Optional[Dict]:
+        """The fingerprint of the journal in ``folder`` (None when it holds none); a foreign
+        ``journal.json`` is a one-line ``ValueError``."""
+        return cls._read_header(os.path.join(folder, JOURNAL_FILE))
 
     @staticmethod
     def _read_header(path: str) -> Optional[Dict]:

@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Label a folder of images from a few examples per class (``tools/autolabel.py``): ``run(cfg, job)``
-(``job.py``) with the supports read from a class-folder tree, a COCO json or saved support sets
-(``supports.py``) and the outputs written from the journal (``io.py``)."""
+"""Label a folder of images from a few examples per class (``tools/autolabel.py``):
+``run(cfg, job)`` (``job.py``) with the supports read from a class-folder tree, a COCO json or
+saved support sets (``supports.py``) and the outputs written from the journal (``io.py``)."""
 
 from .io import ANNOTATIONS, MASKS, SKIPPED, list_label_images
 from .job import LabelJob, check_job, job_fingerprint, label_image, run

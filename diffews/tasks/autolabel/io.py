@@ -4,22 +4,27 @@
 shards give the same bytes: ids are given in order, keys sorted, no time stamps).
 """
 
+import glob
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from ...utils.atomic import atomic_path, atomic_write
-from ...utils.journal import Journal
+from ...utils.errors import UsageError
+from ...utils.journal import JOURNAL_FILE, Journal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANNOTATIONS", "SKIPPED", "MASKS", "SKIP_PREFIX", "IMAGE_EXTS", "list_label_images",
-           "mask_path", "save_label", "too_many_bad", "write_outputs"]
+__all__ = ["ANNOTATIONS", "SKIPPED", "MASKS", "JOURNAL", "SETS", "SKIP_PREFIX", "IMAGE_EXTS",
+           "list_label_images", "mask_path", "save_label", "too_many_bad", "write_outputs",
+           "check_output_folder", "remove_owned"]
 
 ANNOTATIONS, SKIPPED, MASKS = "annotations.json", "skipped.json", "masks"
+JOURNAL, SETS = "journal", "support_sets"
+OWN_NAMES = (ANNOTATIONS, SKIPPED, MASKS, SETS, JOURNAL)  # what a run writes in --output
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # journal key prefix of an unreadable image's note: NUL is in no file name, so no image's key
 SKIP_PREFIX = "\0skipped:"
@@ -105,3 +110,53 @@ def write_outputs(journal: Journal, keys: List[str], categories: List[Dict], out
                 len(coco["annotations"]), len(coco["categories"]), len(skipped),
                 os.path.join(output, SKIPPED))
     return {"annotations": len(coco["annotations"]), "skipped": len(skipped)}
+
+
+def check_output_folder(output: str) -> Optional[Dict]:
+    """Refuse (``UsageError``, one line) an ``--output`` that is not an autolabel run's output
+    but holds a name a run writes (``OWN_NAMES``: a user's own ``annotations.json`` or
+    ``masks/``), or the journal of another kind of run; with or without ``--overwrite``.
+
+    Returns:
+        the fingerprint of the autolabel journal the folder holds (None: none, nothing of ours).
+    """
+    what = f"--output {output}"
+    old = Journal.stored_fingerprint(os.path.join(output, JOURNAL))
+    if old is not None:
+        if isinstance(old, dict) and "supports" in old and "save_masks" in old:
+            return old
+        raise UsageError(f"{what}: {os.path.join(output, JOURNAL, JOURNAL_FILE)} is the journal "
+                         "of another kind of run, not of autolabel; choose another output "
+                         "folder")
+    found = [n for n in OWN_NAMES if os.path.lexists(os.path.join(output, n))]
+    if found:
+        raise UsageError(f"{what}: holds {', '.join(found)} but no autolabel journal ("
+                         f"{JOURNAL}/{JOURNAL_FILE}), so it is not an autolabel run's output and "
+                         "would be written over; choose another output folder (--overwrite "
+                         "deletes only what an autolabel run wrote)")
+    return None
+
+
+def remove_owned(files: Iterable[str], folders: Iterable[str]) -> int:
+    """Delete ``files`` where they exist, with the temporaries a killed write of each may have
+    left (``utils/atomic.py``: ``.<name>.<random>.tmp*`` beside it), then each of ``folders``
+    and the folders below it that this left empty (a user's file keeps its folder).
+
+    Returns:
+        how many files were deleted.
+    """
+    removed = 0
+    for path in files:
+        base, parent = os.path.basename(path), os.path.dirname(path)
+        temps = glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.*.tmp*"))
+        for p in [path, *temps]:
+            if os.path.isfile(p) or os.path.islink(p):
+                os.remove(p)
+                removed += 1
+    for top in folders:
+        for folder, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(folder)  # only when empty
+            except OSError:
+                pass
+    return removed

@@ -14,8 +14,10 @@
    PNG (``--save-masks``), so a run killed at any moment and started again with the same command
    labels only the images without a shard. A command with other supports, weights, thresholds or
    config on the same ``OUTPUT`` is refused before any model is built (``--overwrite`` starts
-   again). The image list is not part of the fingerprint: images added to the folder are labelled
-   by the next run, in addition.
+   again, deleting only the files the earlier run wrote). A folder that is not an autolabel
+   run's output (no journal) but holds a name a run writes (``annotations.json``, ``masks/`` ...)
+   is refused, ``--overwrite`` or not (``io.check_output_folder``). The image list is not part
+   of the fingerprint: images added to the folder are labelled by the next run, in addition.
 4. **Outputs**, from the shards in image order once every image is done: ``annotations.json``
    (COCO instances: images with file names relative to ``--images`` and sizes, SRC's categories,
    annotations with ``segmentation`` RLE, ``bbox`` XYWH, ``area``, ``score``, ``iscrowd`` 0; ids
@@ -30,7 +32,6 @@ the split, and ``annotations.json`` equals one process's byte for byte.
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -45,15 +46,14 @@ from ...utils.image import ImageReadError, read_image
 from ...utils.journal import Journal
 from ..distributed import main_process_first
 from ..resume import run_fingerprint
-from .io import (ANNOTATIONS, MASKS, SKIP_PREFIX, SKIPPED, list_label_images, mask_path,
-                 save_label, too_many_bad, write_outputs)
-from .supports import SupportSource, read_supports, support_sets
+from .io import (ANNOTATIONS, JOURNAL, MASKS, SETS, SKIP_PREFIX, SKIPPED, check_output_folder,
+                 list_label_images, mask_path, remove_owned, save_label, too_many_bad,
+                 write_outputs)
+from .supports import SupportSource, read_supports, set_file, support_sets
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LabelJob", "job_fingerprint", "check_job", "label_image", "run"]
-
-JOURNAL, SETS = "journal", "support_sets"
 
 
 @dataclass
@@ -106,6 +106,8 @@ def check_job(cfg, job: LabelJob):
     source = read_supports(job.supports, job.supports_images)
     images = list_label_images(job.images, exclude=job.output)
     fingerprint = job_fingerprint(cfg, source, job)
+    if comm.is_main_process():  # the others run it while the main one creates the journal
+        check_output_folder(job.output)
     if not job.overwrite:
         Journal.verify(os.path.join(job.output, JOURNAL), fingerprint, f"--output {job.output}")
     return source, images, fingerprint
@@ -149,16 +151,32 @@ def label_image(predictor, sets, image: np.ndarray, cfg, threshold: Optional[flo
     return anns, label
 
 
-def _open_journal(job: LabelJob, fingerprint: Dict) -> Journal:
+def _owned_files(job: LabelJob, old: Dict, source: SupportSource, keys: List[str]) -> List[str]:
+    """The files of ``--output`` that an autolabel run wrote, from its journal (fingerprint
+    ``old``): the json outputs, the support-set files of its and this run's classes, and with
+    its ``--save-masks`` the label PNGs of its images and of this run's (a killed run writes a
+    PNG before its shard)."""
+    files = [os.path.join(job.output, n) for n in (ANNOTATIONS, SKIPPED)]
+    names = {c["name"] for c in old["supports"].get("categories", [])} | set(source.classes)
+    files += [set_file(os.path.join(job.output, SETS), n) for n in sorted(names)]
+    if old.get("save_masks"):
+        done = Journal(os.path.join(job.output, JOURNAL), old, create=False).keys()
+        files += [mask_path(job.output, k) for k in sorted(set(done) | set(keys))
+                  if not k.startswith(SKIP_PREFIX)]
+    return files
+
+
+def _open_journal(job: LabelJob, fingerprint: Dict, source: SupportSource,
+                  keys: List[str]) -> Journal:
     folder = os.path.join(job.output, JOURNAL)
     what = f"--output {job.output}"
     if comm.is_main_process():
-        if job.overwrite:  # the old outputs go first, so none outlives the journal's reset
-            for name in (ANNOTATIONS, SKIPPED):
-                if os.path.isfile(os.path.join(job.output, name)):
-                    os.remove(os.path.join(job.output, name))
-            for name in (MASKS, SETS):
-                shutil.rmtree(os.path.join(job.output, name), ignore_errors=True)
+        old = check_output_folder(job.output)  # again: nothing is deleted in a foreign folder
+        if job.overwrite and old is not None:  # the old outputs first: none outlives the reset
+            removed = remove_owned(_owned_files(job, old, source, keys),
+                                   [os.path.join(job.output, n) for n in (MASKS, SETS)])
+            logger.info("--overwrite: deleted %d files of the earlier run in %s", removed,
+                        job.output)
         journal = Journal(folder, fingerprint, overwrite=job.overwrite, what=what)
     comm.synchronize()
     return journal if comm.is_main_process() else Journal(folder, fingerprint, create=False,
@@ -182,7 +200,8 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
         process, ``{}`` in the others.
     """
     source, images, fingerprint = checked or check_job(cfg, job)
-    journal = _open_journal(job, fingerprint)
+    keys = [k for k, _ in images]
+    journal = _open_journal(job, fingerprint, source, keys)
     if predictor is None:
         predictor = build_predictor(cfg)
     sets = _prepare_sets(predictor, source, os.path.join(job.output, SETS))
@@ -191,7 +210,6 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     threshold = NO_DECISION if threshold is None else threshold
     ids = [c["id"] for c in source.categories]
     paths = dict(images)
-    keys = [k for k, _ in images]
     pending = journal.pending(keys)
     comm.synchronize()  # every process saw the same pending list before anyone writes
     mine = pending[comm.get_rank()::comm.get_world_size()]
