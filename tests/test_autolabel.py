@@ -165,7 +165,7 @@ def test_coco_json_matches_predictor_and_instance_evaluator(tiny_sd, job, run_a)
     assert [s["file_name"] for s in skipped] == ["zz_corrupt.jpg"]
     assert job["tree"]["corrupt"] in skipped[0]["reason"]
     masks = sorted(os.listdir(run_a / "masks"))
-    assert masks == [n[:-4] + ".png" for n in job["tree"]["names"]]
+    assert masks == [n + ".png" for n in job["tree"]["names"]]  # x.jpg -> x.jpg.png
 
 
 @pytest.mark.slow

@@ -124,3 +124,45 @@ def test_overwrite_deletes_only_what_the_run_wrote(tree, opts, plain, tmp_path):
     assert sorted(os.listdir(out / "masks")) == ["notes.txt", "sub"]
     assert sorted(os.listdir(out / "support_sets")) == ["README.txt", "apple.pt", "bird.pt"]
     assert len(_load(out / "annotations.json")["images"]) == 2
+
+
+def _noise(path, w: int, h: int, seed: int) -> None:
+    rng = np.random.RandomState(seed)
+    Image.fromarray(rng.randint(0, 255, (h, w, 3)).astype(np.uint8)).save(path)
+
+
+def test_label_pngs_of_x_jpg_and_x_png_are_two_files(tree, opts, tmp_path, capsys):
+    """Item 11: with --save-masks, x.jpg and x.png each get their own label PNG (the extension
+    is kept in the name); two names that would still meet are refused before any model."""
+    images = tmp_path / "images"
+    os.makedirs(images / "sub")
+    _noise(images / "x.jpg", 24, 20, 0)
+    _noise(images / "x.png", 30, 16, 1)
+    _noise(images / "sub" / "x.jpg", 12, 10, 2)
+    out = tmp_path / "out"
+    assert label(tree, opts, out, "--save-masks", images=str(images)) == 0
+    sizes = {}
+    for base, _, names in os.walk(out / "masks"):
+        for n in names:
+            with Image.open(os.path.join(base, n)) as img:
+                sizes[os.path.relpath(os.path.join(base, n), out / "masks")] = img.size
+    assert sizes == {"x.jpg.png": (24, 20), "x.png.png": (30, 16), "sub/x.jpg.png": (12, 10)}
+    clash = tmp_path / "clash"
+    os.makedirs(clash)
+    _noise(clash / "a..b.jpg", 8, 8, 3)
+    _noise(clash / "a__b.jpg", 8, 8, 4)
+    assert label(tree, opts, tmp_path / "out2", "--save-masks", images=str(clash)) == 1
+    line = _error(capsys)
+    assert "a..b.jpg and a__b.jpg would both be labelled in" in line and "a__b.jpg.png" in line
+
+
+def test_mask_path_rules(tmp_path):
+    """Item 11's names, and the older name (without the extension) by which --overwrite finds the
+    label PNGs of a journal written before (its fingerprint's save_masks is true)."""
+    from diffews.tasks.autolabel.io import mask_path
+
+    out = str(tmp_path)
+    assert mask_path(out, "a/x.jpg") == os.path.join(out, "masks", "a", "x.jpg.png")
+    assert mask_path(out, "a/x.jpg", legacy=True) == os.path.join(out, "masks", "a", "x.png")
+    assert mask_path(out, "/abs/../up/x.png") == os.path.join(out, "masks", "up", "x.png.png")
+    assert mask_path(out, "../x.jpg") == os.path.join(out, "masks", "__", "x.jpg.png")

@@ -29,7 +29,8 @@ MODEL.DIFFEWS.PRESENCE_THRESHOLD; < 0 keeps every class) give nothing; each mask
 instances (TEST.FSOD.INSTANCE_MODE, MIN_AREA, TOPK, CLASS_SCORE). OUT gets annotations.json
 (COCO: images, categories from SRC, annotations with RLE segmentation, bbox, area, score),
 skipped.json (unreadable images and why), support_sets/ (one SupportSet per class; reusable as
-SRC), with --save-masks masks/<image>.png (class index 1..C per pixel, 0 = none) and journal/.
+SRC), with --save-masks masks/<image file name>.png (a/x.jpg -> masks/a/x.jpg.png; class index
+1..C per pixel, 0 = none) and journal/.
 
 A run killed at any moment and started again with the same command labels only the images left;
 its annotations.json equals an uninterrupted run's. Another command (supports, weights,
@@ -60,7 +61,7 @@ def get_parser():
                    help="stop when more than this fraction of the images is unreadable "
                    "(default: the config's DATALOADER.MAX_BAD_FRACTION)")
     p.add_argument("--save-masks", action="store_true",
-                   help="also write one label PNG per image under OUT/masks/")
+                   help="also write one label PNG per image: OUT/masks/<image file name>.png")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an OUT that holds another command's results (only "
                    "the files that run wrote are deleted)")

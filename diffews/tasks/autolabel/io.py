@@ -19,8 +19,8 @@ from ...utils.journal import JOURNAL_FILE, Journal
 logger = logging.getLogger(__name__)
 
 __all__ = ["ANNOTATIONS", "SKIPPED", "MASKS", "JOURNAL", "SETS", "SKIP_PREFIX", "IMAGE_EXTS",
-           "list_label_images", "mask_path", "save_label", "too_many_bad", "write_outputs",
-           "check_output_folder", "remove_owned"]
+           "MASK_NAMES", "list_label_images", "mask_path", "check_mask_names", "save_label",
+           "too_many_bad", "write_outputs", "check_output_folder", "remove_owned"]
 
 ANNOTATIONS, SKIPPED, MASKS = "annotations.json", "skipped.json", "masks"
 JOURNAL, SETS = "journal", "support_sets"
@@ -62,11 +62,29 @@ def list_label_images(spec: str, exclude: Optional[str] = None) -> List[Tuple[st
     return out
 
 
-def mask_path(output: str, file_name: str) -> str:
-    """``OUTPUT/masks/<file_name without extension>.png`` (an absolute or ``..`` name of a list
-    file stays inside ``masks/``)."""
-    rel = os.path.splitext(os.path.normpath(file_name))[0].lstrip("/\\").replace("..", "__")
+# how label PNGs are named, recorded in the fingerprint (``--save-masks``); a journal of True
+# named them without the image's extension (``x.jpg`` and ``x.png`` wrote the same file)
+MASK_NAMES = "masks/<file name>.png"
+
+
+def mask_path(output: str, file_name: str, legacy: bool = False) -> str:
+    """``OUTPUT/masks/<file_name>.png``, the image's extension kept (``x.jpg`` -> ``x.jpg.png``,
+    ``x.png`` -> ``x.png.png``); an absolute or ``..`` name of a list file stays inside
+    ``masks/``. ``legacy``: the name an older run gave (without the extension)."""
+    rel = os.path.normpath(file_name)
+    rel = (os.path.splitext(rel)[0] if legacy else rel).lstrip("/\\").replace("..", "__")
     return os.path.join(output, MASKS, rel + ".png")
+
+
+def check_mask_names(output: str, keys: Iterable[str]) -> None:
+    """Refuse (one line naming both) two images whose label PNGs would be the same file."""
+    seen: Dict[str, str] = {}
+    for key in keys:
+        path = os.path.normcase(mask_path(output, key))
+        if path in seen:
+            raise ValueError(f"--save-masks: {seen[path]} and {key} would both be labelled in "
+                             f"{mask_path(output, key)}; rename one of them")
+        seen[path] = key
 
 
 def save_label(path: str, label: np.ndarray) -> None:

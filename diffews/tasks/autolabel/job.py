@@ -46,9 +46,9 @@ from ...utils.image import ImageReadError, read_image
 from ...utils.journal import Journal
 from ..distributed import main_process_first
 from ..resume import run_fingerprint
-from .io import (ANNOTATIONS, JOURNAL, MASKS, SETS, SKIP_PREFIX, SKIPPED, check_output_folder,
-                 list_label_images, mask_path, remove_owned, save_label, too_many_bad,
-                 write_outputs)
+from .io import (ANNOTATIONS, JOURNAL, MASK_NAMES, MASKS, SETS, SKIP_PREFIX, SKIPPED,
+                 check_mask_names, check_output_folder, list_label_images, mask_path,
+                 remove_owned, save_label, too_many_bad, write_outputs)
 from .supports import SupportSource, read_supports, set_file, support_sets
 
 logger = logging.getLogger(__name__)
@@ -85,10 +85,10 @@ def presence_threshold(cfg, job: LabelJob) -> Optional[float]:
 def job_fingerprint(cfg, source: SupportSource, job: LabelJob) -> Dict:
     """Everything that changes ``annotations.json`` (``resume.run_fingerprint``): the config
     minus what does not change results, the weights and the model's other files, the supports'
-    content, the presence threshold and ``--save-masks``."""
+    content, the presence threshold and ``--save-masks`` (how label PNGs are named)."""
     return run_fingerprint(cfg, supports=source.fingerprint(),
                            presence_threshold=presence_threshold(cfg, job),
-                           save_masks=bool(job.save_masks))
+                           save_masks=MASK_NAMES if job.save_masks else False)
 
 
 def check_job(cfg, job: LabelJob):
@@ -105,6 +105,8 @@ def check_job(cfg, job: LabelJob):
         raise UsageError(f"--max-bad-fraction must be in [0, 1], got {job.max_bad_fraction}")
     source = read_supports(job.supports, job.supports_images)
     images = list_label_images(job.images, exclude=job.output)
+    if job.save_masks:
+        check_mask_names(job.output, [k for k, _ in images])
     fingerprint = job_fingerprint(cfg, source, job)
     if comm.is_main_process():  # the others run it while the main one creates the journal
         check_output_folder(job.output)
@@ -161,7 +163,8 @@ def _owned_files(job: LabelJob, old: Dict, source: SupportSource, keys: List[str
     files += [set_file(os.path.join(job.output, SETS), n) for n in sorted(names)]
     if old.get("save_masks"):
         done = Journal(os.path.join(job.output, JOURNAL), old, create=False).keys()
-        files += [mask_path(job.output, k) for k in sorted(set(done) | set(keys))
+        legacy = old["save_masks"] is True  # named without the extension
+        files += [mask_path(job.output, k, legacy) for k in sorted(set(done) | set(keys))
                   if not k.startswith(SKIP_PREFIX)]
     return files
 
