@@ -166,3 +166,44 @@ def test_mask_path_rules(tmp_path):
     assert mask_path(out, "a/x.jpg", legacy=True) == os.path.join(out, "masks", "a", "x.png")
     assert mask_path(out, "/abs/../up/x.png") == os.path.join(out, "masks", "up", "x.png.png")
     assert mask_path(out, "../x.jpg") == os.path.join(out, "masks", "__", "x.jpg.png")
+
+
+def _labelled_now(out) -> str:
+    with open(out / "log.txt") as f:
+        lines = [x for x in f if "labelled now" in x]
+    return lines[-1].split(" INFO: ", 1)[-1].strip() if lines else ""
+
+
+def _anns_of(data, file_name):
+    (image_id,) = [i["id"] for i in data["images"] if i["file_name"] == file_name]
+    return [{k: v for k, v in a.items() if k not in ("id", "image_id")}
+            for a in data["annotations"] if a["image_id"] == image_id]
+
+
+def test_image_replaced_after_labelling_is_labelled_again(tree, opts, tmp_path):
+    """Item 7: a shard records the file it was computed from; on resume an image replaced since
+    (another size) is labelled again, one only touched (same bytes) is not, and one replaced by
+    an unreadable file is skipped, its old shard and label PNG gone."""
+    images = tmp_path / "images"
+    shutil.copytree(tree["images"], images)
+    names = sorted(os.listdir(images))
+    out = tmp_path / "out"
+    assert label(tree, opts, out, "--save-masks", images=str(images)) == 0
+    first = _load(out / "annotations.json")
+    assert [(i["width"], i["height"]) for i in first["images"]] == [(24, 20), (24, 20)]
+    _noise(images / names[0], 70, 50, 7)  # the same name, another picture
+    os.utime(images / names[1], ns=(1, 10 ** 18))  # touched: same bytes, another time
+    assert label(tree, opts, out, "--save-masks", images=str(images)) == 0
+    second = _load(out / "annotations.json")
+    assert [(i["width"], i["height"]) for i in second["images"]] == [(70, 50), (24, 20)]
+    assert _labelled_now(out).startswith("2 images (1 labelled now)")
+    with Image.open(out / "masks" / f"{names[0]}.png") as img:
+        assert img.size == (70, 50)
+    assert _anns_of(second, names[1]) == _anns_of(first, names[1])
+    (images / names[0]).write_bytes(b"not an image any more")
+    assert label(tree, opts, out, "--save-masks", "--max-bad-fraction", "0.5",
+                 images=str(images)) == 0
+    third = _load(out / "annotations.json")
+    assert [i["file_name"] for i in third["images"]] == [names[1]]
+    assert [s["file_name"] for s in _load(out / "skipped.json")] == [names[0]]
+    assert not (out / "masks" / f"{names[0]}.png").exists()

@@ -5,6 +5,7 @@ shards give the same bytes: ids are given in order, keys sorted, no time stamps)
 """
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -19,8 +20,9 @@ from ...utils.journal import JOURNAL_FILE, Journal
 logger = logging.getLogger(__name__)
 
 __all__ = ["ANNOTATIONS", "SKIPPED", "MASKS", "JOURNAL", "SETS", "SKIP_PREFIX", "IMAGE_EXTS",
-           "MASK_NAMES", "list_label_images", "mask_path", "check_mask_names", "save_label",
-           "too_many_bad", "write_outputs", "check_output_folder", "remove_owned"]
+           "MASK_NAMES", "list_label_images", "mask_path", "check_mask_names", "file_identity",
+           "unchanged", "save_label", "too_many_bad", "write_outputs", "check_output_folder",
+           "remove_owned"]
 
 ANNOTATIONS, SKIPPED, MASKS = "annotations.json", "skipped.json", "masks"
 JOURNAL, SETS = "journal", "support_sets"
@@ -85,6 +87,37 @@ def check_mask_names(output: str, keys: Iterable[str]) -> None:
             raise ValueError(f"--save-masks: {seen[path]} and {key} would both be labelled in "
                              f"{mask_path(output, key)}; rename one of them")
         seen[path] = key
+
+
+def file_identity(path: str) -> Dict:
+    """What an image's shard was computed from: ``{"size", "mtime_ns", "sha256"}`` (the file's
+    bytes)."""
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+def unchanged(path: str, recorded: Optional[Dict]) -> bool:
+    """Whether ``path`` still is the file of ``file_identity`` ``recorded``: the same size and
+    modification time, or, when only the time differs (a copy, a touch), the same bytes. A
+    missing file or record (a shard of an older run) is a change."""
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_size != recorded.get("size"):
+        return False
+    if st.st_mtime_ns == recorded.get("mtime_ns"):
+        return True
+    try:
+        return file_identity(path)["sha256"] == recorded.get("sha256")
+    except OSError:
+        return False
 
 
 def save_label(path: str, label: np.ndarray) -> None:

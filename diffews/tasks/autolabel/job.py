@@ -18,6 +18,9 @@
    run's output (no journal) but holds a name a run writes (``annotations.json``, ``masks/`` ...)
    is refused, ``--overwrite`` or not (``io.check_output_folder``). The image list is not part
    of the fingerprint: images added to the folder are labelled by the next run, in addition.
+   A shard records the file it was computed from (size, modification time, sha256): an image
+   replaced since (``io.unchanged``: another size, or another time and other bytes) is labelled
+   again, and one that became unreadable loses its shard and label PNG.
 4. **Outputs**, from the shards in image order once every image is done: ``annotations.json``
    (COCO instances: images with file names relative to ``--images`` and sizes, SRC's categories,
    annotations with ``segmentation`` RLE, ``bbox`` XYWH, ``area``, ``score``, ``iscrowd`` 0; ids
@@ -47,8 +50,8 @@ from ...utils.journal import Journal
 from ..distributed import main_process_first
 from ..resume import run_fingerprint
 from .io import (ANNOTATIONS, JOURNAL, MASK_NAMES, MASKS, SETS, SKIP_PREFIX, SKIPPED,
-                 check_mask_names, check_output_folder, list_label_images, mask_path,
-                 remove_owned, save_label, too_many_bad, write_outputs)
+                 check_mask_names, check_output_folder, file_identity, list_label_images,
+                 mask_path, remove_owned, save_label, too_many_bad, unchanged, write_outputs)
 from .supports import SupportSource, read_supports, set_file, support_sets
 
 logger = logging.getLogger(__name__)
@@ -194,6 +197,19 @@ def _prepare_sets(predictor, source: SupportSource, folder: str):
                               "the support sets")
 
 
+def _pending(journal: Journal, keys: List[str], paths: Dict[str, str]) -> List[str]:
+    """The images without a shard, and those whose file changed since its shard was written
+    (``io.unchanged``: size and time, else the bytes), in image order."""
+    left = set(journal.pending(keys))
+    changed = [k for k in keys if k not in left
+               and not unchanged(paths[k], journal.get(k).get("source"))]
+    if changed:
+        logger.info("autolabel: %d labelled images changed since (first: %s); labelling them "
+                    "again", len(changed), changed[0])
+    redo = left | set(changed)
+    return [k for k in keys if k in redo]
+
+
 def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     """The whole job in this process (module docstring); call it in every process of a launch.
     ``checked``: what ``check_job(cfg, job)`` returned, if the caller ran it already.
@@ -213,8 +229,9 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     threshold = NO_DECISION if threshold is None else threshold
     ids = [c["id"] for c in source.categories]
     paths = dict(images)
-    pending = journal.pending(keys)
-    comm.synchronize()  # every process saw the same pending list before anyone writes
+    # the main process lists what is left, the others take its list (all before anyone writes)
+    pending = comm.all_gather(_pending(journal, keys, paths) if comm.is_main_process()
+                              else None)[0]
     mine = pending[comm.get_rank()::comm.get_world_size()]
     bad, first_bad, start = 0, None, time.perf_counter()
     # images/s even below 1 image/s (tqdm would switch to s/img), and the time left
@@ -223,8 +240,15 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
                "{rate_noinv_fmt}]", disable=not comm.is_main_process())
     for key in bar:
         try:
+            source_file = file_identity(paths[key])  # before reading: a later change is seen
+        except OSError:  # read_image names the file
+            source_file = None
+        try:
             image = read_image(paths[key])
         except ImageReadError as e:
+            journal.remove(key)  # the shard of the file it replaced goes first
+            if job.save_masks and os.path.isfile(mask_path(job.output, key)):
+                os.remove(mask_path(job.output, key))
             journal.put(SKIP_PREFIX + key, {"file_name": key, "reason": str(e)})
             bad += 1
             first_bad = first_bad or str(e)
@@ -236,7 +260,7 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
         if job.save_masks:
             save_label(mask_path(job.output, key), label)
         journal.put(key, {"height": int(image.shape[0]), "width": int(image.shape[1]),
-                          "annotations": anns})
+                          "annotations": anns, "source": source_file})
         journal.remove(SKIP_PREFIX + key)  # an image that failed before and reads now
     seconds = time.perf_counter() - start
     if mine:
