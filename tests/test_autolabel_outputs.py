@@ -159,7 +159,7 @@ def test_label_pngs_of_x_jpg_and_x_png_are_two_files(tree, opts, tmp_path, capsy
 def test_mask_path_rules(tmp_path):
     """Item 11's names, and the older name (without the extension) by which --overwrite finds the
     label PNGs of a journal written before (its fingerprint's save_masks is true)."""
-    from diffews.tasks.autolabel.io import mask_path
+    from diffews.tasks.autolabel import mask_path
 
     out = str(tmp_path)
     assert mask_path(out, "a/x.jpg") == os.path.join(out, "masks", "a", "x.jpg.png")

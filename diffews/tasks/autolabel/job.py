@@ -215,8 +215,9 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     ``checked``: what ``check_job(cfg, job)`` returned, if the caller ran it already.
 
     Returns:
-        ``{"images", "labelled", "skipped", "annotations", "seconds"}`` (this run) in the main
-        process, ``{}`` in the others.
+        ``{"images", "labelled", "skipped", "annotations", "seconds"}`` in the main process
+        (``labelled``: by this run, in every process; ``seconds``: the main process's), ``{}``
+        in the others.
     """
     source, images, fingerprint = checked or check_job(cfg, job)
     keys = [k for k, _ in images]
@@ -270,5 +271,7 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     if not comm.is_main_process():
         return {}
     written = write_outputs(journal, keys, source.categories, job.output, job.max_bad_fraction)
-    written.update(images=len(keys), labelled=len(mine) - bad, seconds=seconds)
+    # every process's: the images left at the start that have a shard now
+    labelled = sum(1 for k in pending if journal.done(k))
+    written.update(images=len(keys), labelled=labelled, seconds=seconds)
     return written
