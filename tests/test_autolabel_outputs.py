@@ -207,3 +207,81 @@ def test_image_replaced_after_labelling_is_labelled_again(tree, opts, tmp_path):
     assert [i["file_name"] for i in third["images"]] == [names[1]]
     assert [s["file_name"] for s in _load(out / "skipped.json")] == [names[0]]
     assert not (out / "masks" / f"{names[0]}.png").exists()
+
+
+@pytest.fixture
+def caplog_at():
+    """``with caplog_at(level) as records``: the records of the block at ``level`` or above
+    logged under ``diffews`` (which tools' setup_logger stops from propagating to pytest's)."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def at(level):
+        records = []
+        handler = logging.Handler(level)
+        handler.emit = records.append
+        logger = logging.getLogger("diffews")
+        logger.addHandler(handler)
+        try:
+            yield records
+        finally:
+            logger.removeHandler(handler)
+    return at
+
+
+def test_class_without_a_foreground_pixel_is_refused(tree, opts, tmp_path, capsys, caplog_at):
+    """Item 10: a class whose every support mask is empty is refused before any model, naming
+    the class and its mask files (as a class folder, as a COCO json, as a saved set); a class
+    with one empty mask among others is used, the empty one named in a warning."""
+    supports = tmp_path / "supports"
+    shutil.copytree(tree["supports"], supports)
+    masks = sorted(str(p) for p in (supports / "bird").glob("*.png"))
+    for m in masks:
+        Image.fromarray(np.zeros((20, 24), np.uint8)).save(m)
+    out = tmp_path / "out"
+    assert label(tree, opts, out, supports=str(supports)) == 1
+    line = _error(capsys)
+    assert "class 'bird': every support mask is empty" in line and masks[0] in line, line
+    assert not out.exists() or not (out / "journal").exists()
+    # a COCO json whose only instance of a category has an empty segmentation
+    coco = _load(tree["supports_json"])
+    for a in coco["annotations"]:
+        if a["category_id"] == 20:
+            a["segmentation"] = [[0, 0, 0, 0, 0, 0]]  # a polygon of no area
+    path = tmp_path / "supports.json"
+    path.write_text(json.dumps(coco))
+    assert label(tree, opts, out, "--supports-images", tree["supports_flat"],
+                 supports=str(path)) == 1
+    line = _error(capsys)
+    assert "class 'bird': every support mask is empty" in line and "bird_0.jpg" in line, line
+    # one empty mask among a class's others: used, named with its class in a warning
+    import logging
+
+    from diffews.tasks.autolabel import read_supports
+
+    shutil.copy(supports / "apple" / "0.jpg", supports / "apple" / "1.jpg")
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(supports / "apple" / "1.png")
+    shutil.rmtree(supports / "bird")
+    with caplog_at(logging.WARNING) as records:
+        source = read_supports(str(supports))
+    assert [len(r) for r in source.records] == [2]
+    said = [r.getMessage() for r in records if "empty" in r.getMessage()]
+    assert len(said) == 1 and "class 'apple'" in said[0] and "1.png" in said[0], said
+
+
+def test_saved_set_without_a_foreground_pixel_is_refused(tree, opts, plain, tmp_path, capsys):
+    """Item 10 for saved support sets: a set whose every support was encoded from an empty mask
+    (its recorded mask fractions are all 0) is refused, naming the class and the file."""
+    from diffews.modeling.support_set import SupportSet
+
+    sets = tmp_path / "sets"
+    shutil.copytree(plain / "support_sets", sets)
+    bird = SupportSet.load(str(sets / "bird.pt"))
+    for info in bird.info:
+        info["mask_fraction"] = 0.0
+    bird.save(str(sets / "bird.pt"))
+    assert label(tree, opts, tmp_path / "out", supports=str(sets)) == 1
+    line = _error(capsys)
+    assert "class 'bird'" in line and str(sets / "bird.pt") in line and "empty" in line, line
+

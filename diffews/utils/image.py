@@ -18,6 +18,7 @@ one-line message starts with the file's path; no other exception escapes the rea
 import logging
 import os
 import struct
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -77,14 +78,19 @@ def _open(path: str) -> Image.Image:
     return img
 
 
-def check_image_file(path: str) -> None:
+def check_image_file(path: str) -> Tuple[int, int]:
     """Raise ``ImageReadError`` unless ``path`` is a file whose header PIL can identify (cheap:
-    the pixels are not decoded), so that a long run fails on a bad file before it starts."""
+    the pixels are not decoded), so that a long run fails on a bad file before it starts.
+
+    Returns:
+        (height, width) from the header.
+    """
     if not os.path.isfile(path):
         raise ImageReadError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
             _warn_large(img, path)
+            return int(img.size[1]), int(img.size[0])
     except DECODE_ERRORS as e:
         raise _refusal(path, e) from e
 

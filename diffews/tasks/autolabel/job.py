@@ -52,7 +52,8 @@ from ..resume import run_fingerprint
 from .io import (ANNOTATIONS, JOURNAL, MASK_NAMES, MASKS, SETS, SKIP_PREFIX, SKIPPED,
                  check_mask_names, check_output_folder, file_identity, list_label_images,
                  mask_path, remove_owned, save_label, too_many_bad, unchanged, write_outputs)
-from .supports import SupportSource, read_supports, set_file, support_sets
+from .supports import (SupportSource, check_set_foreground, read_supports, set_file,
+                       support_sets)
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,8 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     if predictor is None:
         predictor = build_predictor(cfg)
     sets = _prepare_sets(predictor, source, os.path.join(job.output, SETS))
+    if source.kind == "sets":  # the other kinds' masks were checked by read_supports
+        check_set_foreground(source, sets)
     # the predictor reads None as "the config's threshold": no decision is said with < 0
     threshold = presence_threshold(cfg, job)
     threshold = NO_DECISION if threshold is None else threshold
