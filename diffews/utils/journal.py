@@ -317,6 +317,9 @@ def cached_sha256(path: str) -> str:
             return data["sha256"]
     except (OSError, ValueError):
         pass
+    if st.st_size >= 1 << 30:
+        logger.info("%s: hashing its %.1f GiB once (cached in %s)", path, st.st_size / 2 ** 30,
+                    hash_cache_dir())
     digest = _sha256_file(real)
     try:
         os.makedirs(os.path.dirname(entry), exist_ok=True)
