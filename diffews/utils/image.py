@@ -160,6 +160,20 @@ def read_grey(path: str) -> np.ndarray:
         raise _refusal(path, e) from e
 
 
+def read_pixels(path: str) -> np.ndarray:
+    """Read an image file's pixels as Pillow stores them (``np.array`` of the image, no mode
+    conversion): palette indices of a P PNG, grey levels, 16-bit or float values, bits.
+
+    Returns:
+        np.ndarray: (H, W) for one-band modes, (H, W, C) for the others (e.g. RGB, LA).
+    """
+    img = _open(path)
+    try:
+        return np.array(img)
+    except DECODE_ERRORS as e:
+        raise _refusal(path, e) from e
+
+
 def read_mask(path: str) -> np.ndarray:
     """Read a binary mask: any non-zero pixel is foreground.
 

@@ -33,8 +33,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
+from ...utils.image import read_pixels
 from .roots import dataset_root, MissingDataError, require
 from .split_files import load_json
 from .vos_results import (
@@ -62,11 +62,7 @@ def _davis_dir(root: Optional[str], split: str) -> str:
 
 
 def _labels(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            arr = np.array(img)
-    except (OSError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"{path}: not a readable PNG ({e})") from e
+    arr = read_pixels(path)  # palette indices as stored; ImageReadError (a ValueError) naming it
     if arr.ndim != 2:
         raise ValueError(f"{path}: annotations must be indexed (palette) PNGs, got shape "
                          f"{arr.shape}")
