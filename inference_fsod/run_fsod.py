@@ -15,7 +15,8 @@ Writes ``DIR/coco_instances_results.json`` (COCO results, RLE masks) and ``DIR/r
 Resumable: each seed's detections are journalled per shard of test images in its folder's
 ``journal/`` (diffews/tasks/fsod/journal.py); the same command started again after a kill predicts
 only the shards left and gives the AP of an uninterrupted run. Another command (config, weights,
-split) on the same folder is refused unless ``--overwrite``. See inference_fsod/README.md.
+split) on the same folder is refused unless ``--overwrite``; a second run while one runs there is
+refused, whatever its flags. See inference_fsod/README.md.
 """
 
 import os
@@ -126,10 +127,18 @@ def main(args):
     return fsod.run(cfg, job(args))
 
 
+def output_folder(args) -> str:
+    """The config loaded and the output folder resolved and checked (cheap): the folder locked
+    by the parent process for the whole run, every seed's sub-folder included (``launch_cli``)."""
+    setup(args, log=False)
+    return args.output
+
+
 def cli(argv=None) -> int:
     """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
     args = parse_args(argv)
-    return launch_cli(args, main, lambda: prepare(setup(args, log=False), args))
+    return launch_cli(args, main, lambda: prepare(setup(args, log=False), args),
+                      output=lambda: output_folder(args))
 
 
 if __name__ == "__main__":

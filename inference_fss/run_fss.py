@@ -24,7 +24,8 @@ config, 1: files), ``--debug`` shows the traceback.
 Resumable: every ``--chunk-episodes`` episodes of a fold are journalled in ``OUTPUT/journal/``
 (diffews/tasks/fss/); the same command started again after a kill evaluates only the chunks
 left and writes the results.json of an uninterrupted run. Another command (config, weights,
-episodes) on the same ``--output`` is refused unless ``--overwrite``. See inference_fss/README.md.
+episodes) on the same ``--output`` is refused unless ``--overwrite``; a second run while one runs
+there is refused, whatever its flags. See inference_fss/README.md.
 """
 
 import os
@@ -152,10 +153,18 @@ def main(args):
     return fss.run(cfg, job(args), check(cfg, args))
 
 
+def output_folder(args) -> str:
+    """The config loaded and ``--output`` checked (cheap): the folder locked by the parent
+    process for the whole run (``launch_cli``)."""
+    setup(args, log=False)
+    return args.output
+
+
 def cli(argv=None) -> int:
     """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
     args = parse_args(argv)
-    return launch_cli(args, main, lambda: check(setup(args, log=False), args))
+    return launch_cli(args, main, lambda: check(setup(args, log=False), args),
+                      output=lambda: output_folder(args))
 
 
 if __name__ == "__main__":

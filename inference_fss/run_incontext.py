@@ -82,10 +82,18 @@ def main(args):
     return run_incontext(setup(args), args.benchmarks, args.shots, args.output)
 
 
+def output_folder(args) -> str:
+    """``setup`` without the log: the folder locked by the parent process for the whole run,
+    its runs' sub-folders included (``launch_cli``)."""
+    setup(args, log=False)
+    return args.output
+
+
 def cli(argv=None) -> int:
     """The command line: parse, check, run; one ``error:`` line and exit status 1/2 on failure."""
     args = parse_args(argv)
-    return launch_cli(args, main, lambda: setup(args, log=False))
+    return launch_cli(args, main, lambda: setup(args, log=False),
+                      output=lambda: output_folder(args))
 
 
 if __name__ == "__main__":

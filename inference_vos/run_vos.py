@@ -16,6 +16,7 @@ from diffews.data.datasets.vos import VOS_DATASETS
 from diffews.evaluation.davis_report import format_davis_tables
 from diffews.tasks import vos
 from diffews.tasks.resume import OVERWRITE_HELP
+from diffews.utils.lock import OutputLock
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
@@ -40,7 +41,8 @@ and YouTube-VOS are scored by their servers.
 Resumable: each finished sequence is recorded in <output>/journal/; the same command started
 again after a kill skips the sequences recorded (their PNGs are written) and gives the scores of
 an uninterrupted run. Another command (config, weights, dataset) on the same --output is refused
-unless --overwrite. See inference_vos/README.md.
+unless --overwrite; a second run while one runs there is refused, whatever its flags. See
+inference_vos/README.md.
 """
 
 
@@ -91,8 +93,15 @@ def main(args) -> int:
                      save_vis=args.save_vis, evaluate=not args.no_eval, overwrite=args.overwrite)
     records = vos.load_vos_records(dataset, args.dataset_root, videos)
     check_output_dir(output)
-    vos.check(cfg, job, records)
+    # one run at a time in --output, held to the end (scores included): a second one is refused
+    # before its journal is checked, deleted or written
+    with OutputLock(output, what=f"--output {output}"):
+        vos.check(cfg, job, records)
+        return _run(cfg, args, job, dataset, output)
 
+
+def _run(cfg, args, job, dataset: str, output: str) -> int:
+    """The checked job: the sequences, then the scores or how to get them."""
     logging.getLogger("diffews.run_vos").info(
         "%s: memory %d (first frame + %d), decay ratio %g, support reuse %s -> %s", dataset,
         cfg.TEST.VOS.MEM_SIZE, cfg.TEST.VOS.MEM_SIZE - 1, cfg.TEST.VOS.DECAY_RATIO,

@@ -13,6 +13,19 @@ torch.set_num_threads(2)
 SIZE = 64  # working size in tests: 8x8 latents with the tiny 4-level VAE
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _file_hash_cache(tmp_path_factory):
+    """The weights' hash cache (``diffews.utils.journal.hash_cache_dir``) in the session's
+    temporary folder, not the user's ~/.cache (subprocesses inherit it)."""
+    old = os.environ.get("DIFFEWS_CACHE")
+    os.environ["DIFFEWS_CACHE"] = str(tmp_path_factory.mktemp("diffews_cache"))
+    yield
+    if old is None:
+        os.environ.pop("DIFFEWS_CACHE", None)
+    else:
+        os.environ["DIFFEWS_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
     from diffews.quickstart.tiny_sd import build_tiny_sd

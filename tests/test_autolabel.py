@@ -64,8 +64,8 @@ def _load(path):
 
 def _reference_instances(tiny_sd, job):
     """Each image against each class through the public predictor API, then the instance rules
-    (docs/METHOD.md section 7.2 / predictor/instances.py with TEST.FSOD's defaults), independently of
-    the autolabel code: {file name: Instances}."""
+    (docs/METHOD.md section 7.2 / predictor/instances.py with TEST.FSOD's defaults),
+    independently of the autolabel code: {file name: Instances}."""
     from detectron2.config import get_cfg
 
     from diffews import DiffewSPredictor, add_diffews_config
@@ -165,7 +165,7 @@ def test_coco_json_matches_predictor_and_instance_evaluator(tiny_sd, job, run_a)
     assert [s["file_name"] for s in skipped] == ["zz_corrupt.jpg"]
     assert job["tree"]["corrupt"] in skipped[0]["reason"]
     masks = sorted(os.listdir(run_a / "masks"))
-    assert masks == [n[:-4] + ".png" for n in job["tree"]["names"]]
+    assert masks == [n + ".png" for n in job["tree"]["names"]]  # x.jpg -> x.jpg.png
 
 
 @pytest.mark.slow
@@ -192,8 +192,19 @@ def test_kill_9_mid_run_then_resume_in_two_processes_gives_identical_outputs(job
           f"annotations.json present: {(out / 'annotations.json').exists()}")
     assert proc.returncode == -signal.SIGKILL
     assert 1 <= len(done) < total and not (out / "annotations.json").exists()
+    from diffews.tasks.autolabel import SKIP_PREFIX
+    from diffews.utils.journal import Journal
+
+    fingerprint = Journal.stored_fingerprint(str(out / "journal"))
+    labelled = [k for k in Journal(str(out / "journal"), fingerprint, create=False).keys()
+                if not k.startswith(SKIP_PREFIX)]
     # the same command, in 2 processes: only what is left
     assert autolabel.cli(argv(job, out, "--save-masks", "--num-gpus", "2")) == 0
+    # the summary counts the images both processes labelled (issue 29 item 13)
+    with open(out / "log.txt") as f:
+        summary = [x for x in f if "labelled now" in x][-1]
+    good = len(job["tree"]["names"])
+    assert f"{good + 1} images ({good - len(labelled)} labelled now)" in summary, summary
     assert _bytes(out / "annotations.json") == _bytes(run_a / "annotations.json")
     assert _bytes(out / "skipped.json") == _bytes(run_a / "skipped.json")
     for name in sorted(os.listdir(run_a / "masks")):

@@ -47,6 +47,28 @@ def test_measuring_attention_changes_no_bit(tiny_model):
     assert share.shape == (1,) and 0.0 < float(share) < 1.0
 
 
+def test_attention_signal_under_a_backend_says_the_pass_is_torch(tiny_sd, caplog):
+    """Issue 29 item 13: the attention signal is measured in torch's query pass even with the
+    ONNX Runtime backend attached; that is said once per model in the log, not silently done."""
+    import logging
+
+    from detectron2.modeling import build_model
+
+    model = build_model(make_cfg(tiny_sd)).eval()
+    episode = make_episode(1, seed=3)
+    sets = [model.encode_supports(episode["support_images"], episode["support_masks"])]
+    z = model.encode(model.normalize(episode["image"][None]), sample=False)
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        model.query_pass_measured(z, sets, model.prompt_embeds_test)
+        assert not caplog.records  # torch backend: nothing to say
+        model.use_backend(object())  # any attached backend: this pass does not use it
+        for _ in range(2):
+            model.query_pass_measured(z, sets, model.prompt_embeds_test)
+    said = [r.getMessage() for r in caplog.records if "torch UNet" in r.getMessage()]
+    assert len(said) == 1 and "PRESENCE_SIGNAL attention" in said[0], said
+    assert "not the ONNX Runtime backend" in said[0]
+
+
 def test_options_off_fss_masks_are_the_published_readout(tiny_sd):
     """Default config: every mask is RGB mean > 0.25 x max (written out here), present is True,
     and an explicit threshold < 0 or measuring attention gives the same masks bit for bit."""

@@ -164,5 +164,5 @@ def test_loader_errors_name_the_path(trees):
     crossing = os.path.join(root, "DAVIS17", "trainval", "Annotations", "480p", "crossing")
     with open(os.path.join(crossing, "00000.png"), "w") as f:
         f.write("not a png")
-    with pytest.raises(ValueError, match="crossing/00000.png: not a readable PNG"):
+    with pytest.raises(ValueError, match="crossing/00000.png: not a readable image"):
         vos.load_davis("2017", "val", root)

@@ -10,8 +10,8 @@ import logging
 import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
-from diffews.cli import (check_counts, entry_parser, launch_cli, load_entry_config,
-                         preflight)
+from diffews.cli import (check_counts, check_output_dir, entry_parser, launch_cli,
+                         load_entry_config, preflight)
 from diffews.tasks import autolabel
 
 from detectron2.utils import comm
@@ -29,14 +29,19 @@ MODEL.DIFFEWS.PRESENCE_THRESHOLD; < 0 keeps every class) give nothing; each mask
 instances (TEST.FSOD.INSTANCE_MODE, MIN_AREA, TOPK, CLASS_SCORE). OUT gets annotations.json
 (COCO: images, categories from SRC, annotations with RLE segmentation, bbox, area, score),
 skipped.json (unreadable images and why), support_sets/ (one SupportSet per class; reusable as
-SRC), with --save-masks masks/<image>.png (class index 1..C per pixel, 0 = none) and journal/.
+SRC), with --save-masks masks/<image file name>.png (a/x.jpg -> masks/a/x.jpg.png; class index
+1..C per pixel, 0 = none) and journal/.
 
 A run killed at any moment and started again with the same command labels only the images left;
 its annotations.json equals an uninterrupted run's. Another command (supports, weights,
-thresholds, config) on the same OUT is refused unless --overwrite. More than --max-bad-fraction
+thresholds, config) on the same OUT is refused unless --overwrite, which deletes only what the
+earlier run wrote; an OUT that is no autolabel output (no journal/) but holds annotations.json,
+skipped.json, masks/, support_sets/ or journal/ is refused. More than --max-bad-fraction
 unreadable images stop the run, naming the first. --num-gpus N processes split the images (the
-result equals one process's). Exit status 2 for a wrong command line or config, 1 for files and
-data; --debug shows the traceback. README.md, "Label your own images".
+result equals one process's). One run at a time per OUT: a second one, --overwrite or not, is
+refused with one line naming the running one (pid, host, command). Exit status 2 for a wrong
+command line or config, 1 for files and data; --debug shows the traceback. README.md, "Label
+your own images".
 """
 
 
@@ -58,9 +63,10 @@ def get_parser():
                    help="stop when more than this fraction of the images is unreadable "
                    "(default: the config's DATALOADER.MAX_BAD_FRACTION)")
     p.add_argument("--save-masks", action="store_true",
-                   help="also write one label PNG per image under OUT/masks/")
+                   help="also write one label PNG per image: OUT/masks/<image file name>.png")
     p.add_argument("--overwrite", action="store_true",
-                   help="start again in an OUT that holds another command's results")
+                   help="start again in an OUT that holds another command's results (only "
+                   "the files that run wrote are deleted)")
     return p
 
 
@@ -80,6 +86,13 @@ def setup(args):
     return cfg, job, autolabel.check_job(cfg, job)
 
 
+def output_folder(args) -> str:
+    """The config loaded and OUT checked (cheap): OUT, locked by the parent process for the
+    whole run (``launch_cli``)."""
+    load_entry_config(args, {"batch_size": "TEST.FSOD.BATCH_SIZE"})
+    return check_output_dir(args.output)
+
+
 def main(args) -> int:
     setup_logger(args.output, distributed_rank=comm.get_rank(), name="diffews",
                  abbrev_name="diffews")
@@ -97,7 +110,7 @@ def cli(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     check_counts(parser, args, {"batch_size": 1, "num_gpus": 1, "num_machines": 1})
-    return launch_cli(args, main, lambda: setup(args))
+    return launch_cli(args, main, lambda: setup(args), output=lambda: output_folder(args))
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def throughput(cfg, source, images: List[np.ndarray]) -> Dict[str, float]:
 
 def _write(stem, seed: int, c: int, h: int = 20, w: int = 24):
     """A rectangle of class ``c``'s colour on noise (and its 0/255 mask when ``stem`` is given:
-    ``stem.jpg`` + ``stem.png``, the class-folder layout); returns the image."""
+    ``stem.jpg`` + ``stem.png``, the class-folder layout); returns the image (as read back)."""
     from PIL import Image
+
+    from ..utils.image import read_image
 
     rng = np.random.RandomState(seed)
     image = rng.randint(0, 120, (h, w, 3)).astype(np.uint8)
@@ -84,7 +86,7 @@ def _write(stem, seed: int, c: int, h: int = 20, w: int = 24):
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         Image.fromarray(image).save(stem + ".jpg", quality=95)
         Image.fromarray((mask * 255).astype(np.uint8)).save(stem + ".png")
-        image = np.asarray(Image.open(stem + ".jpg").convert("RGB"))
+        image = read_image(stem + ".jpg")
     return image
 
 

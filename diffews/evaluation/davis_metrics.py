@@ -12,7 +12,8 @@ from typing import Sequence, Tuple
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from ..utils.image import ImageReadError, read_pixels
 
 __all__ = ["BOUND_TH", "VOSEvaluationError", "boundary_tolerance", "disk", "seg2bmap",
            "db_eval_iou", "f_measure", "db_statistics", "read_label_png"]
@@ -119,13 +120,11 @@ def read_label_png(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise VOSEvaluationError(f"{path}: no such file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode, arr = img.mode, np.array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise VOSEvaluationError(f"{path}: not a readable image ({e})") from e
+        arr = read_pixels(path)  # palette indices as stored
+    except ImageReadError as e:
+        raise VOSEvaluationError(str(e)) from e
     if arr.ndim != 2:
         raise VOSEvaluationError(
-            f"{path}: a {mode} image; labels must be indexed (palette) or grey PNGs whose pixel "
-            "values are object ids")
+            f"{path}: an image of {arr.shape[2]} channels; labels must be indexed (palette) or "
+            "grey PNGs whose pixel values are object ids")
     return arr.astype(np.int64)

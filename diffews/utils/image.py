@@ -18,6 +18,7 @@ one-line message starts with the file's path; no other exception escapes the rea
 import logging
 import os
 import struct
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -77,14 +78,19 @@ def _open(path: str) -> Image.Image:
     return img
 
 
-def check_image_file(path: str) -> None:
+def check_image_file(path: str) -> Tuple[int, int]:
     """Raise ``ImageReadError`` unless ``path`` is a file whose header PIL can identify (cheap:
-    the pixels are not decoded), so that a long run fails on a bad file before it starts."""
+    the pixels are not decoded), so that a long run fails on a bad file before it starts.
+
+    Returns:
+        (height, width) from the header.
+    """
     if not os.path.isfile(path):
         raise ImageReadError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
             _warn_large(img, path)
+            return int(img.size[1]), int(img.size[0])
     except DECODE_ERRORS as e:
         raise _refusal(path, e) from e
 
@@ -150,6 +156,20 @@ def read_grey(path: str) -> np.ndarray:
     img = _open(path)
     try:
         return np.asarray(img.convert("L"))
+    except DECODE_ERRORS as e:
+        raise _refusal(path, e) from e
+
+
+def read_pixels(path: str) -> np.ndarray:
+    """Read an image file's pixels as Pillow stores them (``np.array`` of the image, no mode
+    conversion): palette indices of a P PNG, grey levels, 16-bit or float values, bits.
+
+    Returns:
+        np.ndarray: (H, W) for one-band modes, (H, W, C) for the others (e.g. RGB, LA).
+    """
+    img = _open(path)
+    try:
+        return np.array(img)
     except DECODE_ERRORS as e:
         raise _refusal(path, e) from e
 

@@ -34,6 +34,7 @@ API::
     j.done(key), j.get(key), j.keys()      # one shard's state / value, every finished key
     j.remove(key)                          # forget a unit (it is pending again)
     Journal.verify(folder, fingerprint)    # refuse another command's folder, writing nothing
+    Journal.stored_fingerprint(folder)     # what a folder's journal was written for (or None)
 
 A benchmark runner (per seed and image shard, per sequence, per chunk of episodes) follows
 ``tasks/autolabel/run.py``::
@@ -62,12 +63,15 @@ A unit's value must not depend on which process or run computed it (fixed episod
 batches within the unit), and the reduction must read the values in key order.
 
 Helpers for fingerprints: ``hash_files`` (content, sha256 of each file's bytes) and
-``stat_files`` (cheap: size plus the first and last MiB of each file; for multi-GB weights).
+``stat_files`` (for multi-GB weights: size plus the sha256 of all the bytes, cached by (path,
+size, modification time) in ``hash_cache_dir()``, ``~/.cache/diffews/file_hashes/`` unless
+``DIFFEWS_CACHE`` or ``XDG_CACHE_HOME`` says otherwise, so each checkpoint is read once).
 Values must be JSON (floats survive: Python writes the shortest repr that reads back the same).
 """
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -76,7 +80,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .atomic import atomic_write_json
 from .errors import UsageError
 
-__all__ = ["Journal", "JournalMismatch", "hash_files", "stat_files", "first_difference"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["Journal", "JournalMismatch", "JOURNAL_FILE", "hash_files", "stat_files",
+           "cached_sha256", "hash_cache_dir", "first_difference"]
 
 FORMAT, VERSION = "diffews.journal", 1
 JOURNAL_FILE, SHARD_DIR = "journal.json", "shards"
@@ -163,6 +170,12 @@ class Journal:
                 f"({first_difference(old, new)}); rerun the same command to resume, choose "
                 "another output folder, or add --overwrite to start again")
 
+    @classmethod
+    def stored_fingerprint(cls, folder: str) -> Optional[Dict]:
+        """The fingerprint of the journal in ``folder`` (None when it holds none); a foreign
+        ``journal.json`` is a one-line ``ValueError``."""
+        return cls._read_header(os.path.join(folder, JOURNAL_FILE))
+
     @staticmethod
     def _read_header(path: str) -> Optional[Dict]:
         if not os.path.isfile(path):
@@ -238,8 +251,7 @@ class Journal:
         return sorted(out)
 
 
-# -- fingerprint helpers
-# ----------------------------------------------------------------------------
+# -- fingerprint helpers -------------------------------------------------------------------------
 def _files(paths: Iterable[str]) -> List[str]:
     out = []
     for p in paths:
@@ -266,16 +278,69 @@ def hash_files(paths: Iterable[str], root: Optional[str] = None) -> str:
     return h.hexdigest()
 
 
+def hash_cache_dir() -> str:
+    """Where ``stat_files`` keeps the hashes it computed: ``$DIFFEWS_CACHE/file_hashes``, else
+    ``$XDG_CACHE_HOME/diffews/file_hashes``, else ``~/.cache/diffews/file_hashes`` (read from
+    the environment at each call)."""
+    root = os.environ.get("DIFFEWS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "diffews")
+    return os.path.join(root, "file_hashes")
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_CACHE_WARNED = False  # an unwritable cache folder is said once per process
+
+
+def cached_sha256(path: str) -> str:
+    """sha256 of the bytes of ``path``, cached by (real path, size, modification time in ns):
+    one small json per file in ``hash_cache_dir()``, written atomically (processes may share
+    it). A file whose size or time changed is hashed again; a cache that cannot be read or
+    written is not used (logged once), never an error."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    name = hashlib.sha1(real.encode("utf-8", "surrogateescape")).hexdigest()
+    entry = os.path.join(hash_cache_dir(), name[:2], name + ".json")
+    try:
+        with open(entry, encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and {k: data.get(k) for k in key} == key \
+                and isinstance(data.get("sha256"), str):
+            return data["sha256"]
+    except (OSError, ValueError):
+        pass
+    if st.st_size >= 1 << 30:
+        logger.info("%s: hashing its %.1f GiB once (cached in %s)", path, st.st_size / 2 ** 30,
+                    hash_cache_dir())
+    digest = _sha256_file(real)
+    try:
+        os.makedirs(os.path.dirname(entry), exist_ok=True)
+        atomic_write_json(dict(key, sha256=digest), entry, sort_keys=True)
+    except OSError as e:
+        global _CACHE_WARNED
+        if not _CACHE_WARNED:
+            _CACHE_WARNED = True
+            logger.warning("%s: cannot keep file hashes there (%s); large weights are hashed "
+                           "again by each run (set DIFFEWS_CACHE to a writable folder)",
+                           hash_cache_dir(), e.strerror or e)
+    return digest
+
+
 def stat_files(paths: Iterable[str]) -> str:
-    """A cheap fingerprint of large files (weights): per file, its base name, size and the sha256
-    of its first and last MiB. A retrained or replaced checkpoint changes it; a copy does not."""
+    """The identity of large files (weights, folders of them walked in name order): per file,
+    its base name, size and the sha256 of all its bytes (``cached_sha256``: read once until its
+    size or modification time changes). A retrained, fine-tuned in place or replaced checkpoint
+    changes it; a copy under the same name does not."""
     h = hashlib.sha256()
     for path in _files(paths):
         size = os.path.getsize(path)
-        h.update(f"{os.path.basename(path)}\0{size}\0".encode("utf-8"))
-        with open(path, "rb") as f:
-            h.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(size - (1 << 20))
-                h.update(f.read(1 << 20))
+        h.update(f"{os.path.basename(path)}\0{size}\0{cached_sha256(path)}\0".encode("utf-8"))
     return h.hexdigest()

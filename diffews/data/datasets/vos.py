@@ -23,7 +23,7 @@ DAVIS val gives the first frame only (the other annotations are for scoring); DA
 YouTube-VOS give every annotation on disk, so objects may start later. YouTube-VOS reads every
 frame but writes only the frames ``meta.json`` lists (the server's frames). Annotation value 255
 (void) counts as background, as in the scorer. Writing results (palette PNGs, the YouTube-VOS
-zip): ``vos_results.py``, whose names are re-exported here.
+zip): ``vos_results.py``.
 """
 
 import logging
@@ -33,8 +33,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
+from ...utils.image import read_pixels
 from .roots import dataset_root, MissingDataError, require
 from .split_files import load_json
 from .vos_results import (
@@ -62,11 +62,7 @@ def _davis_dir(root: Optional[str], split: str) -> str:
 
 
 def _labels(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            arr = np.array(img)
-    except (OSError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"{path}: not a readable PNG ({e})") from e
+    arr = read_pixels(path)  # palette indices as stored; ImageReadError (a ValueError) naming it
     if arr.ndim != 2:
         raise ValueError(f"{path}: annotations must be indexed (palette) PNGs, got shape "
                          f"{arr.shape}")

@@ -13,6 +13,7 @@ early, the query pass and ``decode`` run its ONNX graphs; training, posterior sa
 ``query_pass_measured`` (the attention signal is measured inside torch's fused layers) stay torch.
 """
 
+import logging
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -20,6 +21,8 @@ import torch
 from ..kv_fusion import KVBank, SupportPassDone
 from ..readout import PRESENCE_SIGNALS, prediction_score, presence_signals, relative_threshold
 from ..support_set import SupportSet, model_signature
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DiffewSBlocks"]
 
@@ -207,7 +210,18 @@ class DiffewSBlocks:
                             supports: Union[SupportSet, Sequence[SupportSet]],
                             prompt: torch.Tensor):
         """``query_pass`` that also measures the "attention" presence signal inside the fused
-        layers (no extra pass). Returns (UNet output (B, C, h, w), support share (B,))."""
+        layers (no extra pass). Returns (UNet output (B, C, h, w), support share (B,)).
+
+        This pass is always torch's: with an inference backend attached it is said once per
+        model in the log (the ONNX graphs do not expose the attention weights)."""
+        if self.inference_backend is not None and not getattr(self, "_said_torch_pass", False):
+            self._said_torch_pass = True
+            logger.warning(
+                "The attention presence signal (MODEL.DIFFEWS.PRESENCE_SIGNAL attention, or a "
+                "calibration measuring it) is measured inside torch's fused attention layers: "
+                "its query passes run the torch UNet, not the ONNX Runtime backend (which still "
+                "encodes, runs the support pass and decodes); PRESENCE_SIGNAL score or peak keeps "
+                "the query pass in ONNX Runtime")
         bank = KVBank(supports, measure_share=True)
         return self._unet(query_latents, prompt, bank), bank.support_share()
 

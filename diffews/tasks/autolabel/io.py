@@ -4,22 +4,29 @@
 shards give the same bytes: ids are given in order, keys sorted, no time stamps).
 """
 
+import glob
+import hashlib
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from ...utils.atomic import atomic_path, atomic_write
-from ...utils.journal import Journal
+from ...utils.errors import UsageError
+from ...utils.journal import JOURNAL_FILE, Journal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANNOTATIONS", "SKIPPED", "MASKS", "SKIP_PREFIX", "IMAGE_EXTS", "list_label_images",
-           "mask_path", "save_label", "too_many_bad", "write_outputs"]
+__all__ = ["ANNOTATIONS", "SKIPPED", "MASKS", "JOURNAL", "SETS", "SKIP_PREFIX", "IMAGE_EXTS",
+           "MASK_NAMES", "list_label_images", "mask_path", "check_mask_names", "file_identity",
+           "unchanged", "save_label", "too_many_bad", "write_outputs", "check_output_folder",
+           "remove_owned"]
 
 ANNOTATIONS, SKIPPED, MASKS = "annotations.json", "skipped.json", "masks"
+JOURNAL, SETS = "journal", "support_sets"
+OWN_NAMES = (ANNOTATIONS, SKIPPED, MASKS, SETS, JOURNAL)  # what a run writes in --output
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # journal key prefix of an unreadable image's note: NUL is in no file name, so no image's key
 SKIP_PREFIX = "\0skipped:"
@@ -57,11 +64,60 @@ def list_label_images(spec: str, exclude: Optional[str] = None) -> List[Tuple[st
     return out
 
 
-def mask_path(output: str, file_name: str) -> str:
-    """``OUTPUT/masks/<file_name without extension>.png`` (an absolute or ``..`` name of a list
-    file stays inside ``masks/``)."""
-    rel = os.path.splitext(os.path.normpath(file_name))[0].lstrip("/\\").replace("..", "__")
+# how label PNGs are named, recorded in the fingerprint (``--save-masks``); a journal of True
+# named them without the image's extension (``x.jpg`` and ``x.png`` wrote the same file)
+MASK_NAMES = "masks/<file name>.png"
+
+
+def mask_path(output: str, file_name: str, legacy: bool = False) -> str:
+    """``OUTPUT/masks/<file_name>.png``, the image's extension kept (``x.jpg`` -> ``x.jpg.png``,
+    ``x.png`` -> ``x.png.png``); an absolute or ``..`` name of a list file stays inside
+    ``masks/``. ``legacy``: the name an older run gave (without the extension)."""
+    rel = os.path.normpath(file_name)
+    rel = (os.path.splitext(rel)[0] if legacy else rel).lstrip("/\\").replace("..", "__")
     return os.path.join(output, MASKS, rel + ".png")
+
+
+def check_mask_names(output: str, keys: Iterable[str]) -> None:
+    """Refuse (one line naming both) two images whose label PNGs would be the same file."""
+    seen: Dict[str, str] = {}
+    for key in keys:
+        path = os.path.normcase(mask_path(output, key))
+        if path in seen:
+            raise ValueError(f"--save-masks: {seen[path]} and {key} would both be labelled in "
+                             f"{mask_path(output, key)}; rename one of them")
+        seen[path] = key
+
+
+def file_identity(path: str) -> Dict:
+    """What an image's shard was computed from: ``{"size", "mtime_ns", "sha256"}`` (the file's
+    bytes)."""
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+def unchanged(path: str, recorded: Optional[Dict]) -> bool:
+    """Whether ``path`` still is the file of ``file_identity`` ``recorded``: the same size and
+    modification time, or, when only the time differs (a copy, a touch), the same bytes. A
+    missing file or record (a shard of an older run) is a change."""
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_size != recorded.get("size"):
+        return False
+    if st.st_mtime_ns == recorded.get("mtime_ns"):
+        return True
+    try:
+        return file_identity(path)["sha256"] == recorded.get("sha256")
+    except OSError:
+        return False
 
 
 def save_label(path: str, label: np.ndarray) -> None:
@@ -105,3 +161,53 @@ def write_outputs(journal: Journal, keys: List[str], categories: List[Dict], out
                 len(coco["annotations"]), len(coco["categories"]), len(skipped),
                 os.path.join(output, SKIPPED))
     return {"annotations": len(coco["annotations"]), "skipped": len(skipped)}
+
+
+def check_output_folder(output: str) -> Optional[Dict]:
+    """Refuse (``UsageError``, one line) an ``--output`` that is not an autolabel run's output
+    but holds a name a run writes (``OWN_NAMES``: a user's own ``annotations.json`` or
+    ``masks/``), or the journal of another kind of run; with or without ``--overwrite``.
+
+    Returns:
+        the fingerprint of the autolabel journal the folder holds (None: none, nothing of ours).
+    """
+    what = f"--output {output}"
+    old = Journal.stored_fingerprint(os.path.join(output, JOURNAL))
+    if old is not None:
+        if isinstance(old, dict) and "supports" in old and "save_masks" in old:
+            return old
+        raise UsageError(f"{what}: {os.path.join(output, JOURNAL, JOURNAL_FILE)} is the journal "
+                         "of another kind of run, not of autolabel; choose another output "
+                         "folder")
+    found = [n for n in OWN_NAMES if os.path.lexists(os.path.join(output, n))]
+    if found:
+        raise UsageError(f"{what}: holds {', '.join(found)} but no autolabel journal ("
+                         f"{JOURNAL}/{JOURNAL_FILE}), so it is not an autolabel run's output and "
+                         "would be written over; choose another output folder (--overwrite "
+                         "deletes only what an autolabel run wrote)")
+    return None
+
+
+def remove_owned(files: Iterable[str], folders: Iterable[str]) -> int:
+    """Delete ``files`` where they exist, with the temporaries a killed write of each may have
+    left (``utils/atomic.py``: ``.<name>.<random>.tmp*`` beside it), then each of ``folders``
+    and the folders below it that this left empty (a user's file keeps its folder).
+
+    Returns:
+        how many files were deleted.
+    """
+    removed = 0
+    for path in files:
+        base, parent = os.path.basename(path), os.path.dirname(path)
+        temps = glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.*.tmp*"))
+        for p in [path, *temps]:
+            if os.path.isfile(p) or os.path.islink(p):
+                os.remove(p)
+                removed += 1
+    for top in folders:
+        for folder, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(folder)  # only when empty
+            except OSError:
+                pass
+    return removed

@@ -14,8 +14,13 @@
    PNG (``--save-masks``), so a run killed at any moment and started again with the same command
    labels only the images without a shard. A command with other supports, weights, thresholds or
    config on the same ``OUTPUT`` is refused before any model is built (``--overwrite`` starts
-   again). The image list is not part of the fingerprint: images added to the folder are labelled
-   by the next run, in addition.
+   again, deleting only the files the earlier run wrote). A folder that is not an autolabel
+   run's output (no journal) but holds a name a run writes (``annotations.json``, ``masks/`` ...)
+   is refused, ``--overwrite`` or not (``io.check_output_folder``). The image list is not part
+   of the fingerprint: images added to the folder are labelled by the next run, in addition.
+   A shard records the file it was computed from (size, modification time, sha256): an image
+   replaced since (``io.unchanged``: another size, or another time and other bytes) is labelled
+   again, and one that became unreadable loses its shard and label PNG.
 4. **Outputs**, from the shards in image order once every image is done: ``annotations.json``
    (COCO instances: images with file names relative to ``--images`` and sizes, SRC's categories,
    annotations with ``segmentation`` RLE, ``bbox`` XYWH, ``area``, ``score``, ``iscrowd`` 0; ids
@@ -30,7 +35,6 @@ the split, and ``annotations.json`` equals one process's byte for byte.
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -45,15 +49,15 @@ from ...utils.image import ImageReadError, read_image
 from ...utils.journal import Journal
 from ..distributed import main_process_first
 from ..resume import run_fingerprint
-from .io import (ANNOTATIONS, MASKS, SKIP_PREFIX, SKIPPED, list_label_images, mask_path,
-                 save_label, too_many_bad, write_outputs)
-from .supports import SupportSource, read_supports, support_sets
+from .io import (ANNOTATIONS, JOURNAL, MASK_NAMES, MASKS, SETS, SKIP_PREFIX, SKIPPED,
+                 check_mask_names, check_output_folder, file_identity, list_label_images,
+                 mask_path, remove_owned, save_label, too_many_bad, unchanged, write_outputs)
+from .supports import (SupportSource, check_set_foreground, read_supports, set_file,
+                       support_sets)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LabelJob", "job_fingerprint", "check_job", "label_image", "run"]
-
-JOURNAL, SETS = "journal", "support_sets"
 
 
 @dataclass
@@ -70,21 +74,25 @@ class LabelJob:
     overwrite: bool = False
 
 
+NO_DECISION = -1.0  # a presence threshold < 0: every class kept (the predictor's convention)
+
+
 def presence_threshold(cfg, job: LabelJob) -> Optional[float]:
-    """The flag, else the config key (absent from older configs); < 0 means no decision."""
+    """The flag, else the config key (absent from older configs); None when it is < 0 (no
+    decision: every class kept, whatever the other one says)."""
     value = job.presence_threshold
     if value is None:
-        value = cfg.MODEL.DIFFEWS.get("PRESENCE_THRESHOLD", None)
+        value = cfg.MODEL.get("DIFFEWS", {}).get("PRESENCE_THRESHOLD", None)
     return None if value is None or float(value) < 0 else float(value)
 
 
 def job_fingerprint(cfg, source: SupportSource, job: LabelJob) -> Dict:
     """Everything that changes ``annotations.json`` (``resume.run_fingerprint``): the config
     minus what does not change results, the weights and the model's other files, the supports'
-    content, the presence threshold and ``--save-masks``."""
+    content, the presence threshold and ``--save-masks`` (how label PNGs are named)."""
     return run_fingerprint(cfg, supports=source.fingerprint(),
                            presence_threshold=presence_threshold(cfg, job),
-                           save_masks=bool(job.save_masks))
+                           save_masks=MASK_NAMES if job.save_masks else False)
 
 
 def check_job(cfg, job: LabelJob):
@@ -101,7 +109,11 @@ def check_job(cfg, job: LabelJob):
         raise UsageError(f"--max-bad-fraction must be in [0, 1], got {job.max_bad_fraction}")
     source = read_supports(job.supports, job.supports_images)
     images = list_label_images(job.images, exclude=job.output)
+    if job.save_masks:
+        check_mask_names(job.output, [k for k, _ in images])
     fingerprint = job_fingerprint(cfg, source, job)
+    if comm.is_main_process():  # the others run it while the main one creates the journal
+        check_output_folder(job.output)
     if not job.overwrite:
         Journal.verify(os.path.join(job.output, JOURNAL), fingerprint, f"--output {job.output}")
     return source, images, fingerprint
@@ -111,6 +123,11 @@ def label_image(predictor, sets, image: np.ndarray, cfg, threshold: Optional[flo
                 category_ids: Optional[List[int]] = None):
     """One image against every class's set.
 
+    Args:
+        image: (H, W, 3) uint8.
+        threshold: a class whose presence is below it gives nothing (None: the predictor's
+            configured threshold; < 0: no decision, every class kept).
+        category_ids: the COCO id of each set's class (default 1..C).
     Returns:
         (annotations without ids: ``[{"category_id", "segmentation", "area", "bbox", "score",
         "iscrowd"}]`` by decreasing score, label map (H, W) of class indices 1..C (0 background;
@@ -140,16 +157,33 @@ def label_image(predictor, sets, image: np.ndarray, cfg, threshold: Optional[flo
     return anns, label
 
 
-def _open_journal(job: LabelJob, fingerprint: Dict) -> Journal:
+def _owned_files(job: LabelJob, old: Dict, source: SupportSource, keys: List[str]) -> List[str]:
+    """The files of ``--output`` that an autolabel run wrote, from its journal (fingerprint
+    ``old``): the json outputs, the support-set files of its and this run's classes, and with
+    its ``--save-masks`` the label PNGs of its images and of this run's (a killed run writes a
+    PNG before its shard)."""
+    files = [os.path.join(job.output, n) for n in (ANNOTATIONS, SKIPPED)]
+    names = {c["name"] for c in old["supports"].get("categories", [])} | set(source.classes)
+    files += [set_file(os.path.join(job.output, SETS), n) for n in sorted(names)]
+    if old.get("save_masks"):
+        done = Journal(os.path.join(job.output, JOURNAL), old, create=False).keys()
+        legacy = old["save_masks"] is True  # named without the extension
+        files += [mask_path(job.output, k, legacy) for k in sorted(set(done) | set(keys))
+                  if not k.startswith(SKIP_PREFIX)]
+    return files
+
+
+def _open_journal(job: LabelJob, fingerprint: Dict, source: SupportSource,
+                  keys: List[str]) -> Journal:
     folder = os.path.join(job.output, JOURNAL)
     what = f"--output {job.output}"
     if comm.is_main_process():
-        if job.overwrite:  # the old outputs go first, so none outlives the journal's reset
-            for name in (ANNOTATIONS, SKIPPED):
-                if os.path.isfile(os.path.join(job.output, name)):
-                    os.remove(os.path.join(job.output, name))
-            for name in (MASKS, SETS):
-                shutil.rmtree(os.path.join(job.output, name), ignore_errors=True)
+        old = check_output_folder(job.output)  # again: nothing is deleted in a foreign folder
+        if job.overwrite and old is not None:  # the old outputs first: none outlives the reset
+            removed = remove_owned(_owned_files(job, old, source, keys),
+                                   [os.path.join(job.output, n) for n in (MASKS, SETS)])
+            logger.info("--overwrite: deleted %d files of the earlier run in %s", removed,
+                        job.output)
         journal = Journal(folder, fingerprint, overwrite=job.overwrite, what=what)
     comm.synchronize()
     return journal if comm.is_main_process() else Journal(folder, fingerprint, create=False,
@@ -164,25 +198,44 @@ def _prepare_sets(predictor, source: SupportSource, folder: str):
                               "the support sets")
 
 
+def _pending(journal: Journal, keys: List[str], paths: Dict[str, str]) -> List[str]:
+    """The images without a shard, and those whose file changed since its shard was written
+    (``io.unchanged``: size and time, else the bytes), in image order."""
+    left = set(journal.pending(keys))
+    changed = [k for k in keys if k not in left
+               and not unchanged(paths[k], journal.get(k).get("source"))]
+    if changed:
+        logger.info("autolabel: %d labelled images changed since (first: %s); labelling them "
+                    "again", len(changed), changed[0])
+    redo = left | set(changed)
+    return [k for k in keys if k in redo]
+
+
 def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     """The whole job in this process (module docstring); call it in every process of a launch.
     ``checked``: what ``check_job(cfg, job)`` returned, if the caller ran it already.
 
     Returns:
-        ``{"images", "labelled", "skipped", "annotations", "seconds"}`` (this run) in the main
-        process, ``{}`` in the others.
+        ``{"images", "labelled", "skipped", "annotations", "seconds"}`` in the main process
+        (``labelled``: by this run, in every process; ``seconds``: the main process's), ``{}``
+        in the others.
     """
     source, images, fingerprint = checked or check_job(cfg, job)
-    journal = _open_journal(job, fingerprint)
+    keys = [k for k, _ in images]
+    journal = _open_journal(job, fingerprint, source, keys)
     if predictor is None:
         predictor = build_predictor(cfg)
     sets = _prepare_sets(predictor, source, os.path.join(job.output, SETS))
+    if source.kind == "sets":  # the other kinds' masks were checked by read_supports
+        check_set_foreground(source, sets)
+    # the predictor reads None as "the config's threshold": no decision is said with < 0
     threshold = presence_threshold(cfg, job)
+    threshold = NO_DECISION if threshold is None else threshold
     ids = [c["id"] for c in source.categories]
     paths = dict(images)
-    keys = [k for k, _ in images]
-    pending = journal.pending(keys)
-    comm.synchronize()  # every process saw the same pending list before anyone writes
+    # the main process lists what is left, the others take its list (all before anyone writes)
+    pending = comm.all_gather(_pending(journal, keys, paths) if comm.is_main_process()
+                              else None)[0]
     mine = pending[comm.get_rank()::comm.get_world_size()]
     bad, first_bad, start = 0, None, time.perf_counter()
     # images/s even below 1 image/s (tqdm would switch to s/img), and the time left
@@ -191,8 +244,15 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
                "{rate_noinv_fmt}]", disable=not comm.is_main_process())
     for key in bar:
         try:
+            source_file = file_identity(paths[key])  # before reading: a later change is seen
+        except OSError:  # read_image names the file
+            source_file = None
+        try:
             image = read_image(paths[key])
         except ImageReadError as e:
+            journal.remove(key)  # the shard of the file it replaced goes first
+            if job.save_masks and os.path.isfile(mask_path(job.output, key)):
+                os.remove(mask_path(job.output, key))
             journal.put(SKIP_PREFIX + key, {"file_name": key, "reason": str(e)})
             bad += 1
             first_bad = first_bad or str(e)
@@ -204,7 +264,7 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
         if job.save_masks:
             save_label(mask_path(job.output, key), label)
         journal.put(key, {"height": int(image.shape[0]), "width": int(image.shape[1]),
-                          "annotations": anns})
+                          "annotations": anns, "source": source_file})
         journal.remove(SKIP_PREFIX + key)  # an image that failed before and reads now
     seconds = time.perf_counter() - start
     if mine:
@@ -214,5 +274,7 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     if not comm.is_main_process():
         return {}
     written = write_outputs(journal, keys, source.categories, job.output, job.max_bad_fraction)
-    written.update(images=len(keys), labelled=len(mine) - bad, seconds=seconds)
+    # every process's: the images left at the start that have a shard now
+    labelled = sum(1 for k in pending if journal.done(k))
+    written.update(images=len(keys), labelled=labelled, seconds=seconds)
     return written

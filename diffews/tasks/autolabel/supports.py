@@ -32,7 +32,8 @@ from ...utils.journal import hash_files
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SupportSource", "read_supports", "support_mask", "support_sets", "set_file"]
+__all__ = ["SupportSource", "read_supports", "support_mask", "support_sets", "set_file",
+           "check_set_foreground"]
 
 KINDS = ("folder", "coco", "sets")
 
@@ -109,8 +110,10 @@ def _sets(path: str) -> SupportSource:
 
 
 def read_supports(src: str, supports_images: Optional[str] = None) -> SupportSource:
-    """Read and check SRC (every support image's header, every mask's presence) without a model.
-    Errors are one line naming the file at fault."""
+    """Read and check SRC without a model: every support image's header, every mask read and
+    checked against its image's size, and a class whose every mask is empty refused (naming the
+    class and the files; an empty one among others is named in a warning). Errors are one line
+    naming the file at fault."""
     if not src:
         raise FileNotFoundError("--supports is empty: name a class-folder tree, a COCO json or a "
                                 "folder of support-set files")
@@ -134,12 +137,40 @@ def read_supports(src: str, supports_images: Optional[str] = None) -> SupportSou
     if len(set(safe)) != len(safe):
         raise ValueError(f"{src}: class names {source.classes} give the same SupportSet file "
                          "name twice; rename a class")
-    for recs in source.records:
+    for c, (name, recs) in enumerate(zip(source.classes, source.records)):
+        empty = []
         for r in recs:
-            check_image_file(r["file_name"])
+            shape = check_image_file(r["file_name"])
             if r.get("mask_file") and not os.path.isfile(r["mask_file"]):
                 raise FileNotFoundError(f"{r['mask_file']}: no such mask file")
+            if not support_mask(r, c, shape).any():
+                empty.append(r.get("mask_file") or f"{r['file_name']} (in {src})")
+        _check_foreground(src, name, len(recs), empty)
     return source
+
+
+def _check_foreground(src: str, name: str, supports: int, empty: List[str]) -> None:
+    """Refuse a class whose every support mask is empty (it would be found everywhere or
+    nowhere); name the empty ones of a class that has others."""
+    if empty and len(empty) == supports:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ValueError(f"{src}: class {name!r}: every support mask is empty (no foreground "
+                         f"pixel: {shown}); draw the object in one or remove the class")
+    for what in empty:
+        logger.warning("%s: class %r: empty support mask (no foreground pixel); the class's %d "
+                       "other supports are used", what, name, supports - len(empty))
+
+
+def check_set_foreground(source: SupportSource, sets: List) -> None:
+    """Refuse a saved support set (SRC of the "sets" kind) whose every support was encoded from
+    an empty mask (each ``info`` "mask_fraction" is 0; a set without that record is not
+    checked), naming the class and the file."""
+    for s, path, name in zip(sets, source.set_files, source.classes):
+        fractions = [i.get("mask_fraction") for i in getattr(s, "info", None) or []]
+        if fractions and all(isinstance(f, (int, float)) and f == 0 for f in fractions):
+            raise SupportSetError(f"{path}: class {name!r}: every support of this set was "
+                                  "encoded from an empty mask (mask_fraction 0); encode it again "
+                                  "from masks that hold the object, or remove the class")
 
 
 def support_mask(record: Dict, class_id: int, shape):
