@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 import diffews  # noqa: F401  (registers the datasets)
-from diffews.data.datasets import vos
+from diffews.data.datasets import vos, vos_results
 from diffews.data.datasets.roots import MissingDataError
 from diffews.evaluation.davis_metrics import VOSEvaluationError
 from diffews.evaluation.vos_evaluation import evaluate_davis, VOSEvaluator
@@ -102,10 +102,10 @@ def test_palette_and_davis_results_layout(tmp_path, trees):
     out = tmp_path / "out"
     for r in records:  # write the ground truth itself as results: a perfect score
         for t in r["save_frames"]:
-            assert vos.write_result(r, t, vos.read_annotation(r, t), str(out), "davis")
+            assert vos_results.write_result(r, t, vos.read_annotation(r, t), str(out), "davis")
     first = Image.open(out / "crossing" / "00001.png")
     assert first.mode == "P" and first.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
-    assert vos.missing_results(records, str(out), "davis") == []
+    assert vos_results.missing_results(records, str(out), "davis") == []
     scores = evaluate_davis(os.path.join(trees["root"], "DAVIS17", "trainval"), str(out),
                             progress=False)
     assert scores.global_["J&F-Mean"] == 1.0 and len(scores.rows) == 2 + 3 + 1
@@ -120,18 +120,18 @@ def test_ytvos_writer_keeps_listed_frames_and_zips(tmp_path, trees):
     records = DatasetCatalog.get("ytvos18_valid")
     out = tmp_path / "yt"
     with pytest.raises(FileNotFoundError):
-        vos.zip_ytvos_submission(str(out), records)
+        vos_results.zip_ytvos_submission(str(out), records)
     for r in records:
         h, w = np.array(Image.open(r["file_names"][0])).shape[:2]
-        written = [vos.write_result(r, t, np.zeros((h, w), np.uint8), str(out), "ytvos")
+        written = [vos_results.write_result(r, t, np.zeros((h, w), np.uint8), str(out), "ytvos")
                    for t in range(len(r["frames"]))]
         assert sum(p is not None for p in written) == 3  # frames 0, 5, 10 only
-    path = vos.zip_ytvos_submission(str(out), records)
+    path = vos_results.zip_ytvos_submission(str(out), records)
     names = sorted(zipfile.ZipFile(path).namelist())
     assert names == sorted(f"Annotations/{v}/{t:05d}.png" for v in ("a", "b") for t in (0, 5, 10))
     os.remove(out / "Annotations" / "b" / "00010.png")
     with pytest.raises(FileNotFoundError, match="1 result files missing"):
-        vos.zip_ytvos_submission(str(out), records)
+        vos_results.zip_ytvos_submission(str(out), records)
 
 
 def test_check_vos_and_check_datasets_cli(trees, tmp_path, capsys):
