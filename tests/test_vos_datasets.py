@@ -94,7 +94,7 @@ def test_void_in_annotation_is_background(trees):
 
 
 def test_palette_and_davis_results_layout(tmp_path, trees):
-    pal = vos.DAVIS_PALETTE  # PASCAL VOC colour map
+    pal = vos_results.DAVIS_PALETTE  # PASCAL VOC colour map
     assert pal[0].tolist() == [0, 0, 0] and pal[1].tolist() == [128, 0, 0]
     assert pal[2].tolist() == [0, 128, 0] and pal[3].tolist() == [128, 128, 0]
     assert pal[8].tolist() == [64, 0, 0] and pal[255].tolist() == [224, 224, 192]
@@ -110,10 +110,10 @@ def test_palette_and_davis_results_layout(tmp_path, trees):
                             progress=False)
     assert scores.global_["J&F-Mean"] == 1.0 and len(scores.rows) == 2 + 3 + 1
     ids = np.array([[0, 255], [7, 200]])
-    vos.save_label_png(ids, str(tmp_path / "ids.png"))  # palette indices stored as given
+    vos_results.save_label_png(ids, str(tmp_path / "ids.png"))  # palette indices stored as given
     assert (np.array(Image.open(tmp_path / "ids.png")) == ids).all()
     with pytest.raises(ValueError, match="0..255"):
-        vos.save_label_png(np.full((2, 2), 256), str(tmp_path / "x.png"))
+        vos_results.save_label_png(np.full((2, 2), 256), str(tmp_path / "x.png"))
 
 
 def test_ytvos_writer_keeps_listed_frames_and_zips(tmp_path, trees):
