@@ -19,8 +19,10 @@ The words:
   ``mask`` (H, W) bool at the query's original size, ``mask_working`` (S, S) bool, ``pred_image``
   (S, S, 3) uint8 (a picture of the model's prediction before thresholding), ``score`` (float in
   [0, 1], how clean the prediction is), ``presence`` (float, higher = more likely that the
-  supports' object is in the query), ``present`` (bool: False when judged absent, the mask then
-  empty), ``signals`` (every presence signal by name) and ``name``.
+  supports' object is in the query), ``present`` (True: judged present; False: judged absent or
+  nothing found, the mask then empty; None: no decision was made, which every consumer must
+  treat as "not decided", never as "found"), ``signals`` (every presence signal by name) and
+  ``name``.
 """
 
 import abc
@@ -100,7 +102,8 @@ class Predictor(abc.ABC):
     def iter_predict(self, queries: Iterable, supports, batch_size: int = 8,
                      presence_threshold: Optional[float] = None) -> Iterator[Dict]:
         """One result per query against the same support set, a batch at a time.
-        ``presence_threshold``: None = the model's configured one; < 0 = no decision."""
+        ``presence_threshold``: None = the model's default (configured, or what its weights
+        were calibrated with); < 0 = no decision."""
 
     def predict(self, queries: Iterable, supports, batch_size: int = 8,
                 presence_threshold: Optional[float] = None) -> List[Dict]:

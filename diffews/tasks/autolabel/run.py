@@ -8,7 +8,8 @@
    ``predict_instances`` (``TEST.FSOD.BATCH_SIZE`` sets per call), the same instances as few-shot
    instance segmentation gives (DiffewS: ``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``, ``TOPK``,
    ``CLASS_SCORE``). With a presence threshold (``--presence-threshold`` or
-   ``MODEL.DIFFEWS.PRESENCE_THRESHOLD``, >= 0) a class judged absent gives nothing.
+   ``MODEL.DIFFEWS.PRESENCE_THRESHOLD``, >= 0, or the one calibrated weights carry) a class
+   judged absent gives nothing; ``--presence-threshold -1`` decides nothing.
 3. **Nothing lost.** Each image's annotations (RLE, box, area, score) are one shard of the
    journal ``OUTPUT/journal/`` (``diffews/utils/journal.py``), written atomically after its label
    PNG (``--save-masks``), so a run killed at any moment and started again with the same command
@@ -71,10 +72,12 @@ class LabelJob:
 
 
 def presence_threshold(cfg, job: LabelJob) -> Optional[float]:
-    """The flag, else the config key (absent from older configs); < 0 means no decision."""
+    """The flag (< 0: no decision, -1.0), else the config key when >= 0, else None: the
+    predictor's default (the threshold calibrated weights carry, or no decision)."""
     value = job.presence_threshold
-    if value is None:
-        value = cfg.MODEL.DIFFEWS.get("PRESENCE_THRESHOLD", None)
+    if value is not None:
+        return -1.0 if float(value) < 0 else float(value)
+    value = cfg.MODEL.DIFFEWS.get("PRESENCE_THRESHOLD", None)
     return None if value is None or float(value) < 0 else float(value)
 
 

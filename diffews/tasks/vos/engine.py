@@ -39,10 +39,11 @@ frame; DAVIS test-dev and YouTube-VOS also give the frames where objects first a
 pixels override the predictions, and objects start at their first annotated frame. On a given
 frame an object's memory entry is its given mask with score 1.
 
-Absent objects: an object the predictor judges absent (``present`` False, with
-MODEL.DIFFEWS.PRESENCE_THRESHOLD set) has an empty mask, so no pixels in that frame, and it is not
-offered to its memory; nor is an object whose merged region is empty. It is still tracked on the
-next frames with the memory it has, so it can come back.
+Absent objects: an object the predictor judges absent (``present`` False: a presence threshold
+set, or calibrated weights) has an empty mask, so no pixels in that frame, and it is not offered
+to its memory; nor is an object whose merged region is empty. ``present`` None (no decision) is
+not "absent": such an object's non-empty region joins its memory as before. It is still tracked
+on the next frames with the memory it has, so it can come back.
 
 The memory rule is in ``memory.py``, the dataset run in ``run.py``.
 """
@@ -143,8 +144,8 @@ class VOSEngine:
                     out["entered"].append(o)
             for o in tracked:
                 mask, score = entries[o]
-                if not (results[o]["present"] and mask.any()):
-                    continue  # absent here: no memory entry
+                if results[o]["present"] is False or not mask.any():
+                    continue  # absent here (judged absent, or nothing found): no memory entry
                 if self._offer(memories[o], frame, t, score, mask):
                     out["entered"].append(o)
             out["label_map"] = label
