@@ -48,6 +48,13 @@ def test_probe_masses_are_the_softmax_mass_on_support_and_foreground_keys():
     assert torch.allclose(stats[:, 1], fg_mass.mean(-1), atol=1e-6)
     assert torch.allclose(stats[:, 2], fg_mass.amax(-1), atol=1e-6)
     assert torch.allclose(stats[:, 3], fg_mass.amax(-1), atol=1e-6)  # top 5% of 16 = 1 token
+    with pytest.raises(RuntimeError, match="its output"):
+        probe.features(["layer"], [])
+    out_fg = torch.rand(2, 8, 8)  # 64 pixels: top 5% = 3
+    probe.record_output(out_fg)
+    flat = out_fg.flatten(1)
+    expected = torch.stack([flat.mean(-1), flat.amax(-1), flat.topk(3, -1).values.mean(-1)], -1)
+    assert torch.allclose(probe.features(["layer"], []), torch.cat([stats, expected], -1))
 
 
 def test_mask_foreground_reads_the_mask_from_its_latent():

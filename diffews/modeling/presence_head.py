@@ -9,7 +9,10 @@ method says "not here". The head reads, from the one query pass (no extra UNet p
   mask's foreground, read from the support's mask latent: ``mask_foreground``), pooled over
   tokens: the mean share on support keys, and the mean, maximum and top-5% mean of the
   foreground share (4 numbers per layer);
-* the mid-block's fused attention output, mean- and max-pooled over its tokens (2 x channels).
+* the mid-block's fused attention output, mean- and max-pooled over its tokens (2 x channels);
+* the query pass's output read as a mask (``mask_foreground`` of minus the output, the predicted
+  query-mask latent): its mean, maximum and top-5% mean foreground (3 numbers), what a model
+  trained on absent-target episodes leaves empty.
 
 ``PresenceHead`` maps them to one logit (LayerNorm, Linear, GELU, Linear); its sigmoid is the
 "head" presence signal (``readout.PRESENCE_SIGNALS``). It is trained with a binary
@@ -31,7 +34,14 @@ __all__ = ["PresenceHead", "QueryProbe", "mask_foreground", "pooled_layers", "he
            "LAYER_STATS"]
 
 LAYER_STATS = 4  # per fused layer: support share, mean / max / top-5% mean foreground share
+OUTPUT_STATS = 3  # of the predicted mask: mean / max / top-5% mean foreground
 TOP_FRACTION = 0.05
+
+
+def _pool_stats(x: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> (B, 3): mean, maximum and mean of the top ``TOP_FRACTION`` (at least one)."""
+    k = max(1, int(round(TOP_FRACTION * x.shape[-1])))
+    return torch.stack([x.mean(-1), x.amax(-1), x.topk(k, dim=-1).values.mean(-1)], dim=-1)
 
 
 def pooled_layers(fused_layers: Sequence[str]) -> List[str]:
@@ -55,6 +65,7 @@ class QueryProbe:
         self.shares: Dict[str, torch.Tensor] = {}
         self.stats: Dict[str, torch.Tensor] = {}
         self.pooled: Dict[str, torch.Tensor] = {}
+        self.output_stats: Optional[torch.Tensor] = None
 
     def record(self, name: str, query: torch.Tensor, key: torch.Tensor, own: int,
                output: Optional[torch.Tensor] = None) -> None:
@@ -73,10 +84,8 @@ class QueryProbe:
         mass = F.scaled_dot_product_attention(query, key, weights).float().mean(dim=1)
         self.shares[name] = mass[..., 0].mean(dim=-1)
         if cols == 2:
-            fg = mass[..., 1]
-            k = max(1, int(round(TOP_FRACTION * lq)))
-            self.stats[name] = torch.stack([mass[..., 0].mean(-1), fg.mean(-1), fg.amax(-1),
-                                            fg.topk(k, dim=-1).values.mean(-1)], dim=-1)
+            self.stats[name] = torch.cat([mass[..., 0].mean(-1, keepdim=True),
+                                          _pool_stats(mass[..., 1])], dim=-1)
         if name in self.pooled_names and output is not None:
             self.pooled[name] = torch.cat([output.float().mean(1), output.float().amax(1)], -1)
 
@@ -95,6 +104,10 @@ class QueryProbe:
         out = pooled.reshape(rows, k * per)
         return out.expand(batch, -1) if rows == 1 else out
 
+    def record_output(self, foreground: torch.Tensor) -> None:
+        """The query pass's output read as a mask: (B, h, w) foreground in [0, 1]."""
+        self.output_stats = _pool_stats(foreground.flatten(1).float())
+
     def support_share(self) -> torch.Tensor:
         """(B,) share of the query tokens' attention mass on the supports' keys, averaged over
         the fused layers (each layer: over heads and query tokens)."""
@@ -104,12 +117,15 @@ class QueryProbe:
         return torch.stack(list(self.shares.values())).float().mean(dim=0)
 
     def features(self, layers: Sequence[str], pooled: Sequence[str]) -> torch.Tensor:
-        """(B, LAYER_STATS * len(layers) + sum of pooled widths) head input, in layer order."""
+        """(B, LAYER_STATS * len(layers) + 2 x pooled channels + OUTPUT_STATS) head input: the
+        layers' statistics in layer order, the pooled outputs, the output's statistics."""
         missing = [n for n in list(layers) + list(pooled)
                    if n not in (self.stats if n in layers else self.pooled)]
-        if missing:
-            raise RuntimeError(f"the query pass recorded no presence features for {missing[0]}")
-        return torch.cat([self.stats[n] for n in layers] + [self.pooled[n] for n in pooled], -1)
+        if missing or self.output_stats is None:
+            raise RuntimeError(f"the query pass recorded no presence features for "
+                               f"{missing[0] if missing else 'its output'}")
+        return torch.cat([self.stats[n] for n in layers] + [self.pooled[n] for n in pooled]
+                         + [self.output_stats], -1)
 
 
 class PresenceHead(nn.Module):
@@ -125,7 +141,7 @@ class PresenceHead(nn.Module):
         super().__init__()
         self.hparams = {"num_layers": int(num_layers), "pooled_channels": int(pooled_channels),
                         "hidden": int(hidden)}
-        dim = LAYER_STATS * num_layers + 2 * pooled_channels
+        dim = LAYER_STATS * num_layers + 2 * pooled_channels + OUTPUT_STATS
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(),
                                  nn.Linear(hidden, 1))
 

@@ -81,8 +81,7 @@ class PresenceBlocks:
         (1, K, h, w) for one shared set, (B, K, h, w) for one set per query."""
         sets = [supports] if isinstance(supports, SupportSet) else list(supports)
         c = self.vae.config.latent_channels
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        bg, fg = self._mask_latent_ends(int(sets[0].latents.shape[-1]) * factor)
+        bg, fg = self._mask_latent_ends(self._pixels(sets[0].latents))
         return torch.stack([mask_foreground(s.latents[:, c:], bg.to(s.latents.device),
                                             fg.to(s.latents.device)) for s in sets])
 
@@ -93,7 +92,15 @@ class PresenceBlocks:
         the output is the same bit for bit). Returns (UNet output (B, C, h, w), the probe)."""
         fg = self.support_foreground(supports) if self.presence_head is not None else None
         probe = QueryProbe(fg, self.head_pooled if self.presence_head is not None else ())
-        return self._unet(query_latents, prompt, KVBank(supports, probe=probe)), probe
+        out = self._unet(query_latents, prompt, KVBank(supports, probe=probe))
+        if self.presence_head is not None:  # the output, minus the query-mask latent, as a mask
+            bg, fg_end = self._mask_latent_ends(self._pixels(out))
+            probe.record_output(mask_foreground(-out, bg.to(out.device), fg_end.to(out.device)))
+        return out, probe
+
+    def _pixels(self, latents: torch.Tensor) -> int:
+        """The image size of square latents."""
+        return int(latents.shape[-1]) * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def presence_logits(self, probe: QueryProbe) -> torch.Tensor:
         """(B,) logits of the presence head from a probed query pass."""
