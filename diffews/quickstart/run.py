@@ -46,8 +46,10 @@ def quickstart(output: str, fresh: bool = False, opts: Sequence[str] = (),
         device: ``MODEL.DEVICE`` (None: the config's).
         presence_episodes: training-class episodes of the presence calibration.
     Returns:
-        {method: {"mIoU", "FB-IoU"}} of the model and the two baselines; the model's also has
-        "presence-AUROC", "absent-empty" and "present-empty" (%, at the calibrated threshold).
+        {method: {"mIoU", "FB-IoU"}} of the model and the two baselines; a model that learned
+        presence also has "presence-AUROC", "absent-empty-at-threshold",
+        "present-empty-at-threshold" (% of the absent / present queries its calibrated
+        threshold empties) and "presence-threshold".
     """
     start = time.perf_counter()
     flags = ["OUTPUT_DIR", os.path.join(output, "train")] + (
@@ -84,5 +86,13 @@ def quickstart(output: str, fresh: bool = False, opts: Sequence[str] = (),
     print(f"\nSynthetic benchmark, held-out classes, {cfg.TEST.FSS.SHOT}-shot, same episodes "
           f"for all:\n")
     print(format_table(results))
+    mine = results["DiffewS (tiny)"]
+    if "presence-AUROC" in mine:
+        print(f"\nPresence, on the same episodes plus as many absent-target ones (a query without "
+              f"the supports' class): AUROC x100 of the signal "
+              f"'{model.presence_signal}'; the share of absent / present queries given an empty "
+              f"mask at its threshold {mine['presence-threshold']:.4g} (calibrated on the "
+              f"training classes, carried by {weights}, applied by DiffewSPredictor; mIoU and "
+              f"FB-IoU are without it, as the benchmark protocol).")
     print(f"\nPredictions (query with ground truth | prediction | decoded | supports): {picture}")
     return results
