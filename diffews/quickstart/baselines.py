@@ -103,5 +103,7 @@ def format_table(results: Dict[str, Dict]) -> str:
     rows = [(name, f"{r['mIoU']:.1f}", f"{r['FB-IoU']:.1f}",
              *[f"{r[k]:.1f}" if k in r else "-" for k, _ in extra])
             for name, r in results.items()]
-    return tabulate(rows, headers=["method", "mIoU", "FB-IoU", *[h for _, h in extra]],
-                    tablefmt="github")
+    headers = ["method", "mIoU", "FB-IoU", *[h for _, h in extra]]
+    # the numbers as formatted (one decimal), right-aligned
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True,
+                    colalign=["left"] + ["right"] * (len(headers) - 1))
