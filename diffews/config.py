@@ -87,6 +87,9 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED = False
     # width of the head's hidden layer
     cfg.MODEL.DIFFEWS.PRESENCE_HEAD.HIDDEN = 64
+    # also read, per fused layer, the cosine similarity of the query's keys to the supports'
+    # foreground prototype (their foreground-weighted mean key; presence_head.py)
+    cfg.MODEL.DIFFEWS.PRESENCE_HEAD.PROTOTYPE = False
     # weight of its loss ("loss_presence") beside the mask loss
     cfg.MODEL.DIFFEWS.PRESENCE_HEAD.LOSS_WEIGHT = 1.0
     # True: freeze the UNet and train the head only, on top of MODEL.WEIGHTS (e.g. a released

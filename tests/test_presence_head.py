@@ -57,6 +57,26 @@ def test_probe_masses_are_the_softmax_mass_on_support_and_foreground_keys():
     assert torch.allclose(probe.features(["layer"], []), torch.cat([stats, expected], -1))
 
 
+def test_prototype_similarity_of_query_keys():
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 2, 20, 4), torch.randn(1, 2, 20 + 4, 4)  # 20 own, 1 support x 4
+    fg = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # the support's tokens 0 and 3
+    probe = QueryProbe(fg, ())
+    probe.record("layer", q, k, 20)
+    own, sup = k[:, :, :20], k[:, :, 20:]
+    proto_fg, proto_bg = sup[:, :, [0, 3]].mean(2), sup[:, :, [1, 2]].mean(2)
+
+    def cos(a, b):  # (1, heads, L, d) x (1, heads, d) -> (1, L), averaged over heads
+        return (a @ b[..., None])[..., 0].div(a.norm(dim=-1) * b.norm(dim=-1)[..., None]).mean(1)
+
+    sim_fg, sim_bg = cos(own, proto_fg), cos(own, proto_bg)
+    expected = torch.stack([sim_fg.amax(-1), sim_fg.amax(-1), sim_fg.mean(-1),
+                            (sim_fg - sim_bg).amax(-1)], -1)  # top 5% of 20 tokens = 1
+    assert torch.allclose(probe.prototype["layer"], expected, atol=1e-5)
+    probe.record_output(torch.zeros(1, 2, 2))
+    assert probe.features(["layer"], [], prototype=True).shape == (1, 4 + 4 + 3)
+
+
 def test_mask_foreground_reads_the_mask_from_its_latent():
     bg, fg = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 2.0])
     z = torch.stack([bg, fg, (bg + fg) / 2, 3 * fg - 2 * bg], dim=0)  # 4 "pixels"

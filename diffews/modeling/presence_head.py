@@ -9,6 +9,11 @@ method says "not here". The head reads, from the one query pass (no extra UNet p
   mask's foreground, read from the support's mask latent: ``mask_foreground``), pooled over
   tokens: the mean share on support keys, and the mean, maximum and top-5% mean of the
   foreground share (4 numbers per layer);
+* with ``prototype`` heads, per fused layer, the cosine similarity of every query token's key to
+  the supports' foreground prototype (the foreground-weighted mean of their keys, per attention
+  head; the few-shot "prior" of PFENet-style methods): its maximum, top-5% mean and mean over
+  the query tokens, and the maximum of (foreground minus background prototype similarity)
+  (4 more numbers per layer);
 * the mid-block's fused attention output, mean- and max-pooled over its tokens (2 x channels);
 * the query pass's output read as a mask (``mask_foreground`` of minus the output, the predicted
   query-mask latent): its mean, maximum and top-5% mean foreground (3 numbers), what a model
@@ -64,6 +69,7 @@ class QueryProbe:
         self.pooled_names = set(pooled)
         self.shares: Dict[str, torch.Tensor] = {}
         self.stats: Dict[str, torch.Tensor] = {}
+        self.prototype: Dict[str, torch.Tensor] = {}
         self.pooled: Dict[str, torch.Tensor] = {}
         self.output_stats: Optional[torch.Tensor] = None
 
@@ -86,6 +92,8 @@ class QueryProbe:
         if cols == 2:
             self.stats[name] = torch.cat([mass[..., 0].mean(-1, keepdim=True),
                                           _pool_stats(mass[..., 1])], dim=-1)
+            self.prototype[name] = _prototype_stats(key[:, :, :own].float(),
+                                                    key[:, :, own:].float(), fg.float())
         if name in self.pooled_names and output is not None:
             self.pooled[name] = torch.cat([output.float().mean(1), output.float().amax(1)], -1)
 
@@ -116,32 +124,53 @@ class QueryProbe:
                                "KVBank(supports, probe=QueryProbe(...))")
         return torch.stack(list(self.shares.values())).float().mean(dim=0)
 
-    def features(self, layers: Sequence[str], pooled: Sequence[str]) -> torch.Tensor:
-        """(B, LAYER_STATS * len(layers) + 2 x pooled channels + OUTPUT_STATS) head input: the
-        layers' statistics in layer order, the pooled outputs, the output's statistics."""
+    def features(self, layers: Sequence[str], pooled: Sequence[str],
+                 prototype: bool = False) -> torch.Tensor:
+        """(B, LAYER_STATS * len(layers) (x 2 with ``prototype``) + 2 x pooled channels +
+        OUTPUT_STATS) head input: the layers' statistics in layer order (then their prototype
+        statistics), the pooled outputs, the output's statistics."""
         missing = [n for n in list(layers) + list(pooled)
                    if n not in (self.stats if n in layers else self.pooled)]
         if missing or self.output_stats is None:
             raise RuntimeError(f"the query pass recorded no presence features for "
                                f"{missing[0] if missing else 'its output'}")
-        return torch.cat([self.stats[n] for n in layers] + [self.pooled[n] for n in pooled]
-                         + [self.output_stats], -1)
+        protos = [self.prototype[n] for n in layers] if prototype else []
+        return torch.cat([self.stats[n] for n in layers] + protos
+                         + [self.pooled[n] for n in pooled] + [self.output_stats], -1)
+
+
+def _prototype_stats(query_keys: torch.Tensor, support_keys: torch.Tensor,
+                     fg: torch.Tensor) -> torch.Tensor:
+    """(B, 4): max, top-5% mean and mean over query tokens of the cosine similarity of their keys
+    (B, heads, Lq, d) to the foreground prototype of the support keys (B, heads, Ls, d) under
+    the weights ``fg`` (B, Ls), and the max of (foreground minus background similarity); each
+    token's similarity is averaged over the attention heads."""
+    w = fg[:, None, :, None]
+    proto_fg = (support_keys * w).sum(2) / w.sum(2).clamp(min=1e-6)
+    proto_bg = (support_keys * (1 - w)).sum(2) / (1 - w).sum(2).clamp(min=1e-6)
+    sim_fg = F.cosine_similarity(query_keys, proto_fg[:, :, None], dim=-1).mean(1)  # (B, Lq)
+    sim_bg = F.cosine_similarity(query_keys, proto_bg[:, :, None], dim=-1).mean(1)
+    return torch.cat([_pool_stats(sim_fg)[:, [1, 2, 0]],
+                      (sim_fg - sim_bg).amax(-1, keepdim=True)], dim=-1)
 
 
 class PresenceHead(nn.Module):
     """Query-pass features (``QueryProbe.features``) -> one presence logit per query.
 
     Args:
-        num_layers: fused layers (``LAYER_STATS`` numbers each).
+        num_layers: fused layers (``LAYER_STATS`` numbers each, twice with ``prototype``).
         pooled_channels: total channels of the pooled layers (2 numbers each).
         hidden: width of the hidden layer.
+        prototype: also read the prototype-similarity statistics.
     """
 
-    def __init__(self, num_layers: int, pooled_channels: int, hidden: int = 64):
+    def __init__(self, num_layers: int, pooled_channels: int, hidden: int = 64,
+                 prototype: bool = False):
         super().__init__()
         self.hparams = {"num_layers": int(num_layers), "pooled_channels": int(pooled_channels),
-                        "hidden": int(hidden)}
-        dim = LAYER_STATS * num_layers + 2 * pooled_channels + OUTPUT_STATS
+                        "hidden": int(hidden), "prototype": bool(prototype)}
+        dim = (LAYER_STATS * num_layers * (2 if prototype else 1) + 2 * pooled_channels
+               + OUTPUT_STATS)
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(),
                                  nn.Linear(hidden, 1))
 

@@ -143,9 +143,11 @@ class DiffewS(DiffewSBlocks, nn.Module):
             pretrained, pad_in_training=cfg.MODEL.DIFFEWS.PAD_PROMPT_IN_TRAINING
         )
         head = cfg.MODEL.DIFFEWS.PRESENCE_HEAD
-        stored = head_in_weights(cfg.MODEL.WEIGHTS)  # weights trained with a head bring it
-        hidden = int(stored["hidden"]) if stored and not head.ENABLED else head.HIDDEN
-        presence_head = build_presence_head(unet, hidden) if head.ENABLED or stored else None
+        # weights trained with a head bring it, of their shape
+        stored = head_in_weights(cfg.MODEL.WEIGHTS)
+        shape = ({"hidden": int(stored["hidden"]), "prototype": bool(stored.get("prototype"))}
+                 if stored else {"hidden": head.HIDDEN, "prototype": head.PROTOTYPE})
+        presence_head = build_presence_head(unet, **shape) if head.ENABLED or stored else None
         return {
             "unet": unet,
             "vae": load_frozen_vae(pretrained),
@@ -313,8 +315,8 @@ class DiffewS(DiffewSBlocks, nn.Module):
         return self.postprocess(self.decode(-pred))
 
 
-def build_presence_head(unet: nn.Module, hidden: int) -> PresenceHead:
+def build_presence_head(unet: nn.Module, hidden: int, prototype: bool = False) -> PresenceHead:
     """A ``PresenceHead`` sized for ``unet``'s fused layers and its mid-block attention width."""
     fused = fused_layer_names(unet)
     pooled = sum(unet.get_submodule(n).to_out[0].out_features for n in pooled_layers(fused))
-    return PresenceHead(len(fused), pooled, hidden)
+    return PresenceHead(len(fused), pooled, hidden, prototype)

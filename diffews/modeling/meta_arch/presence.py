@@ -104,7 +104,8 @@ class PresenceBlocks:
 
     def presence_logits(self, probe: QueryProbe) -> torch.Tensor:
         """(B,) logits of the presence head from a probed query pass."""
-        return self.presence_head(probe.features(self.fused_layers, self.head_pooled))
+        return self.presence_head(probe.features(
+            self.fused_layers, self.head_pooled, self.presence_head.hparams["prototype"]))
 
     def query_pass_measured(self, query_latents: torch.Tensor,
                             supports: Union[SupportSet, Sequence[SupportSet]],
