@@ -10,6 +10,13 @@
   with an error naming it;
 - saving is atomic (a temporary file renamed), so a run killed while saving never leaves a
   half-written ``model_*.pth`` or ``last_checkpoint`` that ``--resume`` would read.
+
+Presence (issue 28): a model with a presence head saves its hyper-parameters under
+"presence_head" (``DiffewS.from_config`` builds the head for such weights); weights without the
+head's keys (a released UNet, an older checkpoint) load with the head left at its
+initialisation (a warning says so: train it first). A checkpoint may carry a presence
+calibration under "presence" (``{"signal", "threshold", ...}``, ``write_presence_calibration``),
+which loading hands to ``DiffewS.adopt_presence_calibration``.
 """
 
 import logging
@@ -106,6 +113,23 @@ def attach_inference_backend(model, cfg, weights: str = "") -> None:
     model.use_backend(backend_from_config(model, cfg, weights))
 
 
+HEAD_PREFIX = "presence_head."
+
+
+def write_presence_calibration(path: str, calibration: dict, output: str = "") -> str:
+    """Copy the trainer checkpoint ``path`` to ``output`` (default: in place, atomically) with
+    ``calibration`` (``{"signal", "threshold", ...}``) as its "presence" entry."""
+    if not os.path.isfile(path) or not path.endswith(".pth"):
+        raise ValueError(f"{path}: a presence calibration is written into a trainer checkpoint "
+                         "(.pth)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["presence"] = dict(calibration)
+    output = output or path
+    with atomic_open(output, "wb") as f:
+        torch.save(state, f)
+    return output
+
+
 class DiffewSCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args, **kwargs):
         if path and not os.path.exists(path):
@@ -119,6 +143,8 @@ class DiffewSCheckpointer(DetectionCheckpointer):
                 f"that holds it and its config.json ({os.path.dirname(path) or '.'})"
             )
         self._source = path
+        if hasattr(self.model, "adopt_presence_calibration"):
+            self.model.adopt_presence_calibration(None)  # until the weights say otherwise
         if path and os.path.isdir(path):
             unet_config = dict(self.model.unet.config) if hasattr(self.model, "unet") else None
             state = load_release_state_dict(path, unet_config)
@@ -127,7 +153,12 @@ class DiffewSCheckpointer(DetectionCheckpointer):
             if incompatible is not None:
                 self._log_incompatible_keys(incompatible)
             return {}
-        return super().load(path, *args, **kwargs)
+        extra = super().load(path, *args, **kwargs)
+        calibration = extra.pop("presence", None) if isinstance(extra, dict) else None
+        if calibration is not None and hasattr(self.model, "adopt_presence_calibration"):
+            self.model.adopt_presence_calibration(calibration)
+            logger.info("%s carries a presence calibration: %s", path, calibration)
+        return extra
 
     def _load_model(self, checkpoint):
         incoming = checkpoint["model"]
@@ -136,6 +167,12 @@ class DiffewSCheckpointer(DetectionCheckpointer):
             checkpoint["model"] = incoming
         source = getattr(self, "_source", "checkpoint")
         expected = self.model.state_dict()
+        head = [k for k in expected if k.startswith(HEAD_PREFIX) and k not in incoming]
+        if head:  # a head to train on top of these weights (PRESENCE_HEAD.TRAIN_ONLY)
+            logger.warning("%s has no presence head: it keeps its initialisation (an untrained "
+                           "head's 'head' signal means nothing until it is trained)", source)
+            for key in head:
+                incoming[key] = expected[key]
         for key, value in expected.items():
             if key not in incoming:
                 raise KeyError(f"{source}: missing key '{key}' (shape {tuple(value.shape)})")
@@ -169,6 +206,9 @@ class DiffewSCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        model = getattr(self.model, "module", self.model)  # DDP
+        if getattr(model, "presence_head", None) is not None:
+            data["presence_head"] = dict(model.presence_head.hparams)
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)

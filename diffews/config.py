@@ -67,6 +67,34 @@ def add_diffews_config(cfg: CN) -> None:
     # tools/calibrate_presence.py measures the threshold on the training classes.
     cfg.MODEL.DIFFEWS.PRESENCE_SIGNAL = "score"
     cfg.MODEL.DIFFEWS.PRESENCE_THRESHOLD = -1.0
+    # Weights calibrated for presence (the quick start's model_final.pth, or a checkpoint written
+    # by tools/calibrate_presence.py --write-weights) carry a signal and threshold. With
+    # PRESENCE_THRESHOLD < 0, True makes their signal the reported "presence" everywhere and
+    # lets DiffewSPredictor (FSIS, VOS, autolabel, web demo) decide with their threshold; the
+    # FSS benchmark protocols (run_fss.py, train_net.py) never decide unless PRESENCE_THRESHOLD
+    # asks. False ignores what the weights carry. Released weights carry nothing.
+    cfg.MODEL.DIFFEWS.PRESENCE_FROM_WEIGHTS = True
+    # Absent-target training episodes (INPUT.FEW_SHOT.NEGATIVE_RATIO) train the UNet towards the
+    # empty mask's latent, so that it decodes "not here" dark (the "peak" signal reads it;
+    # issue 28 design (a)). False: they train only the presence head below (design (b)).
+    cfg.MODEL.DIFFEWS.ABSENT_MASK_LOSS = True
+    # A learned presence head (diffews/modeling/presence_head.py; issue 28 design (b)): a small
+    # MLP on the query pass's attention to the supports' (foreground) keys in every fused layer
+    # and its pooled mid-block attention output, trained with a binary cross-entropy on present
+    # and absent-target episodes. Its probability is the "head" presence signal. Off: the
+    # published model, unchanged. Weights trained with a head bring it whatever ENABLED says.
+    cfg.MODEL.DIFFEWS.PRESENCE_HEAD = CN()
+    cfg.MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED = False
+    # width of the head's hidden layer
+    cfg.MODEL.DIFFEWS.PRESENCE_HEAD.HIDDEN = 64
+    # also read, per fused layer, the cosine similarity of the query's keys to the supports'
+    # foreground prototype (their foreground-weighted mean key; presence_head.py)
+    cfg.MODEL.DIFFEWS.PRESENCE_HEAD.PROTOTYPE = False
+    # weight of its loss ("loss_presence") beside the mask loss
+    cfg.MODEL.DIFFEWS.PRESENCE_HEAD.LOSS_WEIGHT = 1.0
+    # True: freeze the UNet and train the head only, on top of MODEL.WEIGHTS (e.g. a released
+    # fold: configs/fss/coco20i/diffews_sd21_coco20i_fold0_presence_head.yaml)
+    cfg.MODEL.DIFFEWS.PRESENCE_HEAD.TRAIN_ONLY = False
     # Inference runtime: "torch" or "onnxruntime" (the VAE encoder/decoder, support pass and
     # query pass run as ONNX graphs, diffews/modeling/onnx; training, posterior sampling and the
     # "attention" presence signal stay in torch). The graphs are exported once when the weights
@@ -90,6 +118,11 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.INPUT.FEW_SHOT = CN()
     # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (docs/METHOD.md section 4).
     cfg.INPUT.FEW_SHOT.MAX_SHOT = 2
+    # Fraction of training episodes whose query is an image without the episode's class
+    # (absent-target episodes; data/episodes/train.py): their target is the empty mask. They
+    # teach the model to say "not here" (MODEL.DIFFEWS.ABSENT_MASK_LOSS, PRESENCE_HEAD).
+    # 0 = the published training stream, unchanged.
+    cfg.INPUT.FEW_SHOT.NEGATIVE_RATIO = 0.0
 
     # Sampling weight of each DATASETS.TRAIN dataset (same length, >= 0, normalised): each training
     # episode draws its dataset with these probabilities, then a class, query and supports in it.

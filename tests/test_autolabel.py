@@ -273,3 +273,25 @@ def test_journal_shards_resume_and_refuse(tmp_path):
     j3 = Journal(str(tmp_path), {"model": "b", "t": 0.5}, overwrite=True)
     assert j3.pending(["y/z"]) == ["y/z"]
     Journal.verify(str(tmp_path), {"model": "b", "t": 0.5})
+
+
+def test_presence_threshold_is_the_models_key():
+    """The flag wins (< 0: no decision); otherwise the model's own key, DiffewS's or SINE's; a key
+    < 0 leaves the predictor's default (None), e.g. what calibrated weights carry."""
+    from diffews.config import build_config
+    from diffews.tasks.autolabel.job import LabelJob, NO_DECISION, presence_threshold
+
+    job = LabelJob(supports="s", images="i", output="o")
+    diffews_cfg = build_config(opts=["MODEL.DIFFEWS.PRESENCE_THRESHOLD", 0.3,
+                                     "MODEL.SINE.PRESENCE_THRESHOLD", 0.8])
+    sine_cfg = build_config(opts=["MODEL.META_ARCHITECTURE", "SINE",
+                                  "MODEL.DIFFEWS.PRESENCE_THRESHOLD", 0.3,
+                                  "MODEL.SINE.PRESENCE_THRESHOLD", 0.8])
+    assert presence_threshold(diffews_cfg, job) == pytest.approx(0.3)
+    assert presence_threshold(sine_cfg, job) == pytest.approx(0.8)
+    sine_cfg.MODEL.SINE.PRESENCE_THRESHOLD = -1.0
+    assert presence_threshold(sine_cfg, job) is None
+    job.presence_threshold = -1.0
+    assert presence_threshold(diffews_cfg, job) == NO_DECISION
+    job.presence_threshold = 0.5
+    assert presence_threshold(sine_cfg, job) == 0.5

@@ -59,8 +59,9 @@ def test_predictor_equals_forward(predictor, tiny_model, shots):
         assert np.array_equal(single["mask_working"], ref["pred_mask"].numpy())
         assert np.array_equal(single["pred_image"], ref["pred_image"].permute(1, 2, 0).numpy())
         assert single["score"] == pytest.approx(float(ref["score"]))
-        # no presence threshold by default: present, the forward's presence signal
-        assert single["present"] is True and ref["present"] is True
+        # no presence threshold by default: no decision (None, not "present"), the forward's
+        # presence signal
+        assert single["present"] is None and ref["present"] is None
         assert single["presence"] == pytest.approx(ref["presence"])
         # the mask at the query's own size is the working mask resized back with nearest
         assert single["mask"].shape == q.shape[:2] and single["mask"].dtype == bool

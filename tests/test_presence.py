@@ -10,8 +10,9 @@ from conftest import SIZE, make_cfg, make_episode
 from diffews import DiffewSPredictor
 from diffews.data.episodes import add_negative_episodes, holds_class
 from diffews.evaluation import FSSEvaluator
-from diffews.evaluation.presence import auroc, best_threshold, precision_recall
-from diffews.modeling.kv_fusion import _support_share
+from diffews.evaluation.presence import auroc, best_threshold, empty_rates, precision_recall
+from diffews.modeling.presence_head import QueryProbe
+from diffews.modeling.readout import mask_peak, prediction_score
 
 
 def test_support_share_equals_the_softmax_mass_on_support_keys():
@@ -19,7 +20,9 @@ def test_support_share_equals_the_softmax_mass_on_support_keys():
     q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 11, 8)  # 4 own keys, 7 support keys
     weights = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, dim=-1)
     expected = weights[..., 4:].sum(-1).mean(dim=(1, 2))
-    assert torch.allclose(_support_share(q, k, 4), expected, atol=1e-6)
+    probe = QueryProbe()
+    probe.record("layer", q, k, 4)
+    assert torch.allclose(probe.support_share(), expected, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,10 @@ def test_measuring_attention_changes_no_bit(tiny_model):
     z = tiny_model.encode(tiny_model.normalize(episode["image"][None]), sample=False)
     with torch.no_grad():
         plain = tiny_model.query_pass(z, sets, tiny_model.prompt_embeds_test)
-        measured, share = tiny_model.query_pass_measured(z, sets, tiny_model.prompt_embeds_test)
+        measured, signals = tiny_model.query_pass_measured(z, sets, tiny_model.prompt_embeds_test)
     assert torch.equal(plain, measured)
+    share = signals["attention"]
+    assert set(signals) == {"attention"}  # no head on this model
     assert share.shape == (1,) and 0.0 < float(share) < 1.0
 
 
@@ -70,8 +75,9 @@ def test_attention_signal_under_a_backend_says_the_pass_is_torch(tiny_sd, caplog
 
 
 def test_options_off_fss_masks_are_the_published_readout(tiny_sd):
-    """Default config: every mask is RGB mean > 0.25 x max (written out here), present is True,
-    and an explicit threshold < 0 or measuring attention gives the same masks bit for bit."""
+    """Default config: every mask is RGB mean > 0.25 x max (written out here), present is None
+    (no decision was made), and an explicit threshold < 0 or measuring attention gives the same
+    masks bit for bit."""
     from detectron2.modeling import build_model
 
     model = build_model(make_cfg(tiny_sd)).eval()
@@ -88,7 +94,7 @@ def test_options_off_fss_masks_are_the_published_readout(tiny_sd):
         # mean_rgb / 255 > 0.25 * max / 255, in integers: 4 * sum_rgb > 3 * max
         x = out["pred_image"].long()
         assert torch.equal(out["pred_mask"], 4 * x.sum(0) > 3 * x.max())
-        assert out["present"] is True and np.isfinite(out["presence"])
+        assert out["present"] is None and out["pred_mask"].any() and np.isfinite(out["presence"])
         assert torch.equal(out["pred_mask"], other["pred_mask"])
         assert "attention" in other["signals"] and "attention" not in out["signals"]
 
@@ -98,7 +104,7 @@ def test_threshold_empties_absent_masks(predictor):
     queries, _ = _arrays(1, n=4)
     supports = predictor.encode_supports(images[:2], masks[:2])
     default = predictor.predict(queries, supports)
-    assert all(r["present"] for r in default)
+    assert all(r["present"] is None for r in default)  # no decision, not "found"
     assert all(set(r["signals"]) >= {"score", "peak"} for r in default)
     assert [r["presence"] for r in default] == [r["signals"]["score"] for r in default]
     # a threshold between the presences: those below are absent with empty masks, score 0;
@@ -107,7 +113,7 @@ def test_threshold_empties_absent_masks(predictor):
     judged = predictor.predict(queries, supports, presence_threshold=cut)
     assert any(not r["present"] for r in judged) and any(r["present"] for r in judged)
     for d, j in zip(default, judged):
-        assert j["present"] == (d["presence"] >= cut)
+        assert j["present"] is (d["presence"] >= cut)
         if j["present"]:
             assert np.array_equal(j["mask"], d["mask"]) and j["score"] == d["score"]
         else:
@@ -139,8 +145,59 @@ def test_presence_metrics_hand_worked():
     pr = precision_recall(labels, [True, False, True, False])
     assert pr["precision"] == 0.5 and pr["recall"] == 0.5
     # best F1: at 0.4 -> TP 2 FP 1 (F1 0.8); at 0.5 -> TP 1 FP 1 (0.5); at 0.9 -> TP 1 (0.67)
-    assert best_threshold(labels, [0.9, 0.4, 0.1, 0.5]) == 0.4
-    assert best_threshold(labels, [0.9, 0.4, 0.1, 0.5], precision=1.0) == 0.9
+    assert best_threshold(labels, [0.9, 0.4, 0.1, 0.5]) == (0.4, True)
+    # precision 1.0 at 0.9 rests on one true positive: not reached with the default minimum
+    # (10), reached when one is enough
+    assert best_threshold(labels, [0.9, 0.4, 0.1, 0.5], precision=1.0) == (0.4, False)
+    assert best_threshold(labels, [0.9, 0.4, 0.1, 0.5], precision=1.0,
+                          min_true_positives=1) == (0.9, True)
+    # deciding at 0.45: absent 0.1 under, 0.5 not (50%); present 0.4 under (50%)
+    assert empty_rates(labels, [0.9, 0.4, 0.1, 0.5], 0.45) == {"absent-empty": 50.0,
+                                                              "present-empty": 50.0}
+
+
+def test_precision_target_needs_true_positives_on_chance_data():
+    """Chance-level scores (positives and negatives alternate down the ranking, a positive on
+    top): the top positive alone gives precision 1 at recall 0.005; that is not a reached
+    target (with 10 true positives the precision is at most 10/19)."""
+    labels = np.arange(400) % 2 == 0
+    scores = 400.0 - np.arange(400)  # the top score (400) is a positive's
+    t, reached = best_threshold(labels, scores, precision=0.9)
+    assert not reached and t < 400.0
+    assert best_threshold(labels, scores, precision=0.9, min_true_positives=1) == (400.0, True)
+
+
+def test_score_of_a_speck_and_peak_inside_the_mask():
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    image[:, 10, 10] = 255
+    mask[10, 10] = True
+    assert float(prediction_score(image, mask)) == pytest.approx(1 / 16)  # one pixel
+    image[:, 10:14, 10:14] = 255
+    mask[10:14, 10:14] = True
+    assert float(prediction_score(image, mask)) == pytest.approx(1.0)  # 16 pixels: clean
+    # a bright object of 16 pixels (0.4% of the image): its peak is its brightness, where the
+    # 99th percentile over the whole image would be 0
+    peak = mask_peak(image[None], mask[None])
+    assert float(peak[0]) == pytest.approx(1.0)
+    assert float(torch.quantile(image.float().mean(0).flatten() / 255, 0.99)) == 0.0
+    assert float(mask_peak(image[None], torch.zeros_like(mask)[None])[0]) == 0.0
+
+
+def test_present_semantics_and_non_finite_thresholds(tiny_model):
+    dark = torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8)  # nothing decoded: an empty mask
+    dark[1, :, 8:24, 8:24] = 200
+    free = tiny_model.postprocess(dark, None, -1.0)
+    assert [r["present"] for r in free] == [False, None]  # empty: never "present"; else none
+    judged = tiny_model.postprocess(dark, None, 0.0)
+    assert [r["present"] for r in judged] == [False, True]  # decided; the empty one is absent
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            tiny_model.postprocess(dark, None, bad)
+        with pytest.raises(ValueError, match="finite"):
+            tiny_model.set_presence("score", bad)
+    with pytest.raises(ValueError, match="presence head"):
+        tiny_model.set_presence("head", 0.5)
 
 
 def _records():
@@ -159,7 +216,9 @@ def test_negative_episodes_are_fixed_and_never_hold_the_class():
     assert a != add_negative_episodes(episodes, records, 1.0, seed=1)
     for e in a[6:]:
         assert e["negative"] and not holds_class(e["query"], e["class_id"])
-        assert e["episode_id"] >= 6 and e["query"]["image_id"] != "syn" or e["class_id"] == 2
+        assert e["episode_id"] >= 6
+        # "syn" holds class 1 and, as its distractor, class 0: a negative only of class 2
+        assert e["query"]["image_id"] != "syn" or e["class_id"] == 2
     assert [e["episode_id"] for e in a[6:]] == list(range(6, 12))
     assert holds_class(records[-1], 0) and not holds_class(records[-1], 2)
 
@@ -175,16 +234,23 @@ def test_evaluator_reports_presence_with_absent_episodes():
             inp["negative"] = True
         return inp, {"pred_mask": pred, "presence": presence, "present": present}
 
-    ev = FSSEvaluator(class_ids=[0], distributed=False)
-    pairs = [one(0, 1, 2, 0.9, True, False), one(1, 1, 1, 0.3, False, False),
-             one(2, 0, 2, 0.2, False, True), one(3, 0, 1, 0.6, True, True)]
+    ev = FSSEvaluator(class_ids=[0], distributed=False, presence_threshold=0.5)
+    # present: None (no decision) must count as what its mask is, never as "absent"
+    pairs = [one(0, 1, 2, 0.9, None, False), one(1, 1, 1, 0.3, None, False),
+             one(2, 0, 0, 0.2, False, True), one(3, 0, 1, 0.6, True, True)]
     ev.process([p[0] for p in pairs], [p[1] for p in pairs])
     res = ev.evaluate()["fss"]
-    # fg I/U over all: ep0 4/4, ep1 2/4, ep2 0/4, ep3 0/2 -> 6/14; present episodes: 6/8
-    assert res["mIoU"] == pytest.approx(100 * 6 / 14)
+    # fg I/U over all: ep0 4/4, ep1 2/4, ep2 0/0, ep3 0/2 -> 6/10; present episodes: 6/8
+    assert res["mIoU"] == pytest.approx(100 * 6 / 10)
     assert res["mIoU-present"] == pytest.approx(100 * 6 / 8)
     assert res["presence-AUROC"] == pytest.approx(100 * 3 / 4)  # 0.3 < 0.6 is the one miss
-    assert res["presence-precision"] == 50.0 and res["presence-recall"] == 50.0
+    # found (mask not empty): ep0, ep1 (present), ep3 (absent) -> precision 2/3, recall 1
+    assert res["presence-precision"] == pytest.approx(100 * 2 / 3)
+    assert res["presence-recall"] == 100.0
+    assert res["absent-empty"] == 50.0 and res["present-empty"] == 0.0
+    # deciding at 0.5 would also empty ep1 (0.3): present 50% empty; absent: ep2 (empty) only
+    assert res["absent-empty-at-threshold"] == 50.0
+    assert res["present-empty-at-threshold"] == 50.0
     assert res["num_absent"] == 2
     plain = FSSEvaluator(class_ids=[0], distributed=False)
     plain.process([pairs[0][0]], [pairs[0][1]])

@@ -64,7 +64,7 @@ def test_fss_predict_equals_the_original(tmp_path):
         (r,) = p.predict([ep["query"].numpy()], supports)
         assert np.array_equal(r["mask_working"], ep["pred_mask"].numpy())
         assert r["mask"].shape == tuple(ep["query"].shape[:2])
-        assert r["present"] is True and 0.0 <= r["presence"] <= 1.0
+        assert r["present"] is None and 0.0 <= r["presence"] <= 1.0
         assert r["pred_image"].shape == (p.image_size, p.image_size, 3)
 
 

@@ -169,7 +169,7 @@ def test_cost_per_frame_with_reuse(tree, predictor, tiny_model):
             entered += [(o, t) for o in out["entered"]]
             # an object is offered to its memory only with pixels in the merged label map
             offers = {**{o: sc for o, sc in out["scores"].items()
-                         if out["present"][o] and (out["label_map"] == o).any()},
+                         if out["present"][o] is not False and (out["label_map"] == o).any()},
                       **{o: 1.0 for o in out["given"]}}
             for o, score in offers.items():
                 if o in past:
@@ -232,7 +232,9 @@ def test_reuse_off_reencodes_and_gives_the_same_masks(tree, predictor, tiny_mode
 def test_memory_entry_from_the_merged_region_and_absent_objects(tree, predictor, monkeypatch):
     """Stubbed predictions on a real engine: on frame 1 object 2's prediction covers object 1's
     and is brighter, so object 1 loses every pixel: score 0 (the merged region's) and no memory
-    entry. On frame 2 object 2 is judged absent: no pixels, no entry; object 1 is back."""
+    entry. On frame 2 object 2 is judged absent: no pixels, no entry; object 1 is back with no
+    presence decision (present None, as without a threshold): "not decided" is not "absent",
+    its region joins its memory."""
     record = _record(tree, "davis17_val", "crossing")
     h, w = read_size = Image.open(record["file_names"][0]).size[::-1]
     left = np.zeros((h, w), bool)
@@ -241,11 +243,11 @@ def test_memory_entry_from_the_merged_region_and_absent_objects(tree, predictor,
     def result(level, mask, present=True):
         img = np.zeros((SIZE, SIZE, 3), np.uint8)
         img[:, : SIZE // 2] = level  # white-ish on the left half, black elsewhere
-        return {"mask": mask & present, "pred_image": img, "present": present,
+        return {"mask": mask & (present is not False), "pred_image": img, "present": present,
                 "presence": float(level) / 255, "score": 1.0}
 
     frames = {1: {1: result(150, left), 2: result(250, np.ones((h, w), bool))},
-              2: {1: result(200, left), 2: result(250, left, present=False)}}
+              2: {1: result(200, left, present=None), 2: result(250, left, present=False)}}
     calls = []
 
     def predict_many(query, sets, batch_size=8, presence_threshold=None):
@@ -268,7 +270,7 @@ def test_memory_entry_from_the_merged_region_and_absent_objects(tree, predictor,
     assert one["scores"] == {1: 0.0, 2: 0.0}
     assert one["entered"] == [2] and one["memory"] == {1: [0], 2: [0, 1]}
     assert not (two["label_map"] == 2).any() and (two["label_map"] == 1).sum() == left.sum()
-    assert two["present"] == {1: True, 2: False}
+    assert two["present"] == {1: None, 2: False}
     # object 1's region: the left half, white 200/255 inside, black outside: 200/255
     assert two["scores"][1] == pytest.approx(200 / 255, abs=1e-6)
     assert two["entered"] == [1] and two["memory"] == {1: [0, 2], 2: [0, 1]}
@@ -299,7 +301,7 @@ def test_each_frame_is_predicted_from_its_own_pixels(tmp_path, predictor, tiny_m
                    "support_masks": gt0[None], "class_id": 0}
         expected = tiny_model([episode])[0]["pred_mask"].numpy()
         ours = outs[t]["label_map"] == 1
-        if not outs[t].get("present", {}).get(1, True):  # judged absent: nothing predicted
+        if outs[t].get("present", {}).get(1) is False:  # judged absent: nothing predicted
             assert not ours.any(), t
             continue
         assert (ours == expected).mean() >= 0.999, (t, (ours == expected).mean())

@@ -319,3 +319,23 @@ def test_absent_query_is_not_found_with_an_empty_mask(predictor, tmp_path, monke
     with zipfile.ZipFile(out.zip_path) as zf:
         shown = np.asarray(Image.open(zf.open("q_mask.png")))
     assert shown.shape == (40, 50) and not shown.any()
+
+
+# ---- issue 28: no decision is not "found" ---------------------------------------------------
+def test_undecided_query_keeps_its_mask_and_shows_a_dash(predictor, tmp_path):
+    """Without a presence threshold the predictor decides nothing (present None): the mask is
+    kept, the status counts no "not found", and the table's "found" column shows "—", not
+    "yes"."""
+    from diffews.web_demo.app import FOUND
+
+    query = _png(tmp_path / "q.png", (50, 40), 90)
+    mask = str(tmp_path / "m.png")
+    m = np.zeros((48, 64), np.uint8)
+    m[10:30, 20:40] = 255
+    Image.fromarray(m).save(mask)
+    session = WebDemoSession(predictor, cache_bytes=2**30, output_dir=str(tmp_path / "o"))
+    out = session.run([_support(30)], [mask], [query])
+    (r,) = out.results
+    assert r.present is None and r.fraction > 0.0
+    assert "Not found" not in out.status()
+    assert FOUND[r.present] == "—" and FOUND[True] == "yes" and FOUND[False] == "not found"

@@ -25,7 +25,8 @@ with one image path a line.
 
 Every image is encoded once and predicted against every class's supports (TEST.FSOD.BATCH_SIZE
 classes per model pass, --batch-size); classes judged absent (--presence-threshold, default
-MODEL.DIFFEWS.PRESENCE_THRESHOLD; < 0 keeps every class) give nothing; each mask becomes scored
+MODEL.DIFFEWS.PRESENCE_THRESHOLD, else the one calibrated weights carry; < 0 keeps every class)
+give nothing; each mask becomes scored
 instances (TEST.FSOD.INSTANCE_MODE, MIN_AREA, TOPK, CLASS_SCORE). OUT gets annotations.json
 (COCO: images, categories from SRC, annotations with RLE segmentation, bbox, area, score),
 skipped.json (unreadable images and why), support_sets/ (one SupportSet per class; reusable as
@@ -58,7 +59,8 @@ def get_parser():
                    help="folder of images to label (recursive) or a file with one path a line")
     p.add_argument("--presence-threshold", type=float, default=None, metavar="T",
                    help="drop classes judged absent below T (default: the config's "
-                   "MODEL.DIFFEWS.PRESENCE_THRESHOLD; < 0: keep every class)")
+                   "MODEL.DIFFEWS.PRESENCE_THRESHOLD, else the threshold calibrated weights "
+                   "carry; < 0: keep every class)")
     p.add_argument("--max-bad-fraction", type=float, default=None, metavar="F",
                    help="stop when more than this fraction of the images is unreadable "
                    "(default: the config's DATALOADER.MAX_BAD_FRACTION)")

@@ -49,15 +49,17 @@ MODEL_CONFIGS: Dict[str, Dict] = {
 }
 
 
-def build_random_diffews(name: str, seed: int = 0, **kwargs):
+def build_random_diffews(name: str, seed: int = 0, presence_hidden: int = 0, **kwargs):
     """A ``DiffewS`` of ``MODEL_CONFIGS[name]`` with random weights (eval mode, CPU, fp32).
 
     Args:
+        presence_hidden: > 0 adds a presence head of this width (``presence_head.py``).
         kwargs: further ``DiffewS`` arguments (``rel_threshold``, ``support_cache_size``, ...).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from ..modeling import DiffewS
+    from ..modeling.meta_arch.diffews import build_presence_head
     from ..modeling.unet import add_support_conv
 
     if name not in MODEL_CONFIGS:
@@ -70,5 +72,7 @@ def build_random_diffews(name: str, seed: int = 0, **kwargs):
     g = torch.Generator().manual_seed(seed)
     dim = config["unet"]["cross_attention_dim"]
     train = torch.randn(1, 77, dim, generator=g)
+    if presence_hidden > 0:
+        kwargs["presence_head"] = build_presence_head(unet, presence_hidden)
     return DiffewS(unet=unet, vae=vae, prompt_embeds_train=train,
                    prompt_embeds_test=train[:, :2].clone(), **kwargs).eval()

@@ -96,6 +96,7 @@ class FSSEvaluator(DatasetEvaluator):
         distributed: bool = True,
         output_dir: Optional[str] = None,
         original_size: bool = False,
+        presence_threshold: Optional[float] = None,
     ):
         """
         Args:
@@ -106,7 +107,13 @@ class FSSEvaluator(DatasetEvaluator):
             output_dir: if set, the main process writes ``fss_results.json`` there.
             original_size: score at the original label size (``inputs["sem_seg_original"]``)
                 instead of the working size; the published protocol uses the working size.
+            presence_threshold: with absent-target episodes, also report what deciding at
+                this threshold would empty (a mask is kept when its presence >= it), while
+                the masks scored stay the model's (the benchmark path never decides).
         """
+        if presence_threshold is not None and not np.isfinite(presence_threshold):
+            raise ValueError(f"presence_threshold must be finite, got {presence_threshold}")
+        self._presence_threshold = presence_threshold
         if class_ids is None:
             if dataset_name is None:
                 raise ValueError("FSSEvaluator needs dataset_name or class_ids")
@@ -127,7 +134,9 @@ class FSSEvaluator(DatasetEvaluator):
         # one (episode_id, class_id, (2, 2) counts) per processed episode on this process
         self._records: List[tuple] = []
         self._running: Dict[int, np.ndarray] = {}
-        # (episode_id, object in the query, presence, decided present, absent-target episode)
+        # (episode_id, object in the query, presence, mask not empty, absent-target episode):
+        # a mask is "found" when it is not empty, whatever "present" says (True: found; False:
+        # judged absent, the mask emptied; None: no decision, the mask kept as it is)
         self._presence: List[tuple] = []
 
     def process(self, inputs: List[Dict], outputs: List[Dict]):
@@ -163,7 +172,7 @@ class FSSEvaluator(DatasetEvaluator):
             self._records.append((episode_id, class_id, counts))
             self._presence.append((episode_id, bool((gt == 1).any()),
                                    float(out.get("presence", float("nan"))),
-                                   bool(out.get("present", True)), bool(inp.get("negative"))))
+                                   bool(pred.any()), bool(inp.get("negative"))))
             if class_id in self._running:
                 self._running[class_id] += counts
             else:
@@ -183,8 +192,11 @@ class FSSEvaluator(DatasetEvaluator):
             ``{"fss": {"mIoU", "FB-IoU", "num_episodes", "IoU-<class_id>" ...}}`` on the main
             process (floats, ×100, except ``num_episodes``), None on the other processes. With
             absent-target episodes (inputs "negative") also "presence-AUROC", "-precision",
-            "-recall" (``presence.presence_report``), "num_absent" and "mIoU-present" (the
-            episodes whose query holds the object).
+            "-recall" (of the masks found, i.e. not empty: ``presence.presence_report``),
+            "num_absent", "absent-empty" and "present-empty" (% of the absent / present
+            episodes whose mask is empty) and "mIoU-present", "FB-IoU-present" (the episodes
+            whose query holds the object); with ``presence_threshold`` also "absent-empty-at-threshold" and
+            "present-empty-at-threshold" (what deciding at it would give).
         """
         if self._distributed:
             comm.synchronize()
@@ -214,13 +226,25 @@ class FSSEvaluator(DatasetEvaluator):
             res[f"IoU-{c}"] = metrics["per_class_iou"][c]
         if any(p[4] for p in presence.values()):  # absent-target episodes (TEST.FSS.NEGATIVE_RATIO)
             rows = [presence[e] for e, _, _ in records]
-            res.update(presence_report([p[1] for p in rows], [p[2] for p in rows],
-                                       [p[3] for p in rows]))
+            held = np.array([p[1] for p in rows])
+            found = np.array([p[3] for p in rows])
+            res.update(presence_report(held, [p[2] for p in rows], found))
+            res["absent-empty"] = 100.0 * float(np.mean(~found[~held])) if (~held).any() else 0.0
+            res["present-empty"] = 100.0 * float(np.mean(~found[held])) if held.any() else 0.0
+            if self._presence_threshold is not None:
+                kept = found & (np.array([p[2] for p in rows]) >= self._presence_threshold)
+                res["presence-threshold"] = float(self._presence_threshold)
+                res["absent-empty-at-threshold"] = 100.0 * float(np.mean(~kept[~held])) \
+                    if (~held).any() else 0.0
+                res["present-empty-at-threshold"] = 100.0 * float(np.mean(~kept[held])) \
+                    if held.any() else 0.0
             present = [r for r, p in zip(records, rows) if p[1]]
             per_present = {c: np.zeros((2, 2), np.int64) for c in self.class_ids}
             for _, class_id, counts in present:
                 per_present[class_id] += counts
-            res["mIoU-present"] = compute_metrics(per_present, self.class_ids)["mIoU"]
+            present_metrics = compute_metrics(per_present, self.class_ids)
+            res["mIoU-present"] = present_metrics["mIoU"]
+            res["FB-IoU-present"] = present_metrics["FB-IoU"]
         never = [c for c in self.class_ids if num_per_class[c] == 0]
         if never and records:
             logger.warning(f"{len(never)} fold classes never sampled, counted as IoU 0: {never}")

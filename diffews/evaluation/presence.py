@@ -7,14 +7,19 @@ object (positives) from those that do not (absent-target episodes, ``data/episod
 * precision / recall of the decision "present", positives being the queries that hold the object:
   precision = TP / (TP + FP), recall = TP / (TP + FN) (1.0 where the denominator is 0).
 * thresholds: the one of best F1 of "present" among the observed signal values (decide present
-  when signal >= threshold), or the lowest one whose precision reaches a target.
+  when signal >= threshold), or the lowest one whose precision reaches a target with at least
+  ``min_true_positives`` true positives (one top-scoring positive reaches precision 1 on any
+  data: such a target is not "reached").
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["auroc", "precision_recall", "best_threshold", "presence_report"]
+__all__ = ["auroc", "precision_recall", "best_threshold", "presence_report", "empty_rates",
+           "MIN_TRUE_POSITIVES"]
+
+MIN_TRUE_POSITIVES = 10
 
 
 def auroc(labels: Sequence[bool], scores: Sequence[float]) -> float:
@@ -55,9 +60,16 @@ def precision_recall(labels: Sequence[bool], decisions: Sequence[bool]) -> Dict[
 
 
 def best_threshold(labels: Sequence[bool], scores: Sequence[float],
-                   precision: Optional[float] = None) -> float:
-    """The threshold (present when score >= it) of best F1 over the observed scores, or with
-    ``precision`` the lowest one whose precision reaches it (the highest score if none does)."""
+                   precision: Optional[float] = None,
+                   min_true_positives: int = MIN_TRUE_POSITIVES) -> Tuple[float, bool]:
+    """The threshold (present when score >= it) of best F1 over the observed finite scores, or
+    with ``precision`` the lowest one whose precision reaches it with at least
+    ``min_true_positives`` true positives.
+
+    Returns:
+        (threshold, reached): ``reached`` is False when a ``precision`` target cannot be met
+        (the threshold is then the best-F1 one); True otherwise.
+    """
     y = np.asarray(labels, bool)
     s = np.asarray(scores, np.float64)
     candidates = np.unique(s[np.isfinite(s)])
@@ -65,19 +77,30 @@ def best_threshold(labels: Sequence[bool], scores: Sequence[float],
         raise ValueError("best_threshold: no finite score")
     best, best_value = candidates[-1], -1.0
     for t in candidates:  # ascending: the first that reaches a precision keeps most recall
-        pr = precision_recall(y, s >= t)
-        if precision is not None:
-            if pr["precision"] >= precision:
-                return float(t)
-        elif pr["F1"] > best_value:
+        d = s >= t
+        pr = precision_recall(y, d)
+        if precision is not None and pr["precision"] >= precision \
+                and int(np.sum(y & d)) >= min_true_positives:
+            return float(t), True
+        if pr["F1"] > best_value:
             best, best_value = t, pr["F1"]
-    return float(best)
+    return float(best), precision is None
+
+
+def empty_rates(labels: Sequence[bool], scores: Sequence[float], threshold: float
+                ) -> Dict[str, float]:
+    """Deciding at ``threshold``: the share (%) of absent queries (labels False) and of present
+    ones judged absent, i.e. given an empty mask: ``{"absent-empty", "present-empty"}``."""
+    y = np.asarray(labels, bool)
+    under = ~(np.asarray(scores, np.float64) >= threshold)  # NaN counts as under
+    return {"absent-empty": 100.0 * float(under[~y].mean()) if (~y).any() else 0.0,
+            "present-empty": 100.0 * float(under[y].mean()) if y.any() else 0.0}
 
 
 def presence_report(labels: Sequence[bool], scores: Sequence[float],
                     decisions: Sequence[bool]) -> Dict[str, float]:
     """``{"presence-AUROC", "presence-precision", "presence-recall", "num_absent"}``, x100 for
-    the rates (the decisions are the model's "present" flags)."""
+    the rates (the decisions: whether each mask was found, i.e. is not empty)."""
     pr = precision_recall(labels, decisions)
     return {"presence-AUROC": 100.0 * auroc(labels, scores),
             "presence-precision": 100.0 * pr["precision"],

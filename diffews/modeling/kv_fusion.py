@@ -37,17 +37,17 @@ class KVBank:
       K/V (inference: the support pass's output is never used).
     * read mode, ``KVBank(supports)``: ``supports`` is one ``SupportSet`` shared by every query of
       the batch, or a list with one ``SupportSet`` per query (all with the same K).
-      ``measure_share=True`` also records, per fused layer, the share of each query's attention
-      mass that falls on the supports' keys (``support_share``); off by default (it costs one
-      more attention product per layer, never another UNet pass).
+      ``probe`` (a ``presence_head.QueryProbe``) also records, per fused layer, what the
+      presence signals read: the share of each query's attention mass on the supports' keys
+      (``support_share``) and the head's features; None by default (it costs one more attention
+      product per layer, never another UNet pass).
     """
 
     def __init__(self, supports: Union[None, SupportSet, Sequence[SupportSet]] = None,
-                 stop_after: Optional[str] = None, measure_share: bool = False):
+                 stop_after: Optional[str] = None, probe=None):
         self._kv: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.stop_after = stop_after
-        self.measure_share = bool(measure_share)
-        self._shares: Dict[str, torch.Tensor] = {}
+        self.probe = probe
         self.shared: Optional[SupportSet] = None
         self.rows: Optional[List[SupportSet]] = None
         if isinstance(supports, SupportSet):
@@ -82,18 +82,6 @@ class KVBank:
             raise RuntimeError("the support pass wrote no keys/values (no fused attn1 layer ran)")
         return SupportSet(latents, {k: kv[0] for k, kv in self._kv.items()},
                           {k: kv[1] for k, kv in self._kv.items()}, signature, info)
-
-    def record_share(self, name: str, share: torch.Tensor) -> None:
-        """Store a layer's (B,) support share (``KVFusionAttnProcessor2_0``)."""
-        self._shares[name] = share
-
-    def support_share(self) -> torch.Tensor:
-        """(B,) share of the query tokens' attention mass on the supports' keys, in [0, 1],
-        averaged over the fused layers (each layer: over heads and query tokens)."""
-        if not self._shares:
-            raise RuntimeError("no support share was recorded: the query pass needs "
-                               "KVBank(supports, measure_share=True)")
-        return torch.stack(list(self._shares.values())).float().mean(dim=0)
 
     def read(self, name: str, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """The supports' keys/values for ``batch_size`` queries.
@@ -140,6 +128,7 @@ class KVFusionAttnProcessor2_0:
         kv_bank: Optional[KVBank] = None,
     ) -> torch.Tensor:
         residual = hidden_states
+        probe = kv_bank.probe if kv_bank is not None and not kv_bank.writable else None
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
 
@@ -183,8 +172,6 @@ class KVFusionAttnProcessor2_0:
                 own = key.shape[2]
                 key = torch.cat([key, support_key.to(key.dtype)], dim=2)
                 value = torch.cat([value, support_value.to(value.dtype)], dim=2)
-                if kv_bank.measure_share:
-                    kv_bank.record_share(self.name, _support_share(query, key, own))
             else:
                 kv_bank.write(self.name, key, value)
                 if kv_bank.stop_after == self.name:
@@ -204,22 +191,11 @@ class KVFusionAttnProcessor2_0:
 
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if probe is not None:  # presence measurements (a read-mode bank with a QueryProbe)
+            probe.record(self.name, query, key, own, hidden_states if input_ndim == 3 else None)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
-
-
-def _support_share(query: torch.Tensor, key: torch.Tensor, own: int) -> torch.Tensor:
-    """(B,) mean over heads and query tokens of the softmax attention mass on keys ``own:``.
-
-    A separate SDPA whose values are the indicator of a support key: its output is exactly that
-    mass per token, and the layer's own attention output is left bit for bit as it is.
-    """
-    indicator = torch.zeros(*key.shape[:3], 1, dtype=query.dtype, device=query.device)
-    indicator[:, :, own:] = 1
-    mass = F.scaled_dot_product_attention(query, key, indicator, attn_mask=None, dropout_p=0.0,
-                                          is_causal=False)  # (B, heads, L_q, 1)
-    return mass.float().mean(dim=(1, 2, 3))
 
 
 class CrossAttnProcessor2_0(AttnProcessor2_0):

@@ -13,14 +13,23 @@ import numpy as np
 import torch
 
 __all__ = ["relative_threshold", "prediction_score", "prediction_score_array", "confidence_map",
-           "presence_signals", "PRESENCE_SIGNALS"]
+           "presence_signals", "mask_peak", "PRESENCE_SIGNALS", "MEASURED_SIGNALS",
+           "SPECK_PIXELS"]
 
 # Presence signals (higher = more likely present), all from one query pass:
 # * "score": ``prediction_score`` of the prediction and its mask;
-# * "peak": the 99th percentile of ``p`` (an absent object decodes dim: a robust maximum);
+# * "peak": the 99th percentile of ``p`` over the mask's pixels (0 for an empty mask): how
+#   bright the marked object decodes, whatever its size (a model trained on absent-target
+#   episodes decodes their empty answer dark: the absolute readout of design (a));
 # * "attention": share of the fused self-attention mass the query's tokens put on the supports'
-#   keys, averaged over fused layers, heads and tokens (``kv_fusion``, only when asked for).
-PRESENCE_SIGNALS = ("score", "peak", "attention")
+#   keys, averaged over fused layers, heads and tokens (``kv_fusion``, only when asked for);
+# * "head": the learned presence head's probability (``presence_head``; models that have one).
+PRESENCE_SIGNALS = ("score", "peak", "attention", "head")
+# the signals measured inside the query pass (``query_pass_measured``), not read from the image
+MEASURED_SIGNALS = ("attention", "head")
+# ``prediction_score`` scales the score of a mask of n < SPECK_PIXELS pixels by n / SPECK_PIXELS
+# (a single bright pixel on black scores 1/16, not 1): the size of TEST.FSOD.MIN_AREA's default
+SPECK_PIXELS = 16
 
 
 def relative_threshold(image: torch.Tensor, rel_threshold: float = 0.25,
@@ -55,11 +64,14 @@ def prediction_score(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
         score = clamp((mu_in - sigma_in) - (mu_out + sigma_out), 0, 1)
 
-    and 0 when either side is empty: a mask with no background (every pixel marked, which the
-    relative threshold does on a uniform or dim prediction) shows no contrast, whatever its
-    brightness. Values: clean white-on-black 1; uniform at any grey level 0; all-foreground 0;
-    empty 0; i.i.d. uniform noise (mask at 0.25 x max) about 1/2 - 1/sqrt(12) = 0.21; a white
-    object on a grey g background 1 - g (a dim object: its brightness minus the background's).
+    times ``min(1, n_in / SPECK_PIXELS)`` (a minimum-area term: a speck of n_in < 16 pixels
+    is not a confident object), and 0 when either side is empty: a mask with no background
+    (every pixel marked, which the relative threshold does on a uniform or dim prediction)
+    shows no contrast, whatever its brightness. Values: clean white-on-black of at least 16
+    pixels 1; a single white pixel on black 1/16; uniform at any grey level 0; all-foreground
+    0; empty 0; i.i.d. uniform noise (mask at 0.25 x max) about 1/2 - 1/sqrt(12) = 0.21; a
+    white object on a grey g background 1 - g (a dim object: its brightness minus the
+    background's).
 
     Args:
         image: (3, H, W) or (N, 3, H, W) uint8; mask: (H, W) or (N, H, W) bool.
@@ -70,7 +82,7 @@ def prediction_score(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(p.dtype)
     n_in, mu_in, sd_in = _side_stats(p, m)
     n_out, mu_out, sd_out = _side_stats(p, 1 - m)
-    gap = ((mu_in - sd_in) - (mu_out + sd_out)).clamp(0, 1)
+    gap = ((mu_in - sd_in) - (mu_out + sd_out)).clamp(0, 1) * (n_in / SPECK_PIXELS).clamp(max=1)
     return torch.where((n_in == 0) | (n_out == 0), torch.zeros_like(gap), gap)
 
 
@@ -104,16 +116,31 @@ def confidence_map(pred_image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return resize_mask(prob, tuple(size))
 
 
+def mask_peak(image: torch.Tensor, mask: torch.Tensor, q: float = 0.99) -> torch.Tensor:
+    """The ``q`` quantile of the RGB mean ``p`` in [0, 1] over each mask's pixels (0 for an
+    empty mask): (N, 3, H, W) uint8 and (N, H, W) bool -> (N,) float32."""
+    p = image.float().mean(dim=-3) / 255.0
+    out = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+    for i in range(p.shape[0]):
+        inside = p[i][mask[i]]
+        if inside.numel():
+            out[i] = torch.quantile(inside, q)
+    return out
+
+
 def presence_signals(image: torch.Tensor, mask: torch.Tensor, score: torch.Tensor,
-                     support_share: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                     measured: Optional[Dict[str, torch.Tensor]] = None
+                     ) -> Dict[str, torch.Tensor]:
     """The presence signals of ``PRESENCE_SIGNALS`` for (N, 3, H, W) uint8 predictions, their
-    (N, H, W) masks and (N,) scores; "attention" only when ``support_share`` (N,) is given.
+    (N, H, W) masks and (N,) scores; those of ``MEASURED_SIGNALS`` only as ``measured`` gives
+    them ({name: (N,) tensor}, from ``query_pass_measured``).
 
     Returns:
         {signal name: (N,) float32 tensor}.
     """
-    p = image.float().mean(dim=-3).flatten(-2) / 255.0  # (N, H*W)
-    out = {"score": score.float(), "peak": torch.quantile(p, 0.99, dim=-1)}
-    if support_share is not None:
-        out["attention"] = support_share.float().to(score.device)
+    out = {"score": score.float(), "peak": mask_peak(image, mask)}
+    for name, value in (measured or {}).items():
+        if name not in MEASURED_SIGNALS:
+            raise ValueError(f"unknown measured presence signal {name!r}")
+        out[name] = value.detach().float().to(score.device)
     return out

@@ -19,8 +19,10 @@ The words:
   ``mask`` (H, W) bool at the query's original size, ``mask_working`` (S, S) bool, ``pred_image``
   (S, S, 3) uint8 (a picture of the model's prediction before thresholding), ``score`` (float in
   [0, 1], how clean the prediction is), ``presence`` (float, higher = more likely that the
-  supports' object is in the query), ``present`` (bool: False when judged absent, the mask then
-  empty), ``signals`` (every presence signal by name) and ``name``.
+  supports' object is in the query), ``present`` (True: judged present; False: judged absent or
+  nothing found, the mask then empty; None: no decision was made, which every consumer must
+  treat as "not decided", never as "found"), ``signals`` (every presence signal by name) and
+  ``name``.
 """
 
 import abc
@@ -54,6 +56,18 @@ class Predictor(abc.ABC):
     #: config keys naming files the model reads besides MODEL.WEIGHTS (their identity, not
     #: their path, is part of a resumable run's fingerprint: ``model_files``)
     path_keys: Tuple[str, ...] = ()
+
+    #: the config key of the presence threshold (< 0: no decision; ``configured_presence``)
+    presence_key: str = ""
+
+    @classmethod
+    def configured_presence(cls, cfg) -> Optional[float]:
+        """The presence threshold ``cfg`` sets for this model (>= 0), else None (not set: the
+        model's default, e.g. the threshold calibrated weights carry)."""
+        node = cfg
+        for part in cls.presence_key.split(".") if cls.presence_key else ():
+            node = node.get(part, None) if node is not None else None
+        return None if node is None or float(node) < 0 else float(node)
 
     @classmethod
     def model_files(cls, cfg) -> List[str]:
@@ -103,7 +117,8 @@ class Predictor(abc.ABC):
     def iter_predict(self, queries: Iterable, supports, batch_size: int = 8,
                      presence_threshold: Optional[float] = None) -> Iterator[Dict]:
         """One result per query against the same support set, a batch at a time.
-        ``presence_threshold``: None = the model's configured one; < 0 = no decision."""
+        ``presence_threshold``: None = the model's default (configured, or what its weights
+        were calibrated with); < 0 = no decision."""
 
     def predict(self, queries: Iterable, supports, batch_size: int = 8,
                 presence_threshold: Optional[float] = None) -> List[Dict]:

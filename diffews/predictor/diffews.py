@@ -108,6 +108,7 @@ class DiffewSPredictor(Predictor):
         self.weights = weights
 
     path_keys = ("MODEL.DIFFEWS.PRETRAINED",)
+    presence_key = "MODEL.DIFFEWS.PRESENCE_THRESHOLD"
 
     @classmethod
     def model_files(cls, cfg) -> List[str]:
@@ -275,8 +276,9 @@ class DiffewSPredictor(Predictor):
                 presence_threshold: Optional[float] = None) -> List[Dict]:
         """Segment each query with the same supports (``iter_predict`` as a list).
 
-        ``presence_threshold``: judge a query absent below it (None: the model's
-        MODEL.DIFFEWS.PRESENCE_THRESHOLD; < 0: no decision, every mask kept as it is).
+        ``presence_threshold``: judge a query absent below it (None: MODEL.DIFFEWS.
+        PRESENCE_THRESHOLD when >= 0, else the threshold the weights were calibrated with,
+        ``MODEL.DIFFEWS.PRESENCE_FROM_WEIGHTS``; < 0: no decision, every mask kept as it is).
 
         Returns:
             one dict per query:
@@ -285,8 +287,11 @@ class DiffewSPredictor(Predictor):
                 * "pred_image": (S, S, 3) uint8, the decoded prediction;
                 * "score": float in [0, 1], the contrast of the prediction between its mask
                   and the rest (``diffews.prediction_score``; 0 for an empty mask);
-                * "presence": float, higher = more likely present (MODEL.DIFFEWS.PRESENCE_SIGNAL);
-                * "present": bool, False when judged absent (then "mask" is empty);
+                * "presence": float, higher = more likely present (MODEL.DIFFEWS.PRESENCE_SIGNAL,
+                  or the weights' calibrated signal);
+                * "present": True (judged present), False (judged absent, or nothing found:
+                  "mask" is then empty) or None (no decision was made);
+                * "signals": every presence signal measured, by name;
                 * "name": the query's path or description.
         """
         return list(self.iter_predict(queries, supports, batch_size, presence_threshold))
@@ -331,14 +336,16 @@ class DiffewSPredictor(Predictor):
 
     def _results(self, z: torch.Tensor, supports, encoded: List[EncodedImage],
                  presence_threshold: Optional[float]) -> Iterator[Dict]:
-        """Query pass (measuring the attention signal only when it decides presence), decode,
-        readout, and the masks back at each query's size."""
-        model, share = self.model, None
-        if model.needs_attention:
-            pred, share = model.query_pass_measured(z, supports, model.prompt_embeds_test)
+        """Query pass (measuring the presence signals inside it only when one is used),
+        decode, readout, and the masks back at each query's size."""
+        model, measured = self.model, None
+        if model.needs_measure:
+            pred, measured = model.query_pass_measured(z, supports, model.prompt_embeds_test)
         else:
             pred = model.query_pass(z, supports, model.prompt_embeds_test)
-        outputs = model.postprocess(model.decode(-pred), share, presence_threshold)
+        if presence_threshold is None:  # the configured one, else the weights' calibrated one
+            presence_threshold = model.default_presence_threshold()
+        outputs = model.postprocess(model.decode(-pred), measured, presence_threshold)
         for e, out in zip(encoded, outputs):
             working = out["pred_mask"].cpu().numpy()
             yield {
@@ -369,8 +376,9 @@ class DiffewSPredictor(Predictor):
 
     @contextmanager
     def measuring_signals(self):
-        """Also measure the "attention" signal (the share of the query pass's fused attention
-        on the support tokens), which costs a measured query pass."""
+        """Also measure the query pass's signals ("attention": the share of its fused attention
+        on the support tokens; "head": the presence head's, for a model with one), which costs
+        a measured query pass."""
         model = self.model
         model.measure_attention = True
         try:

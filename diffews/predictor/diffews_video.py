@@ -35,10 +35,11 @@ frame; DAVIS test-dev and YouTube-VOS also give the frames where objects first a
 pixels override the predictions, and objects start at their first annotated frame. An object's
 memory entry is its region of the merged label map (the given mask on a given frame, score 1).
 
-Absent objects: an object the predictor judges absent (``present`` False, with
-MODEL.DIFFEWS.PRESENCE_THRESHOLD set) has an empty mask, so no pixels in that frame, and it is not
-offered to its memory; nor is an object whose merged region is empty. It is still tracked on the
-next frames with the memory it has, so it can come back.
+Absent objects: an object the predictor judges absent (``present`` False: a presence threshold
+set, or calibrated weights) has an empty mask, so no pixels in that frame, and it is not offered
+to its memory; nor is an object whose merged region is empty. ``present`` None (no decision) is
+not "absent": such an object's non-empty region joins its memory as before. It is still tracked
+on the next frames with the memory it has, so it can come back.
 """
 
 from dataclasses import dataclass
@@ -169,8 +170,8 @@ class DiffewSVideoTracker:
                 out["entered"].append(o)
         for o in tracked:
             region = label == o
-            if not (results[o]["present"] and region.any()):
-                continue  # absent here: no memory entry
+            if results[o]["present"] is False or not region.any():
+                continue  # absent here (judged absent, or nothing found): no memory entry
             if self._offer(memories[o], frame, t, out["scores"][o], region):
                 out["entered"].append(o)
         out["label_map"] = label

@@ -71,6 +71,7 @@ class SINEPredictor(Predictor):
 
     architecture = "SINE"
     path_keys = ("MODEL.SINE.ENCODER.WEIGHTS",)
+    presence_key = "MODEL.SINE.PRESENCE_THRESHOLD"
 
     def __init__(self, model, cfg):
         self.model = model.eval()
@@ -264,12 +265,14 @@ class SINEPredictor(Predictor):
         probs = torch.softmax(out["pred_ins_logits"][0].float(), dim=-1)[:, 0]
         presence = float(probs.max())
         t = self.presence_threshold if presence_threshold is None else float(presence_threshold)
-        present = True if t < 0 else presence >= t
+        # None: no decision made (no threshold), which is not "found"
+        present = None if t < 0 else presence >= t
         mask = (full > self.threshold).cpu().numpy()
-        if not present:
-            mask = np.zeros_like(mask)
+        mask_working = (working > self.threshold).cpu().numpy()
+        if present is False:
+            mask, mask_working = np.zeros_like(mask), np.zeros_like(mask_working)
         grey = (working.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        return {"mask": mask, "mask_working": (working > self.threshold).cpu().numpy() & present,
+        return {"mask": mask, "mask_working": mask_working,
                 "pred_image": np.repeat(grey[..., None], 3, axis=2), "sem_seg": working.cpu(),
                 "score": presence, "presence": presence, "present": present,
                 "signals": {"class_prob": presence}, "name": e.name}

@@ -5,7 +5,7 @@
 import json
 import logging
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.data import DatasetCatalog
@@ -62,13 +62,35 @@ class SupportMaskCopy(nn.Module):
         return [{"pred_mask": (x["support_masks"] > 0).any(dim=0)} for x in batched_inputs]
 
 
-def evaluate_with_baselines(models: Dict[str, nn.Module], loader_fn, evaluator_fn
+# the model's presence numbers (FSSEvaluator keys) and the table's headers for them
+PRESENCE_COLUMNS = (("presence-AUROC", "presence AUROC"),
+                    ("absent-empty-at-threshold", "absent: empty %"),
+                    ("present-empty-at-threshold", "present: empty %"))
+
+
+def evaluate_with_baselines(models: Dict[str, nn.Module], loader_fn, evaluator_fn,
+                            presence: Optional[Tuple[Callable, Callable]] = None
                             ) -> Dict[str, Dict]:
     """Score the models (name -> model in eval mode) and both baselines on the same episodes;
-    returns {method: {"mIoU", "FB-IoU"}}."""
+    returns {method: {"mIoU", "FB-IoU"}}.
+
+    ``presence``: (loader, evaluator) factories of the same episodes followed by absent-target
+    ones (``presence.presence_loader``): the models run on those instead, their mIoU and FB-IoU
+    taken over the episodes whose query holds the object (the same episodes as the
+    baselines'), with the ``PRESENCE_COLUMNS`` numbers beside them.
+    """
     results = {}
-    for name, m in (*models.items(), ("all foreground", AllForeground()),
-                    ("support mask copied", SupportMaskCopy())):
+    for name, m in models.items():
+        if presence is None:
+            res = evaluate_episodes(m, loader_fn(), evaluator_fn(), desc=name)["fss"]
+            results[name] = {k: res[k] for k in ("mIoU", "FB-IoU")}
+            continue
+        res = evaluate_episodes(m, presence[0](), presence[1](), desc=name)["fss"]
+        results[name] = {"mIoU": res["mIoU-present"], "FB-IoU": res["FB-IoU-present"],
+                         **{k: res[k] for k, _ in PRESENCE_COLUMNS},
+                         "presence-threshold": res["presence-threshold"]}
+    for name, m in (("all foreground", AllForeground()), ("support mask copied",
+                                                          SupportMaskCopy())):
         res = evaluate_episodes(m, loader_fn(), evaluator_fn(), desc=name)
         results[name] = {k: res["fss"][k] for k in ("mIoU", "FB-IoU")}
     return results
@@ -77,5 +99,11 @@ def evaluate_with_baselines(models: Dict[str, nn.Module], loader_fn, evaluator_f
 def format_table(results: Dict[str, Dict]) -> str:
     from tabulate import tabulate
 
-    rows = [(name, f"{r['mIoU']:.1f}", f"{r['FB-IoU']:.1f}") for name, r in results.items()]
-    return tabulate(rows, headers=["method", "mIoU", "FB-IoU"], tablefmt="github")
+    extra = [(k, h) for k, h in PRESENCE_COLUMNS if any(k in r for r in results.values())]
+    rows = [(name, f"{r['mIoU']:.1f}", f"{r['FB-IoU']:.1f}",
+             *[f"{r[k]:.1f}" if k in r else "-" for k, _ in extra])
+            for name, r in results.items()]
+    headers = ["method", "mIoU", "FB-IoU", *[h for _, h in extra]]
+    # the numbers as formatted (one decimal), right-aligned
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True,
+                    colalign=["left"] + ["right"] * (len(headers) - 1))

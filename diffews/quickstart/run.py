@@ -1,9 +1,12 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The quick start (``tools/quickstart.py``): train a tiny DiffewS on the built-in synthetic
 benchmark through the same training code as real runs (``engine.train``, the config
-``configs/quick_schedules/diffews_tiny_synthetic_cpu.yaml``), then score it and two trivial
-baselines on the same held-out episodes with the same evaluator, print the table and save a
-picture of predictions."""
+``configs/quick_schedules/diffews_tiny_synthetic_cpu.yaml``, which also trains it to say "not
+here": absent-target episodes and a presence head), calibrate its presence decision on the
+*training* classes and write it into ``train/model_final.pth`` (``presence.py``), then score it
+and two trivial baselines on the same held-out episodes with the same evaluator (the model also
+on as many absent-target episodes: its presence AUROC and what its calibrated threshold empties),
+print the table and save a picture of predictions."""
 
 import logging
 import os
@@ -22,6 +25,7 @@ from ..evaluation import FSSEvaluator
 from ..utils.atomic import atomic_write_json
 from ..utils.visualize import episode_grid
 from .baselines import evaluate_with_baselines, format_table, prepare_tiny_sd
+from .presence import PRESENCE_EPISODES, calibrate_weights, presence_loader
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +36,20 @@ CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_syntheti
 
 
 def quickstart(output: str, fresh: bool = False, opts: Sequence[str] = (),
-               device: Optional[str] = None) -> Dict[str, Dict]:
+               device: Optional[str] = None,
+               presence_episodes: int = PRESENCE_EPISODES) -> Dict[str, Dict]:
     """The whole quick start in ``output`` (``tiny_sd/``, ``train/``, ``results.json``,
     ``predictions.png``); a finished training is resumed unless ``fresh``.
 
     Args:
         opts: config overrides ``[KEY, VALUE, ...]`` of the quick start's config.
         device: ``MODEL.DEVICE`` (None: the config's).
+        presence_episodes: training-class episodes of the presence calibration.
     Returns:
-        {method: {"mIoU", "FB-IoU"}} of the model and the two baselines.
+        {method: {"mIoU", "FB-IoU"}} of the model and the two baselines; a model that learned
+        presence also has "presence-AUROC", "absent-empty-at-threshold",
+        "present-empty-at-threshold" (% of the absent / present queries its calibrated
+        threshold empties) and "presence-threshold".
     """
     start = time.perf_counter()
     flags = ["OUTPUT_DIR", os.path.join(output, "train")] + (
@@ -58,12 +67,16 @@ def quickstart(output: str, fresh: bool = False, opts: Sequence[str] = (),
     engine.train(cfg, resume=not fresh)
     train_time = time.perf_counter() - start
 
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     model = build_model(cfg).eval()
-    DiffewSCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    DiffewSCheckpointer(model).load(weights)
+    if model.presence_head is not None or cfg.INPUT.FEW_SHOT.NEGATIVE_RATIO > 0:
+        calibrate_weights(model, cfg, weights, presence_episodes)
     dataset = cfg.DATASETS.TEST[0]
     results = evaluate_with_baselines(
         {"DiffewS (tiny)": model}, lambda: build_fss_test_loader(cfg, dataset),
-        lambda: FSSEvaluator(dataset, distributed=False))
+        lambda: FSSEvaluator(dataset, distributed=False),
+        presence=presence_loader(cfg, dataset, model))
     episodes = [b[0] for _, b in zip(range(6), build_fss_test_loader(cfg, dataset))]
     picture = os.path.join(output, "predictions.png")
     Image.fromarray(episode_grid(episodes, model(episodes))).save(picture)
@@ -73,5 +86,13 @@ def quickstart(output: str, fresh: bool = False, opts: Sequence[str] = (),
     print(f"\nSynthetic benchmark, held-out classes, {cfg.TEST.FSS.SHOT}-shot, same episodes "
           f"for all:\n")
     print(format_table(results))
+    mine = results["DiffewS (tiny)"]
+    if "presence-AUROC" in mine:
+        print(f"\nPresence, on the same episodes plus as many absent-target ones (a query without "
+              f"the supports' class): AUROC x100 of the signal "
+              f"'{model.presence_signal}'; the share of absent / present queries given an empty "
+              f"mask at its threshold {mine['presence-threshold']:.4g} (calibrated on the "
+              f"training classes, carried by {weights}, applied by DiffewSPredictor; mIoU and "
+              f"FB-IoU are without it, as the benchmark protocol).")
     print(f"\nPredictions (query with ground truth | prediction | decoded | supports): {picture}")
     return results

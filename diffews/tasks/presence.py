@@ -6,9 +6,14 @@ a held-out split only to report how the choice transfers), seeded: episode i tak
 uniform over the dataset's classes, ``shot`` distinct supports of that class, a positive query
 (another image of the class) and a negative query (an image that cannot hold the class,
 ``data.episodes.holds_class``). Both queries meet the same supports in one query pass, which
-measures every signal of ``readout.PRESENCE_SIGNALS`` at once. Per signal: AUROC, and the
-threshold of best F1 of "present" (or the lowest reaching ``precision``) with its precision and
-recall (``evaluation.presence``); the signal of highest AUROC is chosen.
+measures every signal the model has (``readout.PRESENCE_SIGNALS``) at once.
+
+The episodes are split in two halves by a permutation of ``np.random.RandomState(seed)``: the
+*choice* half chooses, per signal, the threshold of best F1 of "present" (or the lowest whose
+precision reaches ``precision`` with at least ``min_true_positives`` true positives), and the
+signal of highest AUROC; the *report* half (never used to choose) reports each signal's AUROC and
+its threshold's precision, recall and empty rates (``evaluation.presence``), and so does a
+held-out dataset when given.
 """
 
 import logging
@@ -19,13 +24,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..data.episodes import holds_class
 from ..data.records import load_sample
-from ..evaluation.presence import auroc, best_threshold, precision_recall
+from ..evaluation.presence import (MIN_TRUE_POSITIVES, auroc, best_threshold, empty_rates,
+                                   precision_recall)
 from ..modeling.readout import PRESENCE_SIGNALS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["draw_presence_episodes", "dataset_episodes", "measure_signals", "calibrate",
-           "config_fragment"]
+__all__ = ["draw_presence_episodes", "dataset_episodes", "measure_signals", "split_halves",
+           "calibrate", "config_fragment", "calibration_entry"]
 
 
 def draw_presence_episodes(records: List[Dict], class_ids: List[int], n: int, shot: int,
@@ -54,7 +60,7 @@ def draw_presence_episodes(records: List[Dict], class_ids: List[int], n: int, sh
 
 
 def measure_signals(predictor, dataset: str, episodes: List[Dict]) -> Dict[str, np.ndarray]:
-    """Every presence signal of each episode's positive then negative query:
+    """Every presence signal the model has, of each episode's positive then negative query:
     ``{"labels": (2n,) bool, <signal>: (2n,) float}``."""
     fmt = MetadataCatalog.get(dataset).label_format
     rows = []
@@ -70,36 +76,86 @@ def measure_signals(predictor, dataset: str, episodes: List[Dict]) -> Dict[str, 
             rows.append((False, results[1]["signals"]))
     out = {"labels": np.array([r[0] for r in rows])}
     for name in PRESENCE_SIGNALS:
-        out[name] = np.array([r[1][name] for r in rows], np.float64)
+        if name in rows[0][1]:
+            out[name] = np.array([r[1][name] for r in rows], np.float64)
     return out
 
 
+def split_halves(samples: Dict[str, np.ndarray], seed: int):
+    """(choice half, report half) of ``measure_signals`` samples, episode by episode (an
+    episode's positive and negative query stay together), by a seeded permutation."""
+    n = len(samples["labels"]) // 2
+    order = np.random.RandomState(seed).permutation(n)
+    halves = []
+    for part in (np.sort(order[:(n + 1) // 2]), np.sort(order[(n + 1) // 2:])):
+        idx = np.stack([2 * part, 2 * part + 1], axis=1).ravel()
+        halves.append({k: v[idx] for k, v in samples.items()})
+    return halves[0], halves[1]
+
+
+def _numbers(samples: Dict[str, np.ndarray], name: str, threshold: float) -> Dict:
+    y, s = samples["labels"], samples[name]
+    return {"AUROC": auroc(y, s), **precision_recall(y, s >= threshold),
+            **empty_rates(y, s, threshold), "queries": int(len(y))}
+
+
 def calibrate(samples: Dict[str, np.ndarray], precision: Optional[float] = None,
-              held_out: Optional[Dict[str, np.ndarray]] = None) -> Dict:
-    """Per signal AUROC, threshold, precision and recall (and, with ``held_out`` samples, the
-    same threshold's numbers there); the chosen signal is the one of highest AUROC."""
+              held_out: Optional[Dict[str, np.ndarray]] = None, seed: int = 0,
+              min_true_positives: int = MIN_TRUE_POSITIVES) -> Dict:
+    """Choose on one seeded half of ``samples``, report on the other (module docstring).
+
+    Returns:
+        ``{"signals": {name: {"threshold", "reached", "choice": {...}, "report": {...},
+        "held_out": {...}}}, "chosen", "positives", "negatives", "choice_queries",
+        "report_queries", "unreached"}`` where each numbers dict has "AUROC", "precision",
+        "recall", "F1", "absent-empty", "present-empty" (%) and "queries"; "unreached" is a
+        one-line message when the precision target cannot be reached (else "").
+    """
+    if len(samples["labels"]) < 4:
+        raise ValueError("calibration needs at least 2 episodes (one per half)")
+    choice, report_half = split_halves(samples, seed)
     y = samples["labels"]
-    report: Dict = {"signals": {}, "positives": int(y.sum()), "negatives": int((~y).sum())}
-    for name in PRESENCE_SIGNALS:
-        s = samples[name]
-        t = best_threshold(y, s, precision)
-        row = {"AUROC": auroc(y, s), "threshold": t, **precision_recall(y, s >= t)}
+    names = [n for n in PRESENCE_SIGNALS if n in samples]
+    report: Dict = {"signals": {}, "positives": int(y.sum()), "negatives": int((~y).sum()),
+                    "choice_queries": int(len(choice["labels"])),
+                    "report_queries": int(len(report_half["labels"]))}
+    for name in names:
+        t, reached = best_threshold(choice["labels"], choice[name], precision,
+                                    min_true_positives)
+        row = {"threshold": t, "reached": reached, "choice": _numbers(choice, name, t),
+               "report": _numbers(report_half, name, t)}
         if held_out is not None:
-            h = held_out[name]
-            row["held_out"] = {"AUROC": auroc(held_out["labels"], h),
-                               **precision_recall(held_out["labels"], h >= t)}
+            row["held_out"] = _numbers(held_out, name, t)
         report["signals"][name] = row
-    report["chosen"] = max(PRESENCE_SIGNALS, key=lambda n: report["signals"][n]["AUROC"])
+    chosen = max(names, key=lambda n: report["signals"][n]["choice"]["AUROC"])
+    report["chosen"] = chosen
+    report["unreached"] = "" if report["signals"][chosen]["reached"] else (
+        f"precision {precision} cannot be reached with >= {min_true_positives} true positives "
+        f"on the {report['choice_queries']} choice queries for signal {chosen}: its best-F1 "
+        f"threshold is used instead")
     return report
+
+
+def calibration_entry(report: Dict) -> Dict:
+    """What a checkpoint carries of a calibration (``checkpoint.write_presence_calibration``)."""
+    name = report["chosen"]
+    row = report["signals"][name]
+    return {"signal": name, "threshold": float(row["threshold"]),
+            "choice_AUROC": float(row["choice"]["AUROC"]),
+            "report_AUROC": float(row["report"]["AUROC"]),
+            "dataset": report.get("dataset"), "episodes": report.get("episodes"),
+            "seed": report.get("seed")}
 
 
 def config_fragment(report: Dict) -> str:
     """The YAML fragment of the chosen signal and threshold, to merge into a config."""
     name = report["chosen"]
-    return (f"# tools/calibrate_presence.py: AUROC {report['signals'][name]['AUROC']:.3f} on "
-            f"{report['positives']} + {report['negatives']} training-class queries\n"
+    row = report["signals"][name]
+    return (f"# tools/calibrate_presence.py: AUROC {row['choice']['AUROC']:.3f} on "
+            f"{report['choice_queries']} training-class queries (choice half), "
+            f"{row['report']['AUROC']:.3f} on the other {report['report_queries']}\n"
             f"MODEL:\n  DIFFEWS:\n    PRESENCE_SIGNAL: \"{name}\"\n"
-            f"    PRESENCE_THRESHOLD: {report['signals'][name]['threshold']:.6g}\n")
+            f"    PRESENCE_THRESHOLD: {row['threshold']:.6g}\n")
 
 
 def dataset_episodes(dataset: str, n: int, shot: int, seed: int) -> List[Dict]:

@@ -132,8 +132,12 @@ class FilePaths(gr.File):
         return NamedString(f.path)
 
 
+# the "found" column: the predictor's decision, "—" when it made none (not a "yes")
+FOUND = {True: "yes", False: "not found", None: "—"}
+
+
 def _caption(r: QueryResult) -> str:
-    found = "" if r.present else "not found · "
+    found = "not found · " if r.present is False else ""
     return f"{found}score {r.score:.2f} · {r.seconds:.3f} s · {r.name}"
 
 
@@ -172,7 +176,7 @@ def build_demo(session: WebDemoSession, examples: Sequence[DemoExample] = (),
             raise gr.Error(format_error(e), title="Error") from e
         gallery = [(r.panel, _caption(r)) for r in out.results]
         rows = [[r.name, f"{r.size[0]}x{r.size[1]}", round(100.0 * r.fraction, 1),
-                 round(r.score, 3), round(r.seconds, 3), "yes" if r.present else "not found"]
+                 round(r.score, 3), round(r.seconds, 3), FOUND[r.present]]
                 for r in out.results]
         return gallery, rows, out.status(), out.zip_path
 

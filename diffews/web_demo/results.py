@@ -24,7 +24,8 @@ class QueryResult:
 
     name: the upload's file name (or the server path of a folder image); size: (W, H);
     fraction: foreground share of the mask; score: the prediction's score in [0, 1];
-    present: the predictor's presence decision (False: "not found", the mask is empty);
+    present: the predictor's presence decision: True found, False "not found" (the mask is
+    empty), None no decision was made (the page shows "—");
     presence: its presence value when it gives one; seconds: model time of this query;
     panel: the picture the page shows (``result_panel``); pred_image: (S, S, 3) uint8, the
     decoded prediction.
@@ -34,7 +35,7 @@ class QueryResult:
     size: Tuple[int, int]
     fraction: float
     score: float
-    present: bool
+    present: Optional[bool]
     presence: Optional[float]
     seconds: float
     panel: np.ndarray
@@ -85,7 +86,7 @@ class RunOutput:
                     "make room.")
         n = len(self.results)
         total = sum(r.seconds for r in self.results)
-        absent = sum(not r.present for r in self.results)
+        absent = sum(r.present is False for r in self.results)
         found = f" Not found in {absent} of them (empty masks)." if absent else ""
         return (f"{sup} {n} quer{'y' if n == 1 else 'ies'} segmented in {total:.2f} s "
                 f"({total / max(n, 1):.3f} s per query).{found}")

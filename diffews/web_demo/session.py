@@ -199,9 +199,10 @@ class WebDemoSession:
                 preds = self.predictor.predict(images, encoded, batch_size=len(chunk))
                 seconds = (time.perf_counter() - t0) / len(chunk)
                 for (name, _, _), image, p in zip(chunk, images, preds):
-                    # a query the predictor judges absent is "not found": an empty mask
-                    present = bool(p.get("present", True))
-                    mask = p["mask"] if present else np.zeros_like(p["mask"])
+                    # True: found; False: judged absent or nothing found (an empty mask);
+                    # None: the predictor made no presence decision (the mask as it is)
+                    present = p.get("present")
+                    mask = p["mask"] if present is not False else np.zeros_like(p["mask"])
                     zf.writestr(self._zip_name(name, seen), png_bytes(mask.astype(np.uint8) * 255))
                     presence = p.get("presence")
                     results.append(QueryResult(

@@ -6,6 +6,13 @@ and K support images of that class other than the query (supports may repeat eac
 reference), with K drawn uniformly from 1..MAX_SHOT per episode. With several datasets
 (``DATASETS.TRAIN``) each episode first draws its dataset, uniformly or with
 ``DATASETS.TRAIN_WEIGHTS``; the query and supports then come from that dataset and one class.
+
+Absent-target episodes (``INPUT.FEW_SHOT.NEGATIVE_RATIO`` r > 0): after the class, query and
+supports are drawn as above, one more draw ``u ~ U[0, 1)`` makes the episode absent-target when
+``u < r``: its query is replaced by an image of the same dataset that cannot hold the class
+(``negatives.holds_class``; uniform, by rejection), so its label, and target, is the empty mask;
+the episode carries ``"negative": True``. With r = 0 nothing more is drawn: the stream is the
+published one, episode for episode.
 """
 
 import logging
@@ -17,6 +24,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.utils import comm
 
+from .negatives import holds_class
 from .test import SKIP_HINT, EpisodeMapper
 from ..records import BadSampleError
 
@@ -39,17 +47,25 @@ class EpisodicTrainDataset(torch.utils.data.IterableDataset):
             (``DATALOADER.SKIP_BAD_SAMPLES``).
         max_bad_fraction: with ``skip_bad``, raise once more than this fraction of the images
             (of this data-loader worker's copy) were dropped (``DATALOADER.MAX_BAD_FRACTION``).
+        negative_ratio: probability of an absent-target episode (``INPUT.FEW_SHOT.NEGATIVE_RATIO``,
+            module docstring); 0 draws none.
     """
 
     def __init__(self, dataset_names, image_size: int, max_shot: int, seed: int, weights=None,
-                 skip_bad: bool = False, max_bad_fraction: float = 0.01):
+                 skip_bad: bool = False, max_bad_fraction: float = 0.01,
+                 negative_ratio: float = 0.0):
         if max_shot < 1:
             raise ValueError(f"INPUT.FEW_SHOT.MAX_SHOT must be >= 1, got {max_shot}")
+        if not 0.0 <= negative_ratio < 1.0:
+            raise ValueError(f"INPUT.FEW_SHOT.NEGATIVE_RATIO must be in [0, 1), got "
+                             f"{negative_ratio}")
+        self.negative_ratio = float(negative_ratio)
         self.max_shot, self.seed = max_shot, seed
         self.skip_bad, self.max_bad_fraction = bool(skip_bad), float(max_bad_fraction)
         self.bad: List[str] = []  # dropped image files, in the order met
         self.probs = _dataset_probs(dataset_names, weights)
         self.pools = []  # (mapper, class -> records, classes)
+        self.records: List[List[Dict]] = []  # per dataset: its records (absent-target queries)
         for name in dataset_names:
             meta = MetadataCatalog.get(name)
             by_class: Dict[int, List[Dict]] = defaultdict(list)
@@ -61,6 +77,7 @@ class EpisodicTrainDataset(torch.utils.data.IterableDataset):
                 raise ValueError(f"{name}: no class has the two images an episode needs")
             mapper = EpisodeMapper(image_size, meta.label_format, getattr(meta, "ignore_boundary", False))
             self.pools.append((mapper, by_class, classes))
+            self.records.append([r for rs in by_class.values() for r in rs])
             logger.info("%s: %d training classes, %d images", name, len(classes),
                         sum(len(by_class[c]) for c in classes))
         self.num_images = sum(len({id(r) for rs in pool[1].values() for r in rs})
@@ -81,14 +98,30 @@ class EpisodicTrainDataset(torch.utils.data.IterableDataset):
             shots = rng.randint(1, self.max_shot + 1)
             others = [i for i in range(len(records)) if i != q]
             supports = [records[others[j]] for j in rng.randint(len(others), size=shots)]
+            episode = {"episode_id": count, "class_id": cls, "query": records[q],
+                       "supports": supports}
+            if self.negative_ratio > 0 and rng.uniform() < self.negative_ratio:
+                episode["query"] = self._absent_query(rng, self.records[pick], cls)
+                episode["negative"] = True
             try:
-                sample = mapper({"episode_id": count, "class_id": cls, "query": records[q],
-                                 "supports": supports})
+                sample = mapper(episode)
             except BadSampleError as e:
                 self._drop_bad(e, by_class, classes)
+                self.records[pick] = [r for r in self.records[pick]
+                                      if r["image_id"] != e.record_id]
                 continue
             yield sample
             count += 1
+
+    @staticmethod
+    def _absent_query(rng: np.random.RandomState, records: List[Dict], cls: int) -> Dict:
+        """A record that cannot hold ``cls``, uniform over them (rejection sampling)."""
+        for _ in range(1000):
+            record = records[rng.randint(len(records))]
+            if not holds_class(record, cls):
+                return record
+        raise ValueError(f"INPUT.FEW_SHOT.NEGATIVE_RATIO: no image without class {cls} found in "
+                         "1000 draws (every training image may hold it)")
 
     def _drop_bad(self, error: BadSampleError, by_class: Dict[int, List[Dict]], classes: List):
         """Raise (default), or drop the bad image from every class of its dataset and go on."""
@@ -125,7 +158,8 @@ def build_episodic_train_loader(cfg):
     dataset = EpisodicTrainDataset(cfg.DATASETS.TRAIN, cfg.INPUT.IMAGE_SIZE,
                                    cfg.INPUT.FEW_SHOT.MAX_SHOT, seed, cfg.DATASETS.TRAIN_WEIGHTS,
                                    cfg.DATALOADER.SKIP_BAD_SAMPLES,
-                                   cfg.DATALOADER.MAX_BAD_FRACTION)
+                                   cfg.DATALOADER.MAX_BAD_FRACTION,
+                                   cfg.INPUT.FEW_SHOT.NEGATIVE_RATIO)
     return build_detection_train_loader(
         dataset, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=False, num_workers=cfg.DATALOADER.NUM_WORKERS,

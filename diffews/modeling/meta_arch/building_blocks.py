@@ -10,25 +10,25 @@ segmentation and instance segmentation: normalising, VAE encoding, the support p
 Inference backend (``MODEL.DIFFEWS.BACKEND``): with one attached (``use_backend``, done by
 ``checkpoint.load_inference_weights``), ``encode`` (posterior mean), the support pass stopped
 early, the query pass and ``decode`` run its ONNX graphs; training, posterior sampling and
-``query_pass_measured`` (the attention signal is measured inside torch's fused layers) stay torch.
+``query_pass_measured`` (the presence signals are measured inside torch's fused layers) stay torch.
 """
 
-import logging
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
 from ..kv_fusion import KVBank, SupportPassDone
-from ..readout import PRESENCE_SIGNALS, prediction_score, presence_signals, relative_threshold
+from ..readout import prediction_score, relative_threshold
 from ..support_set import SupportSet, model_signature
+from .presence import PresenceBlocks
 
-logger = logging.getLogger(__name__)
 
 __all__ = ["DiffewSBlocks"]
 
 
-class DiffewSBlocks:
-    """Encode, support pass, query pass, decode, readout: the one implementation of the method."""
+class DiffewSBlocks(PresenceBlocks):
+    """Encode, support pass, query pass, decode, readout: the one implementation of the method
+    (the presence signals, readout and decision: ``PresenceBlocks``, ``presence.py``)."""
 
     # the attached inference backend (an ``onnx.attach.OnnxBackends``), None: torch
     inference_backend = None
@@ -200,78 +200,6 @@ class DiffewSBlocks:
         return relative_threshold(image, self.rel_threshold, self.abs_threshold)
 
     score = staticmethod(prediction_score)
-
-    # presence decision (MODEL.DIFFEWS.PRESENCE_SIGNAL / PRESENCE_THRESHOLD; DiffewS.__init__
-    # sets them): a threshold < 0 decides nothing, every query is "present" and keeps its mask
-    presence_signal = "score"
-    presence_threshold = -1.0
-
-    def query_pass_measured(self, query_latents: torch.Tensor,
-                            supports: Union[SupportSet, Sequence[SupportSet]],
-                            prompt: torch.Tensor):
-        """``query_pass`` that also measures the "attention" presence signal inside the fused
-        layers (no extra pass). Returns (UNet output (B, C, h, w), support share (B,)).
-
-        This pass is always torch's: with an inference backend attached it is said once per
-        model in the log (the ONNX graphs do not expose the attention weights)."""
-        if self.inference_backend is not None and not getattr(self, "_said_torch_pass", False):
-            self._said_torch_pass = True
-            logger.warning(
-                "The attention presence signal (MODEL.DIFFEWS.PRESENCE_SIGNAL attention, or a "
-                "calibration measuring it) is measured inside torch's fused attention layers: "
-                "its query passes run the torch UNet, not the ONNX Runtime backend (which still "
-                "encodes, runs the support pass and decodes); PRESENCE_SIGNAL score or peak keeps "
-                "the query pass in ONNX Runtime")
-        bank = KVBank(supports, measure_share=True)
-        return self._unet(query_latents, prompt, bank), bank.support_share()
-
-    measure_attention = False  # True: callers measure "attention" even when it decides nothing
-
-    @property
-    def needs_attention(self) -> bool:
-        """Whether callers should run ``query_pass_measured``: the attention signal decides
-        presence, or ``measure_attention`` asks for every signal (calibration)."""
-        return self.presence_signal == "attention" or self.measure_attention
-
-    def postprocess(self, images: torch.Tensor, support_share: Optional[torch.Tensor] = None,
-                    presence_threshold: Optional[float] = None) -> List[Dict]:
-        """(N, 3, H, W) decoded predictions -> per image {"pred_image", "pred_mask", "score",
-        "presence", "present", "signals"}.
-
-        "presence" is the ``presence_signal`` value (higher = more likely present; NaN when it
-        is "attention" and ``support_share`` was not measured); "signals" holds every signal
-        computed (``readout.presence_signals``). With a threshold >= 0 (``presence_threshold``,
-        else the model's), a prediction whose presence is below it is judged absent: "present"
-        False, an empty "pred_mask" and score 0. Without one, "present" is True and masks are
-        the relative threshold's, unchanged.
-        """
-        masks = self.threshold(images)
-        scores = self.score(images, masks)
-        signals = presence_signals(images, masks, scores, support_share)
-        threshold = self.presence_threshold if presence_threshold is None else presence_threshold
-        presence = signals.get(self.presence_signal)
-        if presence is None:
-            if threshold is not None and threshold >= 0:
-                raise ValueError(f"MODEL.DIFFEWS.PRESENCE_SIGNAL {self.presence_signal!r} was not "
-                                 "measured in this query pass (query_pass_measured)")
-            presence = torch.full_like(scores, float("nan"))
-        present = torch.ones_like(masks[:, 0, 0]) if threshold is None or threshold < 0 \
-            else presence >= threshold
-        if not bool(present.all()):
-            masks = masks & present[:, None, None]
-            scores = torch.where(present, scores, torch.zeros_like(scores))
-        return [{"pred_image": img, "pred_mask": m, "score": s, "presence": float(pr),
-                 "present": bool(ok), "signals": {k: float(v[i]) for k, v in signals.items()}}
-                for i, (img, m, s, pr, ok) in enumerate(zip(images, masks, scores, presence,
-                                                            present))]
-
-    def set_presence(self, signal: str, threshold: float) -> None:
-        """Set the presence signal (one of ``readout.PRESENCE_SIGNALS``) and threshold (< 0:
-        no decision)."""
-        if signal not in PRESENCE_SIGNALS:
-            raise ValueError(f"MODEL.DIFFEWS.PRESENCE_SIGNAL must be one of {PRESENCE_SIGNALS}, "
-                             f"got {signal!r}")
-        self.presence_signal, self.presence_threshold = signal, float(threshold)
 
     def support_signature(self) -> Dict:
         """What a SupportSet must have been encoded with to be used by this model

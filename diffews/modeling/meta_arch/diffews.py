@@ -13,7 +13,7 @@ in ``building_blocks.py``) are the one implementation of the method: ``forward``
 """
 
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from ..kv_fusion import fused_layer_names, set_kv_fusion_processors
+from ..presence_head import PresenceHead, head_in_weights, pooled_layers
 from ..speed import compile_for_inference, set_inference_dtype
 from ..support_cache import SupportLatentCache
 from ..unet import load_pretrained_unet
@@ -55,6 +56,11 @@ class DiffewS(DiffewSBlocks, nn.Module):
         vae_channels_last: bool = True,
         presence_signal: str = "score",
         presence_threshold: float = -1.0,
+        presence_from_weights: bool = True,
+        presence_head: Optional[nn.Module] = None,
+        presence_loss_weight: float = 1.0,
+        absent_mask_loss: bool = True,
+        train_head_only: bool = False,
     ):
         """
         Args:
@@ -75,6 +81,13 @@ class DiffewS(DiffewSBlocks, nn.Module):
             support_pass_batch: supports per support-pass call at inference (1: each alone).
             vae_channels_last: keep the VAE's weights in channels-last memory format (faster
                 convolutions on CPUs; the same function up to float rounding).
+            presence_signal, presence_threshold, presence_from_weights: the presence decision
+                (``presence.py``; MODEL.DIFFEWS.PRESENCE_*).
+            presence_head: a ``PresenceHead`` (MODEL.DIFFEWS.PRESENCE_HEAD), or None.
+            presence_loss_weight: weight of its binary cross-entropy in training.
+            absent_mask_loss: absent-target training episodes also train the UNet towards the
+                empty mask's latent (False: they train the presence head only).
+            train_head_only: freeze the UNet; training updates the presence head only.
         """
         super().__init__()
         self.unet = unet
@@ -102,7 +115,18 @@ class DiffewS(DiffewSBlocks, nn.Module):
         set_inference_dtype(self, inference_dtype)
         if compile:
             compile_for_inference(self)
-        self.set_presence(presence_signal, presence_threshold)  # building_blocks.py: readout
+        self.presence_head = presence_head
+        self.head_pooled = pooled_layers(self.fused_layers) if presence_head is not None else []
+        self.presence_loss_weight = float(presence_loss_weight)
+        self.absent_mask_loss = bool(absent_mask_loss)
+        if train_head_only:
+            if presence_head is None:
+                raise ValueError("MODEL.DIFFEWS.PRESENCE_HEAD.TRAIN_ONLY needs "
+                                 "MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED")
+            self.unet.requires_grad_(False)
+        self.train_head_only = bool(train_head_only)
+        self.presence_from_weights = bool(presence_from_weights)
+        self.set_presence(presence_signal, presence_threshold)  # presence.py: readout
 
     @classmethod
     def from_config(cls, cfg):
@@ -118,6 +142,12 @@ class DiffewS(DiffewSBlocks, nn.Module):
         train_embeds, test_embeds = encode_empty_prompt(
             pretrained, pad_in_training=cfg.MODEL.DIFFEWS.PAD_PROMPT_IN_TRAINING
         )
+        head = cfg.MODEL.DIFFEWS.PRESENCE_HEAD
+        # weights trained with a head bring it, of their shape
+        stored = head_in_weights(cfg.MODEL.WEIGHTS)
+        shape = ({"hidden": int(stored["hidden"]), "prototype": bool(stored.get("prototype"))}
+                 if stored else {"hidden": head.HIDDEN, "prototype": head.PROTOTYPE})
+        presence_head = build_presence_head(unet, **shape) if head.ENABLED or stored else None
         return {
             "unet": unet,
             "vae": load_frozen_vae(pretrained),
@@ -133,6 +163,11 @@ class DiffewS(DiffewSBlocks, nn.Module):
             "vae_channels_last": cfg.MODEL.DIFFEWS.VAE_CHANNELS_LAST,
             "presence_signal": cfg.MODEL.DIFFEWS.PRESENCE_SIGNAL,
             "presence_threshold": cfg.MODEL.DIFFEWS.PRESENCE_THRESHOLD,
+            "presence_from_weights": cfg.MODEL.DIFFEWS.PRESENCE_FROM_WEIGHTS,
+            "presence_head": presence_head,
+            "presence_loss_weight": head.LOSS_WEIGHT,
+            "absent_mask_loss": cfg.MODEL.DIFFEWS.ABSENT_MASK_LOSS,
+            "train_head_only": head.TRAIN_ONLY,
         }
 
     @property
@@ -169,22 +204,24 @@ class DiffewS(DiffewSBlocks, nn.Module):
                 * "class_id": int, the episode's class (carried along, unused by the model).
                 Episodes may have different K; those with equal K are batched together.
         Returns:
-            In training, a dict of losses ``{"loss_mask_latent": scalar}``. In inference, a list of
-            dicts, one per episode, with
+            In training, a dict of losses ``{"loss_mask_latent": scalar}`` (and
+            ``"loss_presence"`` with a presence head). In inference, a list of dicts, one per
+            episode, with
                 * "pred_mask": (H, W) bool, the predicted query mask at the working size.
                 * "pred_image": (3, H, W) uint8, the decoded RGB prediction before thresholding.
                 * "score": scalar tensor in [0, 1], the prediction's confidence (``postprocess``).
+                * "presence", "present", "signals": the presence readout (``presence.py``).
         """
         groups: Dict[int, List[int]] = {}
         for i, x in enumerate(batched_inputs):
             groups.setdefault(self._num_shots(x, i), []).append(i)
         if self.training:
-            total, count = 0.0, 0
+            totals, count = {}, 0
             for shots, idx in groups.items():
-                loss = self.losses([batched_inputs[i] for i in idx], shots)
-                total = total + loss * len(idx)
+                for name, loss in self.losses([batched_inputs[i] for i in idx], shots).items():
+                    totals[name] = totals.get(name, 0.0) + loss * len(idx)
                 count += len(idx)
-            return {"loss_mask_latent": total / count}
+            return {name: total / count for name, total in totals.items()}
         results: List[Dict] = [None] * len(batched_inputs)
         for shots, idx in groups.items():
             for i, r in zip(idx, self.inference([batched_inputs[i] for i in idx])):
@@ -223,11 +260,16 @@ class DiffewS(DiffewSBlocks, nn.Module):
         self.check_size(size)
         return query, supports, masks
 
-    def losses(self, batched_inputs: List[Dict], shots: int) -> torch.Tensor:
-        """Latent MSE between the output and minus the VAE-sampled query-mask latent (docs/METHOD.md section 4).
+    def losses(self, batched_inputs: List[Dict], shots: int) -> Dict[str, torch.Tensor]:
+        """Latent MSE between the output and minus the VAE-sampled query-mask latent
+        (docs/METHOD.md section 4): ``{"loss_mask_latent"}``, plus ``"loss_presence"`` (binary
+        cross-entropy of the presence head, target: the query's mask is not empty) for a model
+        with a head.
 
         Every latent is a posterior *sample* (the reference's ``latent_dist.sample()``), and the
-        support pass runs on all B*K supports at once, inside the autograd graph.
+        support pass runs on all B*K supports at once, inside the autograd graph. An
+        absent-target episode (empty query mask) has the empty mask's latent as its target, or
+        no mask loss with ``absent_mask_loss`` False.
         """
         query, supports, masks = self._stack(batched_inputs)
         target_mask = torch.stack([(torch.as_tensor(x["sem_seg"]) == 1) for x in batched_inputs])
@@ -237,11 +279,26 @@ class DiffewS(DiffewSBlocks, nn.Module):
         z_target = self.encode(self.mask_to_image(target_mask), sample=True)
         support_set, support_out = self.support_pass(z_support, self.prompt_embeds_train)
         rows = [support_set[i * shots:(i + 1) * shots] for i in range(len(batched_inputs))]
-        pred = self.query_pass(z_query, rows, self.prompt_embeds_train)
+        if self.presence_head is None:
+            pred = self.query_pass(z_query, rows, self.prompt_embeds_train)
+        else:
+            pred, probe = self.query_pass_probed(z_query, rows, self.prompt_embeds_train)
         # the support output is unused, but keeping it in the graph lets DDP see every parameter
         # used (the reference adds ``support_out * 0``; the batch sizes differ here for K > 1)
         pred = pred + support_out.mean() * 0.0
-        return F.mse_loss(pred.float(), (-z_target).float(), reduction="mean")
+        present = target_mask.flatten(1).any(dim=1).to(self.device)
+        if self.absent_mask_loss:
+            out = {"loss_mask_latent": F.mse_loss(pred.float(), (-z_target).float(),
+                                                  reduction="mean")}
+        else:  # absent-target episodes train the head only
+            per = ((pred.float() + z_target.float()) ** 2).mean(dim=(1, 2, 3))
+            w = present.float()
+            out = {"loss_mask_latent": (per * w).sum() / w.sum().clamp(min=1.0)}
+        if self.presence_head is not None:
+            logits = self.presence_logits(probe).float()
+            out["loss_presence"] = self.presence_loss_weight * F.binary_cross_entropy_with_logits(
+                logits, present.float())
+        return out
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
@@ -251,8 +308,15 @@ class DiffewS(DiffewSBlocks, nn.Module):
         sets = [self.encode_supports(x["support_images"], x["support_masks"])
                 for x in batched_inputs]
         z_query = self.encode(self.normalize(query), sample=False)
-        if self.needs_attention:  # the "attention" presence signal, measured in this pass
-            pred, share = self.query_pass_measured(z_query, sets, self.prompt_embeds_test)
-            return self.postprocess(self.decode(-pred), share)
+        if self.needs_measure:  # a presence signal measured in this pass (presence.py)
+            pred, measured = self.query_pass_measured(z_query, sets, self.prompt_embeds_test)
+            return self.postprocess(self.decode(-pred), measured)
         pred = self.query_pass(z_query, sets, self.prompt_embeds_test)
         return self.postprocess(self.decode(-pred))
+
+
+def build_presence_head(unet: nn.Module, hidden: int, prototype: bool = False) -> PresenceHead:
+    """A ``PresenceHead`` sized for ``unet``'s fused layers and its mid-block attention width."""
+    fused = fused_layer_names(unet)
+    pooled = sum(unet.get_submodule(n).to_out[0].out_features for n in pooled_layers(fused))
+    return PresenceHead(len(fused), pooled, hidden, prototype)

@@ -8,7 +8,8 @@
    ``predict_instances`` (``TEST.FSOD.BATCH_SIZE`` sets per call), the same instances as few-shot
    instance segmentation gives (DiffewS: ``TEST.FSOD.INSTANCE_MODE``, ``MIN_AREA``, ``TOPK``,
    ``CLASS_SCORE``). With a presence threshold (``--presence-threshold`` or
-   ``MODEL.DIFFEWS.PRESENCE_THRESHOLD``, >= 0) a class judged absent gives nothing.
+   ``MODEL.DIFFEWS.PRESENCE_THRESHOLD``, >= 0, or the one calibrated weights carry) a class
+   judged absent gives nothing; ``--presence-threshold -1`` decides nothing.
 3. **Nothing lost.** Each image's annotations (RLE, box, area, score) are one shard of the
    journal ``OUTPUT/journal/`` (``diffews/utils/journal.py``), written atomically after its label
    PNG (``--save-masks``), so a run killed at any moment and started again with the same command
@@ -68,7 +69,7 @@ class LabelJob:
     images: str
     output: str
     supports_images: Optional[str] = None
-    presence_threshold: Optional[float] = None  # None: MODEL.DIFFEWS.PRESENCE_THRESHOLD
+    presence_threshold: Optional[float] = None  # None: the config's (presence_threshold)
     max_bad_fraction: float = 0.01
     save_masks: bool = False
     overwrite: bool = False
@@ -78,12 +79,13 @@ NO_DECISION = -1.0  # a presence threshold < 0: every class kept (the predictor'
 
 
 def presence_threshold(cfg, job: LabelJob) -> Optional[float]:
-    """The flag, else the config key (absent from older configs); None when it is < 0 (no
-    decision: every class kept, whatever the other one says)."""
-    value = job.presence_threshold
-    if value is None:
-        value = cfg.MODEL.get("DIFFEWS", {}).get("PRESENCE_THRESHOLD", None)
-    return None if value is None or float(value) < 0 else float(value)
+    """The flag (< 0: no decision, ``NO_DECISION``), else the model's config key when >= 0
+    (``Predictor.presence_key``: MODEL.DIFFEWS.PRESENCE_THRESHOLD, MODEL.SINE.PRESENCE_THRESHOLD),
+    else None: the predictor's default (the threshold calibrated weights carry, or no decision)."""
+    if job.presence_threshold is not None:
+        value = float(job.presence_threshold)
+        return NO_DECISION if value < 0 else value
+    return predictor_class(cfg).configured_presence(cfg)
 
 
 def job_fingerprint(cfg, source: SupportSource, job: LabelJob) -> Dict:
@@ -228,9 +230,8 @@ def run(cfg, job: LabelJob, predictor=None, checked=None) -> Dict:
     sets = _prepare_sets(predictor, source, os.path.join(job.output, SETS))
     if source.kind == "sets":  # the other kinds' masks were checked by read_supports
         check_set_foreground(source, sets)
-    # the predictor reads None as "the config's threshold": no decision is said with < 0
+    # None: the predictor's default (configured, else calibrated weights'); < 0: no decision
     threshold = presence_threshold(cfg, job)
-    threshold = NO_DECISION if threshold is None else threshold
     ids = [c["id"] for c in source.categories]
     paths = dict(images)
     # the main process lists what is left, the others take its list (all before anyone writes)

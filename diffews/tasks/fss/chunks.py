@@ -54,7 +54,7 @@ class ChunkEvaluator(FSSEvaluator):
 
     def take(self) -> List[list]:
         """The JSON rows of the episodes processed since the last call: ``[episode_id,
-        class_id, [[I_bg, I_fg], [U_bg, U_fg]], [object in query, presence, present,
+        class_id, [[I_bg, I_fg], [U_bg, U_fg]], [object in query, presence, mask not empty,
         absent-target episode]]`` (the running mIoU keeps them)."""
         rows = [[e, c, n.tolist(), list(p[1:])]
                 for (e, c, n), p in zip(self._records, self._presence)]
