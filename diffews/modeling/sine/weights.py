@@ -213,7 +213,12 @@ def load_sine_weights(model: nn.Module, path: str, encoder_loaded: bool = False)
                        "checkpoint, e.g. models/dinov2_vitl14_pretrain.pth or "
                        "hf://facebook/dinov2-large")
     _check_keys(model, state, f"MODEL.WEIGHTS {path}",
-                optional=() if has_encoder else (ENCODER_PREFIX,))
+                optional=IGNORED_PREFIXES + (() if has_encoder else (ENCODER_PREFIX,)))
+    if has_encoder and getattr(model, "encoder_weights", ""):
+        current = model.image_encoder.encoder.state_dict()
+        if any(not torch.equal(current[k[len(ENCODER_PREFIX):]].cpu(), v)
+               for k, v in state.items() if k.startswith(ENCODER_PREFIX)):
+            model.encoder_weights = ""  # the file's encoder, not MODEL.SINE.ENCODER.WEIGHTS'
     model.load_state_dict(state, strict=False)
     logger.info("SINE weights loaded from %s (%d tensors%s%s)", path, len(state),
                 "" if has_encoder else ", encoder from MODEL.SINE.ENCODER.WEIGHTS",
