@@ -3,11 +3,13 @@
 benchmark through the same training code as real runs (``engine.train``, the config
 ``configs/quick_schedules/diffews_tiny_synthetic_cpu.yaml``), then score it and two trivial
 baselines on the same held-out episodes with the same evaluator, print the table and save a
-picture of predictions."""
+picture of predictions. With ``model="sine"`` a tiny SINE is trained too (``sine.py``) and
+scored beside them on the same episodes."""
 
 import logging
 import os
 import time
+from contextlib import nullcontext
 from typing import Dict, Optional, Sequence
 
 from detectron2.modeling import build_model
@@ -32,16 +34,22 @@ CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_syntheti
 
 
 def quickstart(output: str, fresh: bool = False, opts: Sequence[str] = (),
-               device: Optional[str] = None) -> Dict[str, Dict]:
+               device: Optional[str] = None, model: str = "diffews",
+               sine_opts: Sequence[str] = ()) -> Dict[str, Dict]:
     """The whole quick start in ``output`` (``tiny_sd/``, ``train/``, ``results.json``,
-    ``predictions.png``); a finished training is resumed unless ``fresh``.
+    ``predictions.png``; with SINE also ``sine/``); a finished training is resumed unless
+    ``fresh``.
 
     Args:
         opts: config overrides ``[KEY, VALUE, ...]`` of the quick start's config.
         device: ``MODEL.DEVICE`` (None: the config's).
+        model: "diffews", or "sine": the tiny SINE too, scored beside DiffewS (``sine.py``).
+        sine_opts: config overrides of the SINE quick start's config.
     Returns:
-        {method: {"mIoU", "FB-IoU"}} of the model and the two baselines.
+        {method: {"mIoU", "FB-IoU"}} of the model(s) and the two baselines.
     """
+    if model not in ("diffews", "sine"):
+        raise ValueError(f"quick start model must be 'diffews' or 'sine', got {model!r}")
     start = time.perf_counter()
     flags = ["OUTPUT_DIR", os.path.join(output, "train")] + (
         ["MODEL.DEVICE", device] if device else [])
@@ -58,15 +66,26 @@ def quickstart(output: str, fresh: bool = False, opts: Sequence[str] = (),
     engine.train(cfg, resume=not fresh)
     train_time = time.perf_counter() - start
 
-    model = build_model(cfg).eval()
-    DiffewSCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    diffews = build_model(cfg).eval()
+    DiffewSCheckpointer(diffews).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    models = {"DiffewS (tiny)": diffews}
+    context = nullcontext()
+    if model == "sine":
+        from .sine import SINEAtEpisodeSize, one_thread, train_sine
+
+        sine_start = time.perf_counter()
+        _, sine = train_sine(output, fresh, sine_opts, device)
+        logger.info("SINE trained in %.0f s", time.perf_counter() - sine_start)
+        models["SINE (tiny)"] = SINEAtEpisodeSize(sine)
+        context = one_thread()
     dataset = cfg.DATASETS.TEST[0]
-    results = evaluate_with_baselines(
-        {"DiffewS (tiny)": model}, lambda: build_fss_test_loader(cfg, dataset),
-        lambda: FSSEvaluator(dataset, distributed=False))
+    with context:
+        results = evaluate_with_baselines(
+            models, lambda: build_fss_test_loader(cfg, dataset),
+            lambda: FSSEvaluator(dataset, distributed=False))
     episodes = [b[0] for _, b in zip(range(6), build_fss_test_loader(cfg, dataset))]
     picture = os.path.join(output, "predictions.png")
-    Image.fromarray(episode_grid(episodes, model(episodes))).save(picture)
+    Image.fromarray(episode_grid(episodes, diffews(episodes))).save(picture)
     atomic_write_json(results, os.path.join(output, "results.json"), indent=2)
     logger.info("done in %.0f s (training included: %.0f s)", time.perf_counter() - start,
                 train_time)
