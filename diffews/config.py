@@ -400,3 +400,7 @@ def add_sine_config(cfg: CN) -> None:
     # sine_ade20k_instance_train, sine_paco_lvis_train, sine_o365_sam_train_75k.
     cfg.DATASETS.SINE_TRAIN.INSTANCE = ("sine_coco_instance_train", "sine_o365_sam_train")
     cfg.DATASETS.SINE_TRAIN.INSTANCE_WEIGHTS = (1.0, 3.0)
+    # SINE's optimizer groups (diffews/engine/solver.py, aim-uofa/SINE tools/train.py l.234-282):
+    # weight decay of nn.Embedding parameters (the queries), 0 in the original; torch's norm
+    # layers take detectron2's SOLVER.WEIGHT_DECAY_NORM (0.0), everything else SOLVER.WEIGHT_DECAY.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0

@@ -233,7 +233,8 @@ def test_episode_outputs_and_errors(trained):
         model([bad])
     model.train()
     try:
-        with pytest.raises(NotImplementedError, match="training"):
+        # training mode takes in-context samples (tests/test_sine_train_step.py), not episodes
+        with pytest.raises(ValueError, match="sample 0: no 'ref_dict'"):
             model([_episode()])
     finally:
         model.eval()

@@ -170,7 +170,7 @@ def test_mode_accuracy_reports_agreement_and_first_batch(tiny_sd, tmp_path, monk
 
 def test_gpu_suite_sine_rows_dry_run_on_cpu():
     """The suite's SINE rows with a tiny SINE on the CPU: fp32 and bf16 autocast timed, fp16
-    autocast says it needs a GPU."""
+    autocast says it needs a GPU; training iterations in fp32 and bf16 autocast, batch 1 and 2."""
     from diffews.benchmark.suite import format_rows, run_suite
 
     rows = run_suite(torch.device("cpu"), "tiny", SIZE, reps=1, log=lambda *a: None,
@@ -181,3 +181,8 @@ def test_gpu_suite_sine_rows_dry_run_on_cpu():
     assert all(r["status"] == "ok" and r["ms_per_episode"] > 0 for r in sine[:4])
     assert {r["status"] for r in sine[4:]} == {"not run (fp16 autocast needs a GPU)"}
     assert format_rows(rows).count("| SINE inference |") == 6
+    train = [r for r in rows if r["what"] == "SINE training iteration"]
+    assert [(r["dtype"], r["batch"]) for r in train] == [
+        (d, b) for d in ("float32", "bfloat16") for b in (1, 2)]
+    assert all(r["status"] == "ok" and r["s_per_step"] > 0 for r in train)
+    assert format_rows(rows).count("| SINE training iteration |") == 4

@@ -9,6 +9,7 @@
   python tools/benchmark.py --suite gpu        # SD 2.1-shaped, 512 px, every speed mode, training
   python tools/benchmark.py --onnx-parts --model mid --size 256   # torch vs ORT / OpenVINO per part
   python tools/benchmark.py --sine --shots 1 --reps 3  # SINE-L-shaped random weights, 518/896
+  python tools/benchmark.py --sine-train --batch 1 --reps 2  # SINE training iteration, 896 px
 
 Training iterations run the real EpisodeTrainer step (accumulation, AMP, clipping) on random
 episodes at INPUT.IMAGE_SIZE; inference episodes run the model in eval mode with the support cache
@@ -38,7 +39,8 @@ command line or config, 1: files); --debug shows the traceback.
 import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
-from diffews.benchmark.run import MODELS, accuracy, compare, onnx_parts, sine, suite, timing
+from diffews.benchmark.run import (MODELS, accuracy, compare, onnx_parts, sine, sine_train, suite,
+                                   timing)
 from diffews.cli import add_list_argument, check_counts, entry_parser, parse_list, run_cli
 
 
@@ -71,6 +73,12 @@ def get_parser():
     p.add_argument("--tiny", action="store_true", help="benchmark the tiny random test model")
     p.add_argument("--sine", action="store_true", help="SINE-L-shaped random weights at 518 px "
                    "padded to 896: seconds per FSS episode (--shots, --reps) and peak memory")
+    p.add_argument("--sine-train", action="store_true", help="SINE training iterations at the "
+                   "released recipe's shape (frozen DINOv2-L, 896 px): seconds (--batch, --reps, "
+                   "--amp) and peak memory")
+    p.add_argument("--batch", type=int, default=1, help="--sine-train: samples per iteration")
+    p.add_argument("--amp", choices=("float16", "bfloat16"), default=None,
+                   help="--sine-train: autocast precision (default float32)")
     add_list_argument(p, "--shots", default="1,5", metavar="K,...",
                       help="supports per episode (default 1,5)")
     p.add_argument("--iters", type=int, default=10)
@@ -91,7 +99,7 @@ def parse_args(argv=None):
     if not args.shots or min(args.shots) < 1:
         p.error("--shots: at least one shot, each >= 1")
     check_counts(p, args, {"reps": 1, "size": 8, "episodes": 1, "profile": 0, "iters": 1,
-                           "onnx_threads": 0})
+                           "onnx_threads": 0, "batch": 1})
     return args
 
 
@@ -99,7 +107,8 @@ def cli(argv=None) -> int:
     """The command line: parse, run the chosen benchmark; one ``error:`` line and exit 1/2."""
     args = parse_args(argv)
     run = compare if args.compare else suite if args.suite else accuracy if args.accuracy \
-        else onnx_parts if args.onnx_parts else sine if args.sine else timing
+        else onnx_parts if args.onnx_parts else sine if args.sine \
+        else sine_train if args.sine_train else timing
     return run_cli(lambda: run(args), args.debug)
 
 

@@ -1,19 +1,20 @@
 #!/usr/bin/env python
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Train or evaluate DiffewS.
+"""Train or evaluate DiffewS or SINE (the config's MODEL.META_ARCHITECTURE).
 
   python tools/train_net.py --config-file
   configs/fss/coco20i/diffews_sd21_coco20i_fold0_2shot_bs4_20k.yaml
   python tools/train_net.py --config-file CFG --resume                       # continue a killed run
   python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
   python tools/train_net.py --config-file CFG --num-gpus 8                   # data-parallel
+  python tools/train_net.py --config-file configs/sine/sine_dinov2l_incontext_train.yaml  # SINE
 
 Config overrides are trailing KEY VALUE pairs (or after --opts); --output sets OUTPUT_DIR (default:
 the config's OUTPUT_DIR), --device MODEL.DEVICE, --dataset-root $DETECTRON2_DATASETS. --resume,
 --eval-only and the launch flags (--num-gpus, --num-machines, --machine-rank, --dist-url) are
 detectron2's default_argument_parser's. Before the model is built, the config, the
-MODEL.DIFFEWS.PRETRAINED folder, the image size, the datasets, OUTPUT_DIR and (with --eval-only)
-MODEL.WEIGHTS are checked; an error is one line, exit status 2 for a wrong command line or config,
+MODEL.DIFFEWS.PRETRAINED folder (SINE: MODEL.SINE.ENCODER.WEIGHTS), the image size, the datasets
+(SINE: DATASETS.SINE_TRAIN), OUTPUT_DIR and (with --eval-only) MODEL.WEIGHTS are checked; an error is one line, exit status 2 for a wrong command line or config,
 1 for missing or broken files (--debug shows the traceback).
 """
 
@@ -23,7 +24,7 @@ import sys
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
 from diffews import engine
 from diffews.cli import check_counts, entry_parser, load_entry_config, run_cli
-from diffews.cli.preflight import check_datasets, preflight
+from diffews.cli.preflight import check_datasets, check_output_dir, preflight
 
 from detectron2.engine import default_argument_parser, launch
 
@@ -64,11 +65,24 @@ def check(args) -> None:
     _dataset_root(args)
     cfg = load_entry_config(args, FLAGS)
     resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if cfg.MODEL.META_ARCHITECTURE == "SINE":
+        return check_sine(cfg, args.eval_only and not resuming, args.eval_only)
     weights = [cfg.MODEL.WEIGHTS] if args.eval_only and not resuming else []
     preflight(cfg, output_dir=cfg.OUTPUT_DIR, weights=weights, output_key="OUTPUT_DIR")
     check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
     if not args.eval_only:
         check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN", required=True)
+
+
+def check_sine(cfg, need_weights: bool, eval_only: bool) -> None:
+    """SINE's checks: OUTPUT_DIR, the encoder and model weights files, the datasets."""
+    from diffews.engine.sine_preflight import check_sine_config, sine_train_datasets
+
+    check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    check_sine_config(cfg, need_weights)
+    check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    if not eval_only:
+        check_datasets(sine_train_datasets(cfg), "DATASETS.SINE_TRAIN", required=True)
 
 
 def main(args):

@@ -22,7 +22,7 @@ from ..utils.timing import describe_peak, sync
 from .episodes import random_episode
 
 __all__ = ["MODELS", "QUICK_CONFIG", "timing", "compare", "suite", "accuracy", "onnx_parts",
-           "sine"]
+           "sine", "sine_train"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK_CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
@@ -219,6 +219,20 @@ def sine(args) -> int:
         result = measure(518, 896, shots, args.reps, device=_device(args))
         result["load_average"] = list(os.getloadavg())
         print(json.dumps(result, indent=1))
+    return 0
+
+
+def sine_train(args) -> int:
+    """Seconds per SINE training iteration and peak memory at the released recipe's shape
+    (``sine_train_speed.py``: frozen DINOv2-L, 896 px, --batch samples), median of --reps after
+    a warm-up."""
+    import json
+
+    from .sine_train_speed import measure
+
+    result = measure(args.batch, args.reps, device=_device(args), amp=args.amp)
+    result["load_average"] = list(os.getloadavg())
+    print(json.dumps(result, indent=1))
     return 0
 
 

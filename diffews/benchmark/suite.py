@@ -26,7 +26,7 @@ from ..utils.timing import peak_gib, reset_peak, sync
 from .episodes import random_episode
 from .random_sd import build_random_diffews
 from .suite_onnx import ORT_RUNTIMES, ort_rows
-from .suite_sine import sine_rows
+from .suite_sine import sine_rows, sine_train_rows
 
 __all__ = ["run_suite", "format_rows", "append_to_benchmarks"]
 
@@ -135,6 +135,8 @@ def run_suite(device: torch.device, model_name: str = "sd21", size: int = 512, r
     if sine_dtypes:
         rows += sine_rows(device, tiny=model_name == "tiny", reps=reps, log=log,
                           dtypes=sine_dtypes)
+        rows += sine_train_rows(device, tiny=model_name == "tiny", log=log,
+                                dtypes=[d for d in sine_dtypes if d != "float16"])
     return rows
 
 
@@ -149,6 +151,9 @@ def format_rows(rows: List[Dict]) -> str:
                 what = f"inference, {r['runtime']}"
             value = f"{r['ms_per_episode']:.1f} ms" if "ms_per_episode" in r else ""
             first = f"{r['first_call_s']:.1f}" if "first_call_s" in r else ""
+        elif r["what"] == "SINE training iteration":
+            what, dtype, comp, first = r["what"], r["dtype"], "off", ""
+            value = f"{r['s_per_step']:.3f} s" if "s_per_step" in r else ""
         else:
             what = "training step" + (" (grad. checkpointing)" if r["checkpointing"] else "")
             dtype, comp, first = "fp16 AMP", "off", ""

@@ -1,5 +1,8 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""DiffewSTrainer: detectron2's DefaultTrainer with DiffewS's data, solver and train loop."""
+"""DiffewSTrainer: detectron2's DefaultTrainer with DiffewS's data, solver and train loop; the
+same trainer trains SINE (``MODEL.META_ARCHITECTURE: "SINE"``): the in-context train loader, the
+original's optimizer groups and schedule (``solver.py``) and checkpoints without the frozen
+encoder (``sine_checkpoint.py``)."""
 
 import logging
 import weakref
@@ -14,12 +17,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import DiffewSCheckpointer
 from ..data.episodes import build_episodic_train_loader, build_fss_test_loader
+from ..data.incontext import build_incontext_train_loader
 from ..evaluation import FSSEvaluator, evaluate_episodes
 from .hooks import PredictionVisualizer
+from .sine_checkpoint import SINECheckpointer
 from .solver import build_lr_scheduler, build_optimizer
 from .train_loop import EpisodeTrainer
 
 logger = logging.getLogger(__name__)
+
+
+def is_sine(cfg) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE == "SINE"
 
 
 def create_ddp_model(model):
@@ -38,6 +47,10 @@ class DiffewSTrainer(DefaultTrainer):
     (``SOLVER.AMP.PRECISION``), with gradient-norm clipping and the NaN policy of ``SOLVER.NAN_POLICY``.
     Checkpoints hold the UNet, optimizer, LR scheduler, grad scaler and iteration, so ``--resume``
     continues at the same iteration and learning rate.
+
+    SINE (docs/SINE.md section 12): one iteration is one update over ``ACCUMULATION_STEPS``
+    batches of in-context samples; checkpoints hold the neck, the decoder and the loss buffer,
+    not the frozen DINOv2 (``sine_checkpoint.py``).
     """
 
     def __init__(self, cfg):
@@ -61,11 +74,18 @@ class DiffewSTrainer(DefaultTrainer):
             nan_policy=cfg.SOLVER.NAN_POLICY,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DiffewSCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        checkpointer = SINECheckpointer if is_sine(cfg) else DiffewSCheckpointer
+        self.checkpointer = checkpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True):
+        """detectron2's, then (SINE) the encoder record of this run's checkpoints."""
+        super().resume_or_load(resume=resume)
+        if isinstance(self.checkpointer, SINECheckpointer):
+            self.checkpointer.settle_encoder()
 
     def build_hooks(self):
         ret = super().build_hooks()
@@ -90,6 +110,10 @@ class DiffewSTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        """By ``MODEL.META_ARCHITECTURE``: SINE's in-context samples
+        (``DATASETS.SINE_TRAIN``), DiffewS's episodes (``DATASETS.TRAIN``)."""
+        if is_sine(cfg):
+            return build_incontext_train_loader(cfg)
         return build_episodic_train_loader(cfg)
 
     @classmethod

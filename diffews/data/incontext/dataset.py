@@ -7,6 +7,9 @@ from that source (``source.py``), as the original's ``HybridDataset.__getitem__`
 (aim-uofa/SINE ``sine/data/dataset.py`` l.121-126; the rates from ``scripts/train_sine.sh``).
 The original draws from numpy's global generator in each data-loader worker; here each process
 (rank) and worker has its own ``RandomState([seed, rank, worker])``, so a run is reproducible.
+
+A panoptic source may also be a few-shot dataset (the custom layouts, the synthetic benchmark):
+its class masks are the segments (``fss_source.py``, chosen by ``make_source``).
 """
 
 import logging
@@ -17,11 +20,13 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.utils import comm
 
+from .fss_source import FSSRecordSource
 from .source import AugmentSettings, InContextSource
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InContextTrainDataset", "build_incontext_train_loader", "settings_from_config"]
+__all__ = ["InContextTrainDataset", "build_incontext_train_loader", "settings_from_config",
+           "make_source"]
 
 
 def _probs(weights: Sequence[float], names: Sequence, what: str) -> np.ndarray:
@@ -29,6 +34,22 @@ def _probs(weights: Sequence[float], names: Sequence, what: str) -> np.ndarray:
         raise ValueError(f"{what}: weights {tuple(weights)} must give one weight >= 0 per entry "
                          f"of {tuple(names)}, not all zero")
     return np.asarray(weights, np.float64) / float(sum(weights))
+
+
+def make_source(name: str, settings: AugmentSettings, task: str):
+    """The source of a registered dataset: a SINE source (``sine_task`` metadata, or any
+    panoptic / instance record list) as ``InContextSource``; a few-shot dataset (``label_format``
+    metadata and no ``sine_task``) as ``FSSRecordSource``, for the panoptic task only."""
+    from detectron2.data import MetadataCatalog
+
+    meta = MetadataCatalog.get(name)
+    if meta.get("label_format", None) is not None and meta.get("sine_task", None) is None:
+        if task != "panoptic":
+            raise ValueError(f"DATASETS.SINE_TRAIN.INSTANCE: {name} is a few-shot dataset (one "
+                             "mask per class and image, no instances): list it under "
+                             "DATASETS.SINE_TRAIN.PANOPTIC")
+        return FSSRecordSource(name, settings)
+    return InContextSource(name, settings, task)
 
 
 class InContextTrainDataset(torch.utils.data.IterableDataset):
@@ -58,7 +79,7 @@ class InContextTrainDataset(torch.utils.data.IterableDataset):
             names = [n for n, _ in sources[task]]
             self.source_probs[task] = _probs([w for _, w in sources[task]], names,
                                              f"SINE {task} sources")
-            self.sources[task] = [InContextSource(n, settings, task) for n in names]
+            self.sources[task] = [make_source(n, settings, task) for n in names]
         self.seed = seed
 
     def sample(self, rng: np.random.RandomState) -> Dict:

@@ -6,7 +6,8 @@ pooled under their masks into ID and class queries (``encode_support_set`` / ``p
 kept in a ``SINESupportSet``); the Matching Transformer decodes a target from those queries
 (``decode``); one readout per task turns its output into a semantic map (FSS), instances (FSIS)
 or object masks (VOS) (``inference.py``). ``forward`` runs FSS benchmark episodes in DiffewS's
-episode schema. Pre-processing per task is in ``preprocess.py``.
+episode schema at inference, and returns the training loss of in-context samples in training
+mode (``training.py``). Pre-processing per task is in ``preprocess.py``.
 
 Parameter names are the released training model's (``image_encoder.encoder.*``,
 ``image_encoder.neck.*``, ``transformer_decoder.*``), so its state dict loads as it is
@@ -23,11 +24,13 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from . import preprocess as P
+from .build_criterion import build_sine_criterion
 from .decoder import MatchingTransformer
 from .encoder import DINOv2Encoder, build_dinov2
 from .inference import fss_sem_seg
 from .pooling import pool_fsis, pool_fss, pool_vos
 from .support_set import SINESupportSet
+from .training import training_losses
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,13 @@ __all__ = ["SINE"]
 
 @META_ARCH_REGISTRY.register()
 class SINE(nn.Module):
-    """Frozen DINOv2 + neck + Matching Transformer, at inference (training: see ``forward``)."""
+    """Frozen DINOv2 + neck + Matching Transformer (inference and training: see ``forward``)."""
 
     @configurable
     def __init__(self, *, image_encoder: DINOv2Encoder, transformer_decoder: MatchingTransformer,
                  encoder_arch: str, image_size: int = 518, pad_size: int = 896,
-                 score_threshold: float = 0.7, use_id_query: bool = True):
+                 score_threshold: float = 0.7, use_id_query: bool = True,
+                 criterion: Optional[nn.Module] = None, encoder_weights: str = ""):
         """
         Args:
             image_encoder: DINOv2 and neck (``encoder.DINOv2Encoder``).
@@ -52,6 +56,13 @@ class SINE(nn.Module):
                 multiple of 14).
             score_threshold: FSS foreground = sem_seg > it (``MODEL.SINE.SCORE_THRESHOLD``).
             use_id_query: decode with the supports' ID queries (False for FSIS).
+            criterion: the training loss (``build_sine_criterion``; None: inference only). Its
+                ``empty_weight`` buffer is the released file's ``criterion.empty_weight``.
+            encoder_weights: where the frozen DINOv2 weights came from
+                (``MODEL.SINE.ENCODER.WEIGHTS``; "" = random or loaded later). Training
+                checkpoints leave the encoder out and name this source instead
+                (``engine/sine_checkpoint.py``); ``weights.load_sine_weights`` clears it when a
+                file replaces the encoder with other weights.
         """
         super().__init__()
         self.image_encoder = image_encoder
@@ -63,6 +74,8 @@ class SINE(nn.Module):
         self.image_size, self.pad_size = int(image_size), int(pad_size)
         self.score_threshold = float(score_threshold)
         self.use_id_query = bool(use_id_query)
+        self.criterion = criterion
+        self.encoder_weights = encoder_weights
         # ImageNet mean/std on [0, 1] values, applied after the /255 as torchvision's Normalize
         # in the original (tools/eval_fss.py l.37-40); not part of the state dict
         self.register_buffer("pixel_mean", torch.tensor(P.IMAGENET_MEAN).view(3, 1, 1), False)
@@ -88,6 +101,8 @@ class SINE(nn.Module):
             "pad_size": s.PAD_SIZE,
             "score_threshold": s.SCORE_THRESHOLD,
             "use_id_query": s.USE_ID_QUERY,
+            "criterion": build_sine_criterion(cfg, d.DEPTH),
+            "encoder_weights": s.ENCODER.WEIGHTS,
         }
 
     @property
@@ -203,8 +218,9 @@ class SINE(nn.Module):
         return self.transformer_decoder(target, ids[None], classes[None])
 
     # -- FSS benchmark episodes -----------------------------------------------------------------
-    def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
-        """FSS episodes at the working size, in DiffewS's episode schema.
+    def forward(self, batched_inputs: List[Dict]):
+        """FSS episodes at the working size, in DiffewS's episode schema (inference), or the
+        training loss of in-context samples (training mode, ``training.training_losses``).
 
         Args:
             batched_inputs: a list of episodes, each a dict with
@@ -213,20 +229,20 @@ class SINE(nn.Module):
                 * "support_images": (K, 3, S, S) the K support images, same convention.
                 * "support_masks": (K, S, S) the support masks, non-zero = foreground
                   (``preprocess.fss_mask``).
+            In training mode: in-context samples ``{"ref_dict", "tar_dict"}`` (schema in
+            ``diffews/data/incontext/source.py``; images already normalised and padded).
         Returns:
-            per episode a dict with
+            In training mode, ``{loss name: weighted scalar}`` (``training.py``). At
+            inference, per episode a dict with
                 * "pred_mask": (S, S) bool, ``sem_seg > SCORE_THRESHOLD`` (strict, as
                   tools/eval_fss.py l.107-109).
                 * "sem_seg": (S, S) float, the semantic map (a sum over queries; can exceed 1).
                 * "score": scalar tensor in [0, 1], the prediction's confidence: the largest
                   class probability (softmax over class + "no object") among the instance
                   queries, i.e. how sure the best-matching query is that it shows the class.
-        Raises:
-            NotImplementedError in training mode (SINE's loss is not part of this module).
         """
         if self.training:
-            raise NotImplementedError("SINE training (the matching loss) is not implemented in "
-                                      "the meta-architecture yet; use model.eval() for inference")
+            return training_losses(self, batched_inputs)
         return [self._episode(x, i) for i, x in enumerate(batched_inputs)]
 
     @torch.no_grad()

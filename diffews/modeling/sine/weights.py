@@ -16,13 +16,21 @@
 Loading is strict where the original was lenient (``strict=False``): a missing key or a shape
 mismatch stops with an error naming the file, the key and both shapes; keys that belong to no
 part of the model stop too (a DiffewS checkpoint given to a SINE config, say).
+
+Our training checkpoints leave the frozen encoder out (docs/SINE.md section 12) and carry an
+**encoder record** instead, ``{"weights": where it comes from, "fingerprint": hash of its
+tensors}`` under the checkpoint's ``"sine_encoder"`` key (``encoder_record``). Loading such a file
+(``restore_encoder``) keeps the model's encoder when its fingerprint is the recorded one,
+otherwise loads the recorded file (relative paths are tried beside the checkpoint first) and
+checks the fingerprint again; a mismatch stops with both fingerprints named.
 """
 
+import hashlib
 import json
 import logging
 import os
 import re
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -30,8 +38,9 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_state_dict", "hf_to_official", "official_to_timm", "read_encoder_state",
-           "load_encoder_weights", "load_sine_weights", "IGNORED_PREFIXES"]
+__all__ = ["read_state_dict", "read_checkpoint", "hf_to_official", "official_to_timm",
+           "read_encoder_state", "load_encoder_weights", "load_sine_weights", "IGNORED_PREFIXES",
+           "ENCODER_PREFIX", "encoder_fingerprint", "encoder_record", "restore_encoder"]
 
 # training-only buffers of the released file (the loss's class weights)
 IGNORED_PREFIXES = ("criterion.",)
@@ -62,14 +71,21 @@ def _strip(state: Dict, prefixes: Iterable[str]) -> Dict:
 def read_state_dict(path: str, what: str = "MODEL.WEIGHTS") -> Dict[str, torch.Tensor]:
     """A SINE state dict from a file: the released flat dict, or a checkpoint holding it under
     "model" (detectron2/our trainer) or "module"; a ``module.`` prefix on every key dropped."""
+    return read_checkpoint(path, what)[0]
+
+
+def read_checkpoint(path: str, what: str = "MODEL.WEIGHTS"
+                    ) -> Tuple[Dict[str, torch.Tensor], Optional[Dict]]:
+    """``read_state_dict``'s state and the checkpoint's encoder record (None if it has none)."""
     state = _torch_load(path, what)
+    record = state.get("sine_encoder") if isinstance(state, dict) else None
     for key in ("model", "module", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{what}: {path} holds no state dict of tensors")
-    return _strip(state, ("module.",))
+    return _strip(state, ("module.",)), record
 
 
 def hf_to_official(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -198,20 +214,88 @@ def load_sine_weights(model: nn.Module, path: str, encoder_loaded: bool = False)
         path: the released ``pytorch_model.bin`` or our checkpoint (a local file).
         encoder_loaded: the DINOv2 weights came from ``MODEL.SINE.ENCODER.WEIGHTS``, so a file
             without ``image_encoder.encoder.*`` keys is complete; with encoder keys, the file's
-            encoder replaces it (as the original's whole-model load does).
+            encoder replaces it (as the original's whole-model load does). A file with an
+            encoder record (our training checkpoints) is checked against it
+            (``restore_encoder``) instead.
     """
-    state = read_state_dict(path)
+    state, record = read_checkpoint(path)
     ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     has_encoder = any(k.startswith(ENCODER_PREFIX) for k in state)
-    if not has_encoder and not encoder_loaded:
+    if not has_encoder and record is not None:
+        restore_encoder(model, record, f"MODEL.WEIGHTS {path}", os.path.dirname(path))
+    elif not has_encoder and not encoder_loaded:
         raise KeyError(f"MODEL.WEIGHTS {path}: no '{ENCODER_PREFIX}*' keys (the DINOv2 encoder "
                        "is not in the file): set MODEL.SINE.ENCODER.WEIGHTS to a DINOv2 "
                        "checkpoint, e.g. models/dinov2_vitl14_pretrain.pth or "
                        "hf://facebook/dinov2-large")
     _check_keys(model, state, f"MODEL.WEIGHTS {path}",
-                optional=() if has_encoder else (ENCODER_PREFIX,))
+                optional=IGNORED_PREFIXES + (() if has_encoder else (ENCODER_PREFIX,)))
+    if has_encoder and getattr(model, "encoder_weights", ""):
+        current = model.image_encoder.encoder.state_dict()
+        if any(not torch.equal(current[k[len(ENCODER_PREFIX):]].cpu(), v)
+               for k, v in state.items() if k.startswith(ENCODER_PREFIX)):
+            model.encoder_weights = ""  # the file's encoder, not MODEL.SINE.ENCODER.WEIGHTS'
     model.load_state_dict(state, strict=False)
     logger.info("SINE weights loaded from %s (%d tensors%s%s)", path, len(state),
                 "" if has_encoder else ", encoder from MODEL.SINE.ENCODER.WEIGHTS",
                 f", ignored {len(ignored)} training-only" if ignored else "")
+
+
+@torch.no_grad()
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """A 16-hex-digit SHA-1 of every tensor of ``encoder``'s state dict (names, shapes, bytes)."""
+    h = hashlib.sha1()
+    for name, t in sorted(encoder.state_dict().items()):
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def encoder_record(model: nn.Module, weights: str) -> Dict:
+    """The encoder record a checkpoint carries: where the frozen encoder comes from and the
+    fingerprint of ``model``'s encoder."""
+    return {"weights": weights, "fingerprint": encoder_fingerprint(model.image_encoder.encoder)}
+
+
+def _record_path(weights: str, folder: str) -> str:
+    """The recorded weights: beside the checkpoint (``folder``) if there, else as written."""
+    if weights and not os.path.isabs(weights) and folder:
+        beside = os.path.join(folder, weights)
+        if os.path.exists(beside):
+            return beside
+    return weights
+
+
+def restore_encoder(model: nn.Module, record: Dict, source: str, folder: str = "") -> None:
+    """Make ``model``'s frozen encoder the one ``record`` names (see the module docstring).
+
+    Args:
+        model: a ``SINE``.
+        record: ``{"weights", "fingerprint"}`` from a checkpoint.
+        source: the checkpoint, for messages.
+        folder: the checkpoint's folder (relative recorded weights are tried there first).
+    Raises:
+        ValueError naming both fingerprints when neither the model's encoder nor the recorded
+        file is the recorded encoder.
+    """
+    vit = model.image_encoder.encoder
+    have = encoder_fingerprint(vit)
+    if have == record["fingerprint"]:
+        return
+    path = _record_path(record["weights"], folder)
+    if not path or not os.path.exists(path):  # hub ids were made local paths by build_config
+        raise ValueError(
+            f"{source}: trained with the frozen encoder {record['weights'] or '(random)'} "
+            f"(fingerprint {record['fingerprint']}), which is not found; the model's encoder "
+            f"(MODEL.SINE.ENCODER.WEIGHTS {getattr(model, 'encoder_weights', '') or 'empty'}) "
+            f"has fingerprint {have}: set MODEL.SINE.ENCODER.WEIGHTS to the file it was "
+            "trained with")
+    load_encoder_weights(vit, path)
+    have = encoder_fingerprint(vit)
+    if have != record["fingerprint"]:
+        raise ValueError(f"{source}: trained with the frozen encoder {record['weights']} "
+                         f"(fingerprint {record['fingerprint']}), but {path} now has "
+                         f"fingerprint {have}")
+    model.encoder_weights = path
+    logger.info("%s: frozen encoder restored from %s", source, path)
