@@ -24,7 +24,7 @@ def test_compare_paths_with_the_backend(tmp_path):
         e["support_images"], e["support_masks"] = (episodes[0]["support_images"],
                                                    episodes[0]["support_masks"])
     r = compare_paths(model, episodes, profile_reps=1, backend=backends)
-    assert r["paths"] == ["reference", "default", "reuse", "onnxruntime", "onnxruntime reuse"]
+    assert r["paths"] == ["plain", "default", "reuse", "onnxruntime", "onnxruntime reuse"]
     assert all(len(r["latency"][p]) == 5 and min(r["latency"][p]) > 0 for p in r["paths"])
     assert r["agreement"]["onnxruntime"] >= 0.999 and r["agreement"]["onnxruntime reuse"] >= 0.999
     assert set(r["support_set_s"]) == {"reuse", "onnxruntime reuse"}

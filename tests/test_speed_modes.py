@@ -131,16 +131,16 @@ def test_compare_paths_on_the_tiny_model():
         e["support_images"], e["support_masks"] = (episodes[0]["support_images"],
                                                    episodes[0]["support_masks"])
     r = compare_paths(model, episodes, profile_reps=1)
-    assert set(r["latency"]) == {"reference", "default", "reuse"}
+    assert set(r["latency"]) == {"plain", "default", "reuse"}
     assert all(len(v) == 3 and min(v) > 0 for v in r["latency"].values())
-    assert r["agreement"]["reference"] == 1.0
+    assert r["agreement"]["plain"] == 1.0
     assert r["agreement"]["default"] >= 0.999 and r["agreement"]["reuse"] >= 0.999
     # reuse: one VAE encode, no support pass; the others: 2K + 1 encodes and a support pass
-    assert r["flops"]["reuse"] < r["flops"]["default"] <= r["flops"]["reference"]
+    assert r["flops"]["reuse"] < r["flops"]["default"] <= r["flops"]["plain"]
     assert r["support_set_flops"] > 0
     prof = r["profile"]
     assert prof["reuse"].get("unet support pass", 0.0) == 0.0
-    for path in ("reference", "default"):
+    for path in ("plain", "default"):
         assert prof[path]["vae encode"] > 0 and prof[path]["unet support pass"] > 0
         assert prof[path]["vae decode"] > 0 and prof[path]["unet query pass"] > 0
     assert all(p["total"] >= sum(v for k, v in p.items() if k not in ("total", "other")) - 1e-9

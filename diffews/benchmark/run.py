@@ -21,7 +21,8 @@ from ..engine.train_loop import EpisodeTrainer
 from ..utils.timing import describe_peak, sync
 from .episodes import random_episode
 
-__all__ = ["MODELS", "QUICK_CONFIG", "timing", "compare", "suite", "accuracy", "onnx_parts"]
+__all__ = ["MODELS", "QUICK_CONFIG", "timing", "compare", "suite", "accuracy", "onnx_parts",
+           "original"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK_CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
@@ -121,13 +122,13 @@ def compare(args):
                              f"{gflop:.1f}", f"{gflop / np.median(lat):.1f}",
                              f"{100 * gflop / np.median(lat) / peak:.1f}%",
                              f"{1024 * r['memory_gib'][p]:.0f}"])
-            base = np.mean(r["latency"]["reference"])
+            base = np.mean(r["latency"]["plain"])
             sets = ", ".join(f"{p} {s:.3f} s" for p, s in r["support_set_s"].items())
             speed = ", ".join(f"{p} {base / np.mean(r['latency'][p]):.2f}x"
                               for p in r["paths"][1:])
             print(f"\n{model_name}, {args.size} px, {shots}-shot; SupportSet encoded once: "
                   f"{sets} ({r['support_set_flops'] / 1e9:.1f} GFLOP); speed-up over "
-                  f"reference: {speed}; 1-minute load average {os.getloadavg()[0]:.2f}")
+                  f"plain: {speed}; 1-minute load average {os.getloadavg()[0]:.2f}")
             print(tabulate(rows, headers=["path", "episodes/s", "p50 s", "p90 s", "mask agreement",
                                           "GFLOP/episode", "GFLOP/s", "of peak", "peak mem MiB"],
                            tablefmt="github"))
@@ -235,4 +236,28 @@ def timing(args) -> int:
           f"{cfg.MODEL.DIFFEWS.PRETRAINED}")
     print(tabulate(rows, headers=["what", "time", "setting"], tablefmt="github"))
     print(f"peak memory (GiB): {describe_peak(device)}")
+    return 0
+
+
+def original(args) -> int:
+    """Our paths side by side with the original code (``original_side.py``)."""
+    from .original_side import format_side_by_side, python_is_ours, side_by_side
+
+    if not args.original_python:
+        raise UsageError("--original needs --original-python: the interpreter of the original's "
+                         "own environment (diffusers 0.25.0, transformers 4.36.2; "
+                         "tools/BENCHMARKS.md says how to make it)")
+    if python_is_ours(args.original_python):
+        raise UsageError("--original-python is this interpreter; the original needs its own "
+                         "environment (diffusers 0.25.0, transformers 4.36.2)")
+    print(f"CPU x {torch.get_num_threads()} threads; {args.episodes} episodes per setting, "
+          "paths interleaved and paired per episode")
+    for model_name in args.models or ["tiny"]:
+        for shots in args.shots:
+            r = side_by_side(model_name, args.size, shots, args.episodes, args.original_python,
+                             args.original, log=print)
+            title = (f"\n{model_name}, {args.size} px, {shots}-shot, original code in torch "
+                     f"{r['versions']['torch']}, diffusers {r['versions']['diffusers']}, "
+                     f"transformers {r['versions']['transformers']}")
+            print(format_side_by_side(r, title))
     return 0
