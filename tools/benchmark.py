@@ -57,7 +57,8 @@ def get_parser():
     add_list_argument(p, "--model", default=None, metavar="NAME,...",
                       help=f"from {list(MODELS)}; --compare: random-weight models to build "
                       "(default tiny); --suite: the model (default sd21)")
-    p.add_argument("--reps", type=int, default=5, help="--suite: timed calls per setting")
+    p.add_argument("--reps", type=int, default=5,
+                   help="--suite: timed calls per setting; --onnx-parts: interleaved rounds")
     p.add_argument("--size", type=int, default=64,
                    help="--compare, --original, --onnx-parts: working size (px)")
     p.add_argument("--episodes", type=int, default=10, help="--compare, --original: timed episodes")

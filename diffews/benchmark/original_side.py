@@ -164,6 +164,7 @@ def _episodes(shots: int, size: int, n: int, folder: str) -> str:
     reads the query image's file for its CLIP preprocessing); returns the torch file."""
     from PIL import Image
 
+    os.makedirs(folder, exist_ok=True)
     episodes = [random_episode(shots, size, 1000 + i) for i in range(n)]
     paths = []
     for i, e in enumerate(episodes):
@@ -187,8 +188,10 @@ def side_by_side(model_name: str, size: int, shots: int, n: int, python: str, ch
          "versions": the worker's torch / diffusers / transformers}.
     """
     work = workdir or tempfile.mkdtemp(prefix=f"original_{model_name}_{size}_")
-    weights = write_shared_weights(model_name, os.path.join(work, "weights"))
-    episodes_file = _episodes(shots, size, n, work)
+    weights = os.path.join(work, "weights")
+    if not os.path.isdir(weights):  # one folder per model and size: its exports and auto's
+        write_shared_weights(model_name, weights)  # choice serve every shot count
+    episodes_file = _episodes(shots, size, n, os.path.join(work, f"{shots}shot"))
     episodes = torch.load(episodes_file, weights_only=False)["episodes"]
     load_start = load_average()
     t = time.perf_counter()

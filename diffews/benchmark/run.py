@@ -197,14 +197,21 @@ def accuracy(args) -> int:
 
 
 def onnx_parts(args) -> int:
-    """Per-part timings: torch vs ONNX Runtime session options vs OpenVINO."""
-    from .onnx_parts import format_parts, part_timings
+    """Per-part timings, interleaved: torch fp32 / bf16 vs ONNX Runtime session options vs
+    OpenVINO; and the graphs' node counts before and after ORT's optimisation."""
+    from ..utils.timing import load_average
+    from .onnx_parts import format_nodes, format_parts, node_counts, part_timings
 
     threads = args.onnx_threads or torch.get_num_threads()
     for model_name in args.models or ["tiny"]:
+        start = load_average()
         rows = part_timings(model_name, args.size, threads, args.reps)
-        print(format_parts(rows, f"\n{model_name} at {args.size} px, batch 1, fastest of "
-                           f"{args.reps} (1-minute load average {os.getloadavg()[0]:.2f}):"))
+        folder = rows.pop("export")
+        print(format_parts(rows, f"\n{model_name} at {args.size} px, batch 1, medians of "
+                           f"{args.reps} interleaved rounds (1-minute load average {start:.2f} "
+                           f"at the start, {load_average():.2f} at the end):"))
+        print(f"\nnodes per graph (ONNX Runtime level all; static: batch 1, 1 shot):\n"
+              f"{format_nodes(node_counts(folder, threads))}")
     return 0
 
 
@@ -253,9 +260,10 @@ def original(args) -> int:
     print(f"CPU x {torch.get_num_threads()} threads; {args.episodes} episodes per setting, "
           "paths interleaved and paired per episode")
     for model_name in args.models or ["tiny"]:
+        work = tempfile.mkdtemp(prefix=f"original_{model_name}_{args.size}_")
         for shots in args.shots:
             r = side_by_side(model_name, args.size, shots, args.episodes, args.original_python,
-                             args.original, log=print)
+                             args.original, log=print, workdir=work)
             title = (f"\n{model_name}, {args.size} px, {shots}-shot, original code in torch "
                      f"{r['versions']['torch']}, diffusers {r['versions']['diffusers']}, "
                      f"transformers {r['versions']['transformers']}")
