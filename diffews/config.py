@@ -47,9 +47,11 @@ def add_diffews_config(cfg: CN) -> None:
     # Keep the frozen VAE in channels-last memory format: its convolutions run 7-15% faster on
     # CPUs (tools/BENCHMARKS.md); the same function up to float rounding (masks agree > 99.9%).
     cfg.MODEL.DIFFEWS.VAE_CHANNELS_LAST = True
-    # Inference precision of the UNet and VAE weights: "float32" (the reference), "float16" or
-    # "bfloat16" (faster on GPUs; masks agree with fp32 to the degree tools/BENCHMARKS.md
-    # records). Inference only: training is fp32 with SOLVER.AMP.
+    # Inference precision of the UNet and VAE weights: "float32" (the reference, and the
+    # published numbers), "float16" or "bfloat16" (both), "bfloat16_vae" (the VAE only). bf16 is
+    # also a CPU speed mode where the CPU has bf16 kernels (avx512_bf16: the VAE about 2x);
+    # masks then differ from fp32 by the share tools/BENCHMARKS.md records. Inference only:
+    # training is fp32 with SOLVER.AMP.
     cfg.MODEL.DIFFEWS.INFERENCE_DTYPE = "float32"
     # torch.compile the VAE encoder and decoder for inference (the UNet stays eager: its KV bank
     # makes dynamo recompile per layer). The first call of each shape compiles;

@@ -75,7 +75,7 @@ def test_mode_accuracy_backend_row(tiny_sd, tmp_path, monkeypatch):
                    "MODEL.DIFFEWS.ONNX_CACHE_DIR", str(tmp_path / "onnx"))
     backend = "BACKEND onnxruntime (CPU execution provider)"
     assert backend in MODES and unavailable_modes() == {}
-    modes = ["fp32 eager, batch 1 (reference setting)", backend]
+    modes = ["fp32 eager, batch 1, BACKEND torch (reference setting)", backend]
     rows = mode_accuracy(cfg, "synthetic_fss_test", modes=modes, log=lambda *a: None)
     assert rows[backend]["agreement"] >= 0.999
     assert rows[backend]["mIoU"] == pytest.approx(rows[modes[0]]["mIoU"], abs=0.05)

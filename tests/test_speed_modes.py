@@ -46,6 +46,19 @@ def test_half_precision_inference(tiny_sd, tiny_model, dtype):
         model.train()
 
 
+def test_bfloat16_vae_only(tiny_sd, tiny_model):
+    """INFERENCE_DTYPE bfloat16_vae: the VAE in bf16, the UNet (keys, values, latents it reads)
+    in fp32; masks close to fp32; an inference setting only."""
+    model = build_model(make_cfg(tiny_sd, "MODEL.DIFFEWS.INFERENCE_DTYPE", "bfloat16_vae")).eval()
+    assert model.vae.dtype == torch.bfloat16 and model.unet.dtype == torch.float32
+    ep = make_episode(2, seed=2)
+    s = model.encode_supports(ep["support_images"], ep["support_masks"])
+    assert s.dtype == torch.float32 and s.latents.dtype == torch.float32
+    assert _agreement(model, tiny_model) >= 0.9
+    with pytest.raises(ValueError, match="inference settings"):
+        model.train()
+
+
 def test_compiled_inference_matches_eager():
     eager = build_random_diffews("tiny")
     compiled = build_random_diffews("tiny", compile=True)
@@ -156,7 +169,7 @@ def test_mode_accuracy_reports_agreement_and_first_batch(tiny_sd, tmp_path, monk
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # episode cache out of the tree
     cfg = make_cfg(tiny_sd, "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True", "TEST.FSS.NUM_EPISODES", "6",
                    "TEST.FSS.SHOT", "1", "DATALOADER.NUM_WORKERS", "0")
-    modes = ["fp32 eager, batch 1 (reference setting)",
+    modes = ["fp32 eager, batch 1, BACKEND torch (reference setting)",
              "fp16 K/V storage (SupportSet.to(dtype=float16))", "TEST.FSS.BATCH_SIZE 8"]
     rows = mode_accuracy(cfg, "synthetic_fss_test", modes=modes, log=lambda *a: None)
     assert list(rows) == modes

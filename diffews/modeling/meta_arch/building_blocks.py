@@ -73,8 +73,9 @@ class DiffewSBlocks:
             moments = self.vae._encode(images)  # encoder (+ quant_conv), with diffusers' tiling
             z = moments[:, : self.vae.config.latent_channels]
         # contiguous whatever the VAE's memory format, so that the UNet sees one layout (and
-        # computes the same bits) however the latents were batched, cached or sliced
-        return (z * self.latent_scale).contiguous()
+        # computes the same bits) however the latents were batched, cached or sliced; in the
+        # UNet's dtype (INFERENCE_DTYPE bfloat16_vae: a bf16 VAE beside an fp32 UNet)
+        return (z * self.latent_scale).to(self.inference_dtype).contiguous()
 
     def support_latents(self, images: torch.Tensor, masks: torch.Tensor,
                         image_latents: Optional[torch.Tensor] = None,
