@@ -34,6 +34,7 @@ import torch
 from ..utils.timing import load_average
 from .episodes import random_episode
 from .inference_paths import reuse_query, with_backend
+from .measure import profile_path
 from .random_sd import MODEL_CONFIGS
 
 __all__ = ["ORIGINAL_PATHS", "write_shared_weights", "build_our_model", "OriginalWorker",
@@ -184,6 +185,7 @@ def side_by_side(model_name: str, size: int, shots: int, n: int, python: str, ch
 
     Returns:
         {"paths", "latency": {path: [s, ...]}, "agreement": {path: [fraction per episode]},
+         "profile": {our path: {stage: s}},
          "support_set_s", "auto_choice": {part: runtime} or None, "load": (start, end),
          "versions": the worker's torch / diffusers / transformers}.
     """
@@ -229,10 +231,16 @@ def side_by_side(model_name: str, size: int, shots: int, n: int, python: str, ch
                 agreement[p].append((masks[p] == masks["original"]).float().mean().item())
             log(f"episode {i}: " + ", ".join(f"{p} {latency[p][-1]:.3f} s" for p in
                                              ORIGINAL_PATHS))
+        # where each of our paths spends its time (the original's stages are not visible from
+        # here): one call each on the first episode, after the timed runs
+        ort = list(backend._by_size.values()) if backend is not None else []
+        profile = {p: profile_path(model, lambda p=p: ours[p](episodes[0]), reps=1,
+                                   backends=ort) for p in ours}
     finally:
         worker.close()
         model.use_backend(backend)
     return {"paths": list(ORIGINAL_PATHS), "latency": latency, "agreement": agreement,
+            "profile": profile,
             "support_set_s": support_s, "auto_choice": choice,
             "load": (load_start, load_average()), "versions": worker.info}
 

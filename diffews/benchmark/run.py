@@ -268,4 +268,5 @@ def original(args) -> int:
                      f"{r['versions']['torch']}, diffusers {r['versions']['diffusers']}, "
                      f"transformers {r['versions']['transformers']}")
             print(format_side_by_side(r, title))
+            print(format_profile(r["profile"]))
     return 0
