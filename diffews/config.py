@@ -47,9 +47,11 @@ def add_diffews_config(cfg: CN) -> None:
     # Keep the frozen VAE in channels-last memory format: its convolutions run 7-15% faster on
     # CPUs (tools/BENCHMARKS.md); the same function up to float rounding (masks agree > 99.9%).
     cfg.MODEL.DIFFEWS.VAE_CHANNELS_LAST = True
-    # Inference precision of the UNet and VAE weights: "float32" (the reference), "float16" or
-    # "bfloat16" (faster on GPUs; masks agree with fp32 to the degree tools/BENCHMARKS.md
-    # records). Inference only: training is fp32 with SOLVER.AMP.
+    # Inference precision of the UNet and VAE weights: "float32" (the reference, and the
+    # published numbers), "float16" or "bfloat16" (both), "bfloat16_vae" (the VAE only). bf16 is
+    # also a CPU speed mode where the CPU has bf16 kernels (avx512_bf16: the VAE about 2x);
+    # masks then differ from fp32 by the share tools/BENCHMARKS.md records. Inference only:
+    # training is fp32 with SOLVER.AMP.
     cfg.MODEL.DIFFEWS.INFERENCE_DTYPE = "float32"
     # torch.compile the VAE encoder and decoder for inference (the UNet stays eager: its KV bank
     # makes dynamo recompile per layer). The first call of each shape compiles;
@@ -95,13 +97,23 @@ def add_diffews_config(cfg: CN) -> None:
     # True: freeze the UNet and train the head only, on top of MODEL.WEIGHTS (e.g. a released
     # fold: configs/fss/coco20i/diffews_sd21_coco20i_fold0_presence_head.yaml)
     cfg.MODEL.DIFFEWS.PRESENCE_HEAD.TRAIN_ONLY = False
-    # Inference runtime: "torch" or "onnxruntime" (the VAE encoder/decoder, support pass and
-    # query pass run as ONNX graphs, diffews/modeling/onnx; training, posterior sampling and the
-    # "attention" presence signal stay in torch). The graphs are exported once when the weights
-    # load and kept in ONNX_CACHE_DIR (empty: an onnx/ folder beside MODEL.WEIGHTS, or beside
-    # MODEL.DIFFEWS.PRETRAINED when untrained), keyed by model and INPUT.IMAGE_SIZE; a stale
-    # export is rebuilt. Needs float32 (INFERENCE_DTYPE) and COMPILE False.
-    cfg.MODEL.DIFFEWS.BACKEND = "torch"
+    # Inference runtime of each part (VAE encoder, VAE decoder, support pass, query pass):
+    # "auto" (default) times torch and ONNX Runtime on each part at the working size on first
+    # use, interleaved, and runs each part in the faster one (diffews/modeling/onnx/auto.py; the
+    # choice is kept per host beside the exports, onnx/auto/); "torch" or "onnxruntime" force one
+    # for every part. ONNX Runtime runs the parts as ONNX graphs (diffews/modeling/onnx);
+    # training, posterior sampling and the "attention" presence signal stay in torch. The graphs
+    # are exported once when the weights load and kept in ONNX_CACHE_DIR (empty: an onnx/ folder
+    # beside MODEL.WEIGHTS, or beside MODEL.DIFFEWS.PRETRAINED when untrained), keyed by model
+    # and INPUT.IMAGE_SIZE; a stale export is rebuilt. "onnxruntime" needs float32
+    # (INFERENCE_DTYPE) and COMPILE False; "auto" runs torch everywhere with either set, or
+    # without onnx/onnxruntime installed. Masks agree with torch's (>= 99.9% of the pixels of
+    # every episode; tools/BENCHMARKS.md).
+    cfg.MODEL.DIFFEWS.BACKEND = "auto"
+    # BACKEND auto: a part of fewer GFLOPs per call (torch's FLOP counter, at the working size)
+    # stays torch without an export or a timing: the export costs tens of seconds for a real
+    # model, and a part this small (a few ms) cannot pay it back. 0 measures every part.
+    cfg.MODEL.DIFFEWS.AUTO_MIN_PART_GFLOP = 1.0
     # ONNX Runtime execution providers in order of preference; empty: CPUExecutionProvider on a
     # CPU device, CUDAExecutionProvider on a GPU (e.g. TensorrtExecutionProvider,
     # CUDAExecutionProvider for TensorRT first).

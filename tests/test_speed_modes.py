@@ -46,6 +46,19 @@ def test_half_precision_inference(tiny_sd, tiny_model, dtype):
         model.train()
 
 
+def test_bfloat16_vae_only(tiny_sd, tiny_model):
+    """INFERENCE_DTYPE bfloat16_vae: the VAE in bf16, the UNet (keys, values, latents it reads)
+    in fp32; masks close to fp32; an inference setting only."""
+    model = build_model(make_cfg(tiny_sd, "MODEL.DIFFEWS.INFERENCE_DTYPE", "bfloat16_vae")).eval()
+    assert model.vae.dtype == torch.bfloat16 and model.unet.dtype == torch.float32
+    ep = make_episode(2, seed=2)
+    s = model.encode_supports(ep["support_images"], ep["support_masks"])
+    assert s.dtype == torch.float32 and s.latents.dtype == torch.float32
+    assert _agreement(model, tiny_model) >= 0.9
+    with pytest.raises(ValueError, match="inference settings"):
+        model.train()
+
+
 def test_compiled_inference_matches_eager():
     eager = build_random_diffews("tiny")
     compiled = build_random_diffews("tiny", compile=True)
@@ -133,16 +146,16 @@ def test_compare_paths_on_the_tiny_model():
         e["support_images"], e["support_masks"] = (episodes[0]["support_images"],
                                                    episodes[0]["support_masks"])
     r = compare_paths(model, episodes, profile_reps=1)
-    assert set(r["latency"]) == {"reference", "default", "reuse"}
+    assert set(r["latency"]) == {"plain", "default", "reuse"}
     assert all(len(v) == 3 and min(v) > 0 for v in r["latency"].values())
-    assert r["agreement"]["reference"] == 1.0
+    assert r["agreement"]["plain"] == 1.0
     assert r["agreement"]["default"] >= 0.999 and r["agreement"]["reuse"] >= 0.999
     # reuse: one VAE encode, no support pass; the others: 2K + 1 encodes and a support pass
-    assert r["flops"]["reuse"] < r["flops"]["default"] <= r["flops"]["reference"]
+    assert r["flops"]["reuse"] < r["flops"]["default"] <= r["flops"]["plain"]
     assert r["support_set_flops"] > 0
     prof = r["profile"]
     assert prof["reuse"].get("unet support pass", 0.0) == 0.0
-    for path in ("reference", "default"):
+    for path in ("plain", "default"):
         assert prof[path]["vae encode"] > 0 and prof[path]["unet support pass"] > 0
         assert prof[path]["vae decode"] > 0 and prof[path]["unet query pass"] > 0
     assert all(p["total"] >= sum(v for k, v in p.items() if k not in ("total", "other")) - 1e-9
@@ -158,7 +171,7 @@ def test_mode_accuracy_reports_agreement_and_first_batch(tiny_sd, tmp_path, monk
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # episode cache out of the tree
     cfg = make_cfg(tiny_sd, "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True", "TEST.FSS.NUM_EPISODES", "6",
                    "TEST.FSS.SHOT", "1", "DATALOADER.NUM_WORKERS", "0")
-    modes = ["fp32 eager, batch 1 (reference setting)",
+    modes = ["fp32 eager, batch 1, BACKEND torch (reference setting)",
              "fp16 K/V storage (SupportSet.to(dtype=float16))", "TEST.FSS.BATCH_SIZE 8"]
     rows = mode_accuracy(cfg, "synthetic_fss_test", modes=modes, log=lambda *a: None)
     assert list(rows) == modes

@@ -39,8 +39,8 @@ command line or config, 1: files); --debug shows the traceback.
 import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
-from diffews.benchmark.run import (MODELS, accuracy, compare, onnx_parts, sine, sine_train, suite,
-                                   timing)
+from diffews.benchmark.run import (MODELS, accuracy, compare, onnx_parts, original, sine,
+                                   sine_train, suite, timing)
 from diffews.cli import add_list_argument, check_counts, entry_parser, parse_list, run_cli
 
 
@@ -50,15 +50,22 @@ def get_parser():
     p.add_argument("--accuracy", action="store_true", help="speed modes' effect on the synthetic "
                    "benchmark, with the quick start's trained model")
     p.add_argument("--compare", action="store_true", help="time the three inference paths")
+    p.add_argument("--original", default=None, metavar="CHECKOUT",
+                   help="time our paths side by side with the original code in this checkout "
+                   "of aim-uofa/DiffewS d12c396 (with --original-python)")
+    p.add_argument("--original-python", default=None, metavar="PY",
+                   help="--original: the interpreter of the original's environment")
     p.add_argument("--suite", choices=["gpu"], default=None, help="the GPU suite")
     p.add_argument("--no-record", action="store_true",
                    help="--suite: print only, do not append to tools/BENCHMARKS.md")
     add_list_argument(p, "--model", default=None, metavar="NAME,...",
                       help=f"from {list(MODELS)}; --compare: random-weight models to build "
                       "(default tiny); --suite: the model (default sd21)")
-    p.add_argument("--reps", type=int, default=5, help="--suite: timed calls per setting")
-    p.add_argument("--size", type=int, default=64, help="--compare: working size (px)")
-    p.add_argument("--episodes", type=int, default=10, help="--compare: timed episodes")
+    p.add_argument("--reps", type=int, default=5,
+                   help="--suite: timed calls per setting; --onnx-parts: interleaved rounds")
+    p.add_argument("--size", type=int, default=64,
+                   help="--compare, --original, --onnx-parts: working size (px)")
+    p.add_argument("--episodes", type=int, default=10, help="--compare, --original: timed episodes")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="--compare: also time each path's stages over N calls")
     p.add_argument("--no-onnx", action="store_true",
@@ -107,8 +114,8 @@ def cli(argv=None) -> int:
     """The command line: parse, run the chosen benchmark; one ``error:`` line and exit 1/2."""
     args = parse_args(argv)
     run = compare if args.compare else suite if args.suite else accuracy if args.accuracy \
-        else onnx_parts if args.onnx_parts else sine if args.sine \
-        else sine_train if args.sine_train else timing
+        else onnx_parts if args.onnx_parts else original if args.original \
+        else sine if args.sine else sine_train if args.sine_train else timing
     return run_cli(lambda: run(args), args.debug)
 
 

@@ -2,8 +2,8 @@
 """Side-by-side inference benchmark of three paths on the same episodes (``tools/benchmark.py
 --compare``).
 
-* (a) ``reference``: the original implementation's per-episode work, written with plain diffusers
-  calls: every support image, every support mask and the query VAE-encoded in its own call
+* (a) ``plain``: the original implementation's per-episode work as we read it, written with plain
+  diffusers calls (our look-alike of it, not the original code: ``original_side.py`` times that): every support image, every support mask and the query VAE-encoded in its own call
   (``latent_dist.mean``), the full support pass on the K supports every episode, the query pass,
   the decode, batch 1.
 * (b) ``default``: ``DiffewS.forward`` on the episode, as the benchmarks run it (support latent
@@ -28,21 +28,22 @@ import numpy as np
 import torch
 
 from ..modeling.kv_fusion import KVBank
+from ..utils.flops import count_flops
 from ..utils.timing import peak_memory_of, sync
-from .measure import count_flops, profile_path
+from .measure import profile_path
 
-__all__ = ["PATHS", "BACKEND_PATHS", "reference_episode", "default_episode", "reuse_query",
+__all__ = ["PATHS", "BACKEND_PATHS", "plain_episode", "default_episode", "reuse_query",
            "compare_paths"]
 
-PATHS = ("reference", "default", "reuse")
+PATHS = ("plain", "default", "reuse")
 BACKEND_PATHS = ("onnxruntime", "onnxruntime reuse")
 # the torch path computing the same function as each backend path: FLOPs are counted on it
 # (torch's FLOP counter does not see inside ONNX Runtime)
 SAME_WORK = {"onnxruntime": "default", "onnxruntime reuse": "reuse"}
 
 
-def reference_episode(model, episode: Dict, vae=None) -> torch.Tensor:
-    """(a): the original's per-episode work; returns the (H, W) bool mask.
+def plain_episode(model, episode: Dict, vae=None) -> torch.Tensor:
+    """(a): the original's per-episode work, written with plain diffusers calls; returns the (H, W) bool mask.
 
     Args:
         vae: the VAE to use (``plain_vae(model)``: contiguous memory format, as the original
@@ -139,7 +140,7 @@ def _compare(model, episodes: List[Dict], warmup: int, profile_reps: int, backen
     support_set, support_s = _encode_once(model, first)
     support_s = {"reuse": support_s}
     vae = plain_vae(model)
-    run = {"reference": lambda e: reference_episode(model, e, vae),
+    run = {"plain": lambda e: plain_episode(model, e, vae),
            "default": lambda e: default_episode(model, e),
            "reuse": lambda e: reuse_query(model, support_set, e)}
     backends = ()
@@ -167,7 +168,7 @@ def _compare(model, episodes: List[Dict], warmup: int, profile_reps: int, backen
             sync(device)
             latency[p].append(time.perf_counter() - start)
         for p in paths:
-            same[p].append((masks[p] == masks["reference"]).float().mean().item())
+            same[p].append((masks[p] == masks["plain"]).float().mean().item())
     flops = {p: count_flops(lambda p=p: run[SAME_WORK.get(p, p)](first)) for p in paths}
     memory = {p: peak_memory_of(lambda p=p: run[p](first), device) for p in paths}
     profile = {p: profile_path(model, lambda p=p: run[p](first), profile_reps, vaes=(vae,),

@@ -1,7 +1,7 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Measuring instruments of the benchmark: FLOPs of a call, the device's peak rate and wall time
-per inference stage (VAE encode/decode, UNet support/query pass). Peak memory and device
-synchronisation: ``diffews.utils.timing``."""
+"""Measuring instruments of the benchmark: the device's peak rate and wall time per inference stage
+(VAE encode/decode, UNet support/query pass). FLOPs of a call: ``diffews.utils.flops``; peak
+memory and device synchronisation: ``diffews.utils.timing``."""
 
 import time
 from typing import Callable, Dict
@@ -10,21 +10,11 @@ import torch
 
 from ..utils.timing import sync
 
-__all__ = ["count_flops", "device_peak_gflops", "StageTimer", "profile_path"]
+__all__ = ["device_peak_gflops", "StageTimer", "profile_path"]
 
 # dense peak TFLOP/s of common GPUs, for "% of peak" (fp32 without TF32 / bf16 tensor cores)
 GPU_PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0),
                    "L40S": (91.6, 362.0), "4090": (82.6, 165.0), "A6000": (38.7, 155.0)}
-
-
-@torch.no_grad()
-def count_flops(fn: Callable[[], object]) -> float:
-    """FLOPs of one call, by torch's FLOP counter (matmuls, convolutions, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
 
 
 def device_peak_gflops(device: torch.device, dtype=torch.float32) -> float:

@@ -11,11 +11,13 @@ import torch
 __all__ = ["MODES", "mode_accuracy", "unavailable_modes"]
 
 MODES = {  # name -> (config overrides, K/V storage dtype of the supports)
-    "fp32 eager, batch 1 (reference setting)": ([], None),
+    "fp32 eager, batch 1, BACKEND torch (reference setting)": (
+        ["MODEL.DIFFEWS.BACKEND", "torch"], None),
     "fp16 K/V storage (SupportSet.to(dtype=float16))": ([], torch.float16),
     "bf16 K/V storage": ([], torch.bfloat16),
     "INFERENCE_DTYPE float16": (["MODEL.DIFFEWS.INFERENCE_DTYPE", "float16"], None),
     "INFERENCE_DTYPE bfloat16": (["MODEL.DIFFEWS.INFERENCE_DTYPE", "bfloat16"], None),
+    "INFERENCE_DTYPE bfloat16_vae": (["MODEL.DIFFEWS.INFERENCE_DTYPE", "bfloat16_vae"], None),
     "COMPILE True": (["MODEL.DIFFEWS.COMPILE", True], None),
     "TEST.FSS.BATCH_SIZE 8": (["TEST.FSS.BATCH_SIZE", 8], None),
     "plain path (no channels-last VAE, SUPPORT_PASS_BATCH 1)": (

@@ -1,11 +1,15 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""Per-part timings, torch vs ONNX Runtime under several session options (graph optimisation
-level, threads, thread spinning) and OpenVINO on the same graphs, on a random model
-(``tools/benchmark.py --onnx-parts``).
+"""Per-part timings, torch (fp32 and bf16) vs ONNX Runtime under several session options (graph
+optimisation level, threads, thread spinning, static or free symbolic shapes) and OpenVINO on the
+same graphs, on a random model (``tools/benchmark.py --onnx-parts``).
 
 Parts: VAE encoder and decoder (batch 1), support pass (1 support, stopped early) and query pass
-(1 query, 1 shot), each the fastest of its repeats. Every runtime runs on the same inputs as
-torch, and its max abs difference is kept beside its time, so a fast but wrong setting shows.
+(1 query, 1 shot). For each part every runtime is timed interleaved with the others
+(``utils.timing.interleaved_times``: rotating order, medians): timed one after the other, a
+runtime compares this host's speed at two moments, and it drifts 15-20% within minutes. Every
+runtime runs on the same inputs as torch fp32, and its max abs difference is kept beside its time,
+so a fast but wrong setting shows. ``node_counts`` gives each graph's node count as exported and
+after ONNX Runtime's optimisation, with symbolic dimensions free and fixed.
 """
 
 import os
@@ -16,33 +20,28 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..modeling.onnx.auto import part_inputs, torch_parts
 from ..modeling.onnx.export import export_model
 from ..modeling.onnx.graphs import kv_names
+from ..utils.timing import interleaved_times, medians
 from .random_sd import build_random_diffews
 
-__all__ = ["PARTS", "best_time", "part_timings", "ort_settings", "format_parts"]
+__all__ = ["PARTS", "part_timings", "ort_settings", "format_parts", "node_counts",
+           "format_nodes"]
 
 PARTS = ("encode", "decode", "support_pass", "query_pass")
 
 
-def best_time(fn: Callable, repeats: int) -> float:
-    """The fastest of ``repeats`` runs after a warm-up: on shared cores the minimum is the least
-    disturbed by other processes (the median moved by 3x between runs on a loaded machine)."""
-    fn()  # warm-up (first runs allocate and, in ORT / OpenVINO, plan)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def ort_settings(threads: int) -> List[tuple]:
-    """(label, optimisation level, threads, spinning) of the ONNX Runtime settings tried."""
-    out = [(f"ort {lvl} t{threads}", lvl, threads, None) for lvl in ("all", "extended", "basic")]
-    out.append((f"ort all t{threads} no spinning", "all", threads, False))
+    """(label, optimisation level, threads, spinning, static shapes) of the ONNX Runtime
+    settings tried; the first is the backend's own (level all, no spinning, static shapes)."""
+    out = [(f"ort all t{threads}", "all", threads, False, True),
+           (f"ort all t{threads} free shapes", "all", threads, False, False),
+           (f"ort all t{threads} spinning", "all", threads, True, True),
+           (f"ort extended t{threads}", "extended", threads, False, True),
+           (f"ort basic t{threads}", "basic", threads, False, True)]
     if threads > 1:
-        out.append(("ort all t1", "all", 1, None))
+        out.append(("ort all t1", "all", 1, False, True))
     return out
 
 
@@ -71,63 +70,87 @@ def _openvino_parts(folder: str, inputs: Dict[str, Dict[str, torch.Tensor]], thr
 @torch.no_grad()
 def part_timings(model_name: str, size: int, threads: int, repeats: int = 5,
                  log=print) -> Dict[str, Dict[str, float]]:
-    """{runtime label: {part: seconds, "max_diff": max abs difference vs torch}} for the random
-    ``model_name`` at ``size`` px with ``threads`` threads."""
+    """{runtime label: {part: median seconds, "max_diff": max abs difference vs torch fp32}} for
+    the random ``model_name`` at ``size`` px with ``threads`` threads; "export" holds the export
+    folder (for ``node_counts``)."""
     from ..modeling.onnx.runtime import OnnxRuntimeBackend
 
     torch.set_num_threads(threads)
     model = build_random_diffews(model_name, 0)
+    bf16 = build_random_diffews(model_name, 0, inference_dtype="bfloat16")
     folder = tempfile.mkdtemp(prefix=f"onnx_{model_name}_{size}_")
     t = time.perf_counter()
     manifest = export_model(model, folder, size, check=True)
     log(f"export {time.perf_counter() - t:.1f} s; check max abs diffs: "
         + ", ".join(f"{k} {v:.1e}" for k, v in manifest["check"].items()))
-    c, s = manifest["latent_channels"], manifest["latent_size"]
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(1, 3, size, size, generator=g) * 2 - 1
-    z = torch.randn(1, c, s, s, generator=g)
-    z_support = torch.randn(1, 2 * c, s, s, generator=g)
-    prompt = model.prompt_embeds_test
-    support = model.support_pass(z_support, prompt, stop_early=True)[0]
+    inputs = part_inputs(model, size)
     first = model.fused_layers[0]
-    torch_parts = {
-        "encode": lambda: model.encode(images, sample=False),
-        "decode": lambda: model.vae.decode(z / model.latent_scale).sample,
-        "support_pass": lambda: model.support_pass(z_support, prompt, stop_early=True)[0]
-        .keys[first],
-        "query_pass": lambda: model.query_pass(z, support, prompt),
-    }
-    refs = {k: f() for k, f in torch_parts.items()}
-
-    def measure(parts):
-        row = {k: best_time(f, repeats) for k, f in parts.items()}
-        row["max_diff"] = max(float((parts[k]() - refs[k]).abs().max()) for k in PARTS)
-        return row
-
-    rows = {f"torch t{threads}": {k: best_time(f, repeats) for k, f in torch_parts.items()}}
-    rows[f"torch t{threads}"]["max_diff"] = 0.0
-    for label, level, th, spin in ort_settings(threads):
-        backend = OnnxRuntimeBackend(folder, threads=th, optimization=level, spinning=spin)
-        rows[label] = measure({
-            "encode": lambda: backend.encode(images),
-            "decode": lambda: backend.decode_float(z),
-            "support_pass": lambda: backend.support_pass(z_support).keys[first],
-            "query_pass": lambda: backend.query_pass(z, support),
-        })
+    runtimes: Dict[str, Dict[str, Callable]] = {f"torch t{threads}": torch_parts(model, inputs)}
+    bf16_inputs = dict(inputs, support_set=inputs["support_set"].to(dtype=torch.bfloat16))
+    runtimes[f"torch bf16 t{threads}"] = torch_parts(bf16, bf16_inputs)
+    for label, level, th, spin, static in ort_settings(threads):
+        backend = OnnxRuntimeBackend(folder, threads=th, optimization=level, spinning=spin,
+                                     static_shapes=static)
+        runtimes[label] = {
+            "encode": lambda b=backend: b.encode(inputs["images"]),
+            "decode": lambda b=backend: b.decode_float(inputs["z"]),
+            "support_pass": lambda b=backend: b.support_pass(inputs["z_support"]).keys[first],
+            "query_pass": lambda b=backend: b.query_pass(inputs["z"], inputs["support_set"]),
+        }
+    support = inputs["support_set"]
     names = kv_names(model.fused_layers, "support_")
     kv = {}
     for i, layer in enumerate(model.fused_layers):
         kv[names[2 * i]], kv[names[2 * i + 1]] = support.keys[layer][None], support.values[layer][None]
-    ov_parts = _openvino_parts(folder, {"encode": {"images": images}, "decode": {"latents": z},
-                                        "support_pass": {"latents": z_support},
-                                        "query_pass": {"query_latents": z, **kv}}, threads)
+    ov_parts = _openvino_parts(folder, {"encode": {"images": inputs["images"]},
+                                        "decode": {"latents": inputs["z"]},
+                                        "support_pass": {"latents": inputs["z_support"]},
+                                        "query_pass": {"query_latents": inputs["z"], **kv}},
+                               threads)
     if ov_parts is not None:
-        rows[f"openvino f32 t{threads}"] = measure(ov_parts)
+        runtimes[f"openvino f32 t{threads}"] = ov_parts
+    base = runtimes[f"torch t{threads}"]
+    refs = {p: base[p]().float() for p in PARTS}
+    rows: Dict[str, Dict[str, float]] = {label: {} for label in runtimes}
+    for p in PARTS:
+        med = medians(interleaved_times({label: fns[p] for label, fns in runtimes.items()},
+                                        reps=repeats))
+        for label, fns in runtimes.items():
+            rows[label][p] = med[label]
+            diff = float((fns[p]().float() - refs[p]).abs().max())
+            rows[label]["max_diff"] = max(rows[label].get("max_diff", 0.0), diff)
+        log(f"{p}: " + ", ".join(f"{k} {v:.3f} s" for k, v in med.items()))
+    rows["export"] = folder
     return rows
 
 
+def node_counts(folder: str, threads: int) -> Dict[str, Dict[str, int]]:
+    """{graph: {"exported", "optimised, free shapes", "optimised, static shapes"}} node counts
+    (level "all"; batch 1, 1 shot)."""
+    from ..modeling.onnx.export import read_manifest
+    from ..modeling.onnx.runtime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(folder, threads=threads)
+    graphs = read_manifest(folder)["graphs"]
+    dims = {"vae_encoder": {"N": 1}, "vae_decoder": {"N": 1}, "support_pass": {"N": 1},
+            "query_pass": {"B": 1, "G": 1, "K": 1}}
+    return {name: {"exported": graphs[name]["nodes"],
+                   "optimised, free shapes": backend.optimized_node_count(name, None),
+                   "optimised, static shapes": backend.optimized_node_count(name, dims[name])}
+            for name in dims}
+
+
+def format_nodes(counts: Dict[str, Dict[str, int]]) -> str:
+    """A markdown table of ``node_counts``."""
+    cols = ["exported", "optimised, free shapes", "optimised, static shapes"]
+    lines = ["| graph | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {g} | " + " | ".join(str(c[k]) for k in cols) + " |" for g, c in counts.items()]
+    return "\n".join(lines)
+
+
 def format_parts(rows: Dict[str, Dict[str, float]], title: str) -> str:
-    """A markdown table: seconds per part and speed-up over the first (torch) row."""
+    """A markdown table: median seconds per part and speed-up over the first (torch fp32) row."""
+    rows = {k: v for k, v in rows.items() if isinstance(v, dict)}
     base = next(iter(rows.values()))
     lines = [title, "", "| runtime | " + " | ".join(PARTS) + " | max abs diff |",
              "|---|" + "---|" * (len(PARTS) + 1)]

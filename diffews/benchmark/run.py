@@ -22,7 +22,7 @@ from ..utils.timing import describe_peak, sync
 from .episodes import random_episode
 
 __all__ = ["MODELS", "QUICK_CONFIG", "timing", "compare", "suite", "accuracy", "onnx_parts",
-           "sine", "sine_train"]
+           "sine", "sine_train", "original"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK_CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
@@ -122,13 +122,13 @@ def compare(args):
                              f"{gflop:.1f}", f"{gflop / np.median(lat):.1f}",
                              f"{100 * gflop / np.median(lat) / peak:.1f}%",
                              f"{1024 * r['memory_gib'][p]:.0f}"])
-            base = np.mean(r["latency"]["reference"])
+            base = np.mean(r["latency"]["plain"])
             sets = ", ".join(f"{p} {s:.3f} s" for p, s in r["support_set_s"].items())
             speed = ", ".join(f"{p} {base / np.mean(r['latency'][p]):.2f}x"
                               for p in r["paths"][1:])
             print(f"\n{model_name}, {args.size} px, {shots}-shot; SupportSet encoded once: "
                   f"{sets} ({r['support_set_flops'] / 1e9:.1f} GFLOP); speed-up over "
-                  f"reference: {speed}; 1-minute load average {os.getloadavg()[0]:.2f}")
+                  f"plain: {speed}; 1-minute load average {os.getloadavg()[0]:.2f}")
             print(tabulate(rows, headers=["path", "episodes/s", "p50 s", "p90 s", "mask agreement",
                                           "GFLOP/episode", "GFLOP/s", "of peak", "peak mem MiB"],
                            tablefmt="github"))
@@ -197,14 +197,21 @@ def accuracy(args) -> int:
 
 
 def onnx_parts(args) -> int:
-    """Per-part timings: torch vs ONNX Runtime session options vs OpenVINO."""
-    from .onnx_parts import format_parts, part_timings
+    """Per-part timings, interleaved: torch fp32 / bf16 vs ONNX Runtime session options vs
+    OpenVINO; and the graphs' node counts before and after ORT's optimisation."""
+    from ..utils.timing import load_average
+    from .onnx_parts import format_nodes, format_parts, node_counts, part_timings
 
     threads = args.onnx_threads or torch.get_num_threads()
     for model_name in args.models or ["tiny"]:
+        start = load_average()
         rows = part_timings(model_name, args.size, threads, args.reps)
-        print(format_parts(rows, f"\n{model_name} at {args.size} px, batch 1, fastest of "
-                           f"{args.reps} (1-minute load average {os.getloadavg()[0]:.2f}):"))
+        folder = rows.pop("export")
+        print(format_parts(rows, f"\n{model_name} at {args.size} px, batch 1, medians of "
+                           f"{args.reps} interleaved rounds (1-minute load average {start:.2f} "
+                           f"at the start, {load_average():.2f} at the end):"))
+        print(f"\nnodes per graph (ONNX Runtime level all; static: batch 1, 1 shot):\n"
+              f"{format_nodes(node_counts(folder, threads))}")
     return 0
 
 
@@ -264,4 +271,30 @@ def timing(args) -> int:
           f"{cfg.MODEL.DIFFEWS.PRETRAINED}")
     print(tabulate(rows, headers=["what", "time", "setting"], tablefmt="github"))
     print(f"peak memory (GiB): {describe_peak(device)}")
+    return 0
+
+
+def original(args) -> int:
+    """Our paths side by side with the original code (``original_side.py``)."""
+    from .original_side import format_side_by_side, python_is_ours, side_by_side
+
+    if not args.original_python:
+        raise UsageError("--original needs --original-python: the interpreter of the original's "
+                         "own environment (diffusers 0.25.0, transformers 4.36.2; "
+                         "tools/BENCHMARKS.md says how to make it)")
+    if python_is_ours(args.original_python):
+        raise UsageError("--original-python is this interpreter; the original needs its own "
+                         "environment (diffusers 0.25.0, transformers 4.36.2)")
+    print(f"CPU x {torch.get_num_threads()} threads; {args.episodes} episodes per setting, "
+          "paths interleaved and paired per episode")
+    for model_name in args.models or ["tiny"]:
+        work = tempfile.mkdtemp(prefix=f"original_{model_name}_{args.size}_")
+        for shots in args.shots:
+            r = side_by_side(model_name, args.size, shots, args.episodes, args.original_python,
+                             args.original, log=print, workdir=work)
+            title = (f"\n{model_name}, {args.size} px, {shots}-shot, original code in torch "
+                     f"{r['versions']['torch']}, diffusers {r['versions']['diffusers']}, "
+                     f"transformers {r['versions']['transformers']}")
+            print(format_side_by_side(r, title))
+            print(format_profile(r["profile"]))
     return 0

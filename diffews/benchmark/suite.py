@@ -3,7 +3,8 @@
 512 px, inference in every speed mode and training steps with and without gradient
 checkpointing, in a few minutes; its rows are appended to tools/BENCHMARKS.md.
 
-Inference settings: {1, 5}-shot x {float32, bfloat16} x {eager, torch.compile} x {batch 1, 8}
+Inference settings: {1, 5}-shot x {float32, float16, bfloat16} x {eager, torch.compile} x
+{batch 1, 8}
 episodes per model call (``DiffewS.forward``: each episode with its own supports, as a benchmark
 runs them; the support latent cache off). Each setting reports ms per episode (median of
 ``reps`` timed calls after one warm-up call), the first call's time (which includes compiling),
@@ -86,7 +87,7 @@ def _time_training(model_name: str, device, size: int, checkpointing: bool, reps
 
 
 def run_suite(device: torch.device, model_name: str = "sd21", size: int = 512, reps: int = 5,
-              budget_s: float = 270.0, log=print, dtypes=("float32", "bfloat16"),
+              budget_s: float = 270.0, log=print, dtypes=("float32", "float16", "bfloat16"),
               compile_modes=(False, True), onnx_runtimes=ORT_RUNTIMES,
               onnx_budget_s: float = 300.0,
               sine_dtypes=("float32", "bfloat16", "float16")) -> List[Dict]:

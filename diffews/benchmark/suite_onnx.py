@@ -1,9 +1,11 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The GPU suite's ONNX Runtime rows (``tools/benchmark.py --suite gpu``): the same inference
 settings as the torch rows ({1, 5}-shot x batch {1, 8}, ``DiffewS.forward``) with the backend
-attached (``MODEL.DIFFEWS.BACKEND onnxruntime``), under the CUDA execution provider (fp32) and the
-TensorRT execution provider (fp16 engines built from the fp32 graphs). On a CPU dry run the CPU
-execution provider runs the same code; a row whose provider is missing says "not run" and why.
+attached, under the CUDA execution provider (fp32) and the TensorRT execution provider (fp16
+engines built from the fp32 graphs), each twice: every part in ONNX Runtime (``MODEL.DIFFEWS.
+BACKEND onnxruntime``) and each part where it measured faster against torch on this GPU
+(``BACKEND auto``; its choice is printed in the row's status). On a CPU dry run the CPU execution
+provider runs the same code; a row whose provider is missing says "not run" and why.
 """
 
 import itertools
@@ -73,7 +75,8 @@ def ort_rows(device: torch.device, model_name: str, size: int, reps: int,
         if not why and time.perf_counter() - start > budget_s:
             why = "not run (time budget)"
         if why:
-            rows += [{**base, "shots": k, "batch": b, "status": why} for k, b in settings]
+            rows += [{**base, "runtime": f"{base['runtime']}{suffix}", "shots": k, "batch": b,
+                      "status": why} for suffix in ("", " auto") for k, b in settings]
             continue
         model = build_random_diffews(model_name).to(device)
         model.support_cache = None
@@ -81,15 +84,24 @@ def ort_rows(device: torch.device, model_name: str, size: int, reps: int,
         check_providers = providers[1:] if runtime == "tensorrt" else providers
         cached_export(model, cache, size, providers=check_providers)
         export_s = time.perf_counter() - t
-        model.use_backend(OnnxBackends(cache, providers))
-        for shots, batch in settings:
-            row = {**base, "shots": shots, "batch": batch, "export_s": export_s}
-            if time.perf_counter() - start > budget_s:
-                rows.append({**row, "status": "not run (time budget)"})
-                continue
-            rows.append({**row, **time_inference(model, shots, batch, size, reps),
-                         "status": "ok"})
-            log(f"{row['runtime']} {shots}-shot batch {batch}: "
-                f"{rows[-1]['ms_per_episode']:.1f} ms/episode")
+        for auto in (False, True):
+            backends = OnnxBackends(cache, providers, auto=auto)
+            status = "ok"
+            if auto:  # measured now, against torch on this device (min_part_gflop: default)
+                parts = backends.choose(model, size)["parts"]
+                status = "ok; auto: " + ", ".join(f"{p} {r}" for p, r in parts.items())
+            model.use_backend(backends)
+            label = f"{base['runtime']}{' auto' if auto else ''}"
+            for shots, batch in settings:
+                row = {**base, "runtime": label, "shots": shots, "batch": batch,
+                       "export_s": export_s}
+                if time.perf_counter() - start > budget_s:
+                    rows.append({**row, "status": "not run (time budget)"})
+                    continue
+                rows.append({**row, **time_inference(model, shots, batch, size, reps),
+                             "status": status})
+                log(f"{label} {shots}-shot batch {batch}: "
+                    f"{rows[-1]['ms_per_episode']:.1f} ms/episode")
+            model.use_backend(None)
         del model
     return rows

@@ -179,14 +179,18 @@ def check_config_values(cfg) -> None:
 
 
 def check_backend(cfg) -> None:
-    """``MODEL.DIFFEWS.BACKEND``: a known value; for "onnxruntime", onnx and onnxruntime
+    """``MODEL.DIFFEWS.BACKEND``: a known value ("auto" needs nothing: it runs torch where it
+    cannot measure); for "onnxruntime", onnx and onnxruntime
     installed (a one-line ImportError naming the install command, exit status 1), a float32
     eager model and providers that this onnxruntime has."""
     d = cfg.MODEL.DIFFEWS
-    if d.BACKEND not in ("torch", "onnxruntime"):
-        raise UsageError(f"MODEL.DIFFEWS.BACKEND must be 'torch' or 'onnxruntime', got "
+    if d.BACKEND not in ("auto", "torch", "onnxruntime"):
+        raise UsageError(f"MODEL.DIFFEWS.BACKEND must be 'auto', 'torch' or 'onnxruntime', got "
                          f"{d.BACKEND!r}")
-    if d.BACKEND == "torch":
+    if d.AUTO_MIN_PART_GFLOP < 0:
+        raise UsageError("MODEL.DIFFEWS.AUTO_MIN_PART_GFLOP must be >= 0, got "
+                         f"{d.AUTO_MIN_PART_GFLOP}")
+    if d.BACKEND in ("torch", "auto"):  # auto runs torch where onnxruntime is missing
         return
     from ..modeling.onnx.export import require
 

@@ -1,18 +1,67 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """Timing and memory helpers, the one set every benchmark uses: wait for a device's queued work,
-reset and read the peak memory (CUDA's allocator, or the process's resident set on a CPU)."""
+time several variants of one computation interleaved, reset and read the peak memory (CUDA's
+allocator, or the process's resident set on a CPU)."""
 
-from typing import Callable
+import os
+import statistics
+import time
+from typing import Callable, Dict, List
 
 import torch
 
-__all__ = ["sync", "reset_peak", "peak_gib", "peak_memory_of", "describe_peak"]
+__all__ = ["sync", "interleaved_times", "medians", "load_average", "reset_peak", "peak_gib",
+           "peak_memory_of", "describe_peak"]
 
 
 def sync(device: torch.device) -> None:
     """Wait until ``device``'s queued work is done (CUDA); nothing to wait for on a CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def interleaved_times(fns: Dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                      device: torch.device = torch.device("cpu")) -> Dict[str, List[float]]:
+    """Seconds per call of each variant, timed interleaved: ``warmup`` untimed calls of each, then
+    ``reps`` rounds that call every variant once, in an order rotated by one each round.
+
+    On a shared machine whose speed drifts within minutes, variants timed one after the other
+    compare the machine at two moments; interleaved, every variant sees the same drift.
+
+    Args:
+        fns: {name: callable} computing the same thing.
+        reps: timed rounds (each variant gets ``reps`` times).
+    Returns:
+        {name: [seconds, ...]} in round order.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    out: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            sync(device)
+            out[name].append(time.perf_counter() - start)
+    return out
+
+
+def medians(times: Dict[str, List[float]]) -> Dict[str, float]:
+    """{name: median seconds} of ``interleaved_times``' output."""
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the OS has none): printed beside every timing table,
+    since on shared cores it says how far the numbers are from a quiet machine's."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def _status_kib(key: str) -> int:

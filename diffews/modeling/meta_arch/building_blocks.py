@@ -38,15 +38,16 @@ class DiffewSBlocks(PresenceBlocks):
         (``modeling.onnx.backend_from_config``); None runs them in torch."""
         self.inference_backend = backends
 
-    def _backend(self, height: int, width: int, latent: bool = False):
-        """The attached backend for inputs of (height, width) pixels (latents with ``latent``),
-        or None (run torch): none attached, training, or a non-square size (the exports are
-        square; another square size is exported on first use)."""
+    def _backend(self, height: int, width: int, latent: bool = False, part: str = None):
+        """The attached backend for ``part`` ("encode", "decode", "support_pass", "query_pass")
+        on inputs of (height, width) pixels (latents with ``latent``), or None (run torch): none
+        attached, training, a non-square size (the exports are square; another square size is
+        exported on first use), or ``BACKEND auto`` chose torch for that part."""
         backends = self.inference_backend
         if backends is None or self.training or height != width:
             return None
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if latent else 1
-        return backends.get(self, int(height) * factor)
+        return backends.get(self, int(height) * factor, part)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 255] -> [-1, 1] (ToTensor then Normalize(0.5, 0.5) in the reference)."""
@@ -65,7 +66,7 @@ class DiffewSBlocks(PresenceBlocks):
         The mean is read straight from the encoder's moments (what ``latent_dist.mean`` holds,
         bit for bit), without building the distribution (its std and variance are never used).
         """
-        backend = None if sample else self._backend(*images.shape[-2:])
+        backend = None if sample else self._backend(*images.shape[-2:], part="encode")
         if backend is not None:
             return backend.encode(images).to(self.device)
         images = images.to(self.vae.dtype)
@@ -75,8 +76,9 @@ class DiffewSBlocks(PresenceBlocks):
             moments = self.vae._encode(images)  # encoder (+ quant_conv), with diffusers' tiling
             z = moments[:, : self.vae.config.latent_channels]
         # contiguous whatever the VAE's memory format, so that the UNet sees one layout (and
-        # computes the same bits) however the latents were batched, cached or sliced
-        return (z * self.latent_scale).contiguous()
+        # computes the same bits) however the latents were batched, cached or sliced; in the
+        # UNet's dtype (INFERENCE_DTYPE bfloat16_vae: a bf16 VAE beside an fp32 UNet)
+        return (z * self.latent_scale).to(self.inference_dtype).contiguous()
 
     def support_latents(self, images: torch.Tensor, masks: torch.Tensor,
                         image_latents: Optional[torch.Tensor] = None,
@@ -120,7 +122,7 @@ class DiffewSBlocks(PresenceBlocks):
         Returns:
             (SupportSet of the N supports, UNet output (N, C, h, w) or None).
         """
-        backend = (self._backend(*latents.shape[-2:], latent=True)
+        backend = (self._backend(*latents.shape[-2:], latent=True, part="support_pass")
                    if stop_early and prompt is self.prompt_embeds_test else None)
         if backend is not None:
             return backend.support_pass(latents, signature, info).to(self.device), None
@@ -170,7 +172,7 @@ class DiffewSBlocks(PresenceBlocks):
         Returns:
             (B, C, h, w): the UNet output, read as minus the query-mask latent.
         """
-        backend = (self._backend(*query_latents.shape[-2:], latent=True)
+        backend = (self._backend(*query_latents.shape[-2:], latent=True, part="query_pass")
                    if prompt is self.prompt_embeds_test else None)
         if backend is not None:  # the empty prompt and the timestep are baked into its graph
             return backend.query_pass(query_latents, supports).to(self.device)
@@ -187,7 +189,7 @@ class DiffewSBlocks(PresenceBlocks):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> (N, 3, H, W) uint8 prediction, exactly as the reference maps it:
         clip to [-1, 1], to [0, 255], truncate (not round) to uint8."""
-        backend = self._backend(*latents.shape[-2:], latent=True)
+        backend = self._backend(*latents.shape[-2:], latent=True, part="decode")
         if backend is not None:
             return backend.decode(latents).to(self.device)
         image = self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..kv_fusion import fused_layer_names, set_kv_fusion_processors
 from ..presence_head import PresenceHead, head_in_weights, pooled_layers
-from ..speed import compile_for_inference, set_inference_dtype
+from ..speed import compile_for_inference, is_float32, set_inference_dtype
 from ..support_cache import SupportLatentCache
 from ..unet import load_pretrained_unet
 from ..vae import encode_empty_prompt, load_frozen_vae
@@ -75,7 +75,8 @@ class DiffewS(DiffewSBlocks, nn.Module):
             abs_threshold: if > 0, mask = mean_RGB(pred) > abs_threshold instead.
             support_cache_size: supports whose latents ``forward`` keeps for later episodes
                 (``SupportLatentCache``; results are identical with or without it); 0 disables.
-            inference_dtype: "float32", "float16" or "bfloat16" weights for inference
+            inference_dtype: "float32", "float16" or "bfloat16" weights for inference, or
+                "bfloat16_vae" (the VAE only)
                 (``modeling/speed.py``).
             compile: ``torch.compile`` the VAE encoder and decoder for inference (``speed.py``).
             support_pass_batch: supports per support-pass call at inference (1: each alone).
@@ -175,7 +176,7 @@ class DiffewS(DiffewSBlocks, nn.Module):
         return self.prompt_embeds_test.device
 
     def train(self, mode: bool = True):
-        if mode and (self.inference_dtype != torch.float32 or self.compiled):
+        if mode and (not is_float32(self) or self.compiled):
             raise ValueError("MODEL.DIFFEWS.INFERENCE_DTYPE and MODEL.DIFFEWS.COMPILE are inference "
                              "settings; training runs in float32 eager mode with SOLVER.AMP")
         super().train(mode)

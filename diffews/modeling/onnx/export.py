@@ -86,9 +86,10 @@ def weights_digest(model) -> str:
 
 
 def _check_model(model, image_size: int) -> None:
-    if model.inference_dtype != torch.float32:
-        raise OnnxExportError(f"ONNX export needs a float32 model, this one is "
-                              f"{model.inference_dtype} (MODEL.DIFFEWS.INFERENCE_DTYPE)")
+    if model.inference_dtype != torch.float32 or model.vae.dtype != torch.float32:
+        raise OnnxExportError(f"ONNX export needs a float32 model, this one has a "
+                              f"{model.inference_dtype} UNet and a {model.vae.dtype} VAE "
+                              "(MODEL.DIFFEWS.INFERENCE_DTYPE)")
     if model.compiled:
         raise OnnxExportError("ONNX export traces the eager model; build it without "
                               "MODEL.DIFFEWS.COMPILE")

@@ -5,6 +5,14 @@ Tensors in and out are torch tensors, so a ``SupportSet`` encoded by either back
 other's query pass. Every run binds torch tensors' memory to the session (IO binding): inputs are
 read where they lie (a SupportSet's stored keys/values included) and outputs are written straight
 into preallocated torch tensors, on the CPU or, with the CUDA / TensorRT providers, on the GPU.
+
+Static shapes (``static_shapes``, default on): the graphs are exported with symbolic batch, group
+and shot axes, and ONNX Runtime's optimiser cannot fuse across the Shape/Gather/Reshape chains
+those leave (the mid model's query pass keeps 3,118 nodes after level-"all" optimisation). Each
+shape actually used gets its own session with every symbolic dimension fixed
+(``add_free_dimension_override_by_name``), built on first use of that shape: the same
+optimiser then folds the chains and fuses the attention MatMuls (1,442 nodes, as many as a graph
+exported with static shapes), with no second export. ``optimized_node_count`` reports both.
 """
 
 import logging
@@ -60,14 +68,17 @@ class OnnxRuntimeBackend:
         providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider",
             "CPUExecutionProvider"]`` or with ``"TensorrtExecutionProvider"`` first; default CPU.
         threads, optimization, spinning: see ``session_options`` (ignored if ``options`` given).
-        options: a ready ``onnxruntime.SessionOptions``.
+        options: a ready ``onnxruntime.SessionOptions`` (then one session per graph, with the
+            symbolic dimensions left free).
         manifest: the manifest dict, when the folder has none yet (``export_model``'s check).
+        static_shapes: one session per graph and input shape, every symbolic dimension fixed
+            (module docstring); False: one session per graph for every shape.
     """
 
     def __init__(self, folder: str, model=None, image_size: Optional[int] = None,
                  providers: Optional[Sequence] = None, threads: Optional[int] = None,
                  optimization: str = DEFAULT_OPTIMIZATION, spinning: Optional[bool] = None,
-                 options=None, manifest: Optional[Dict] = None):
+                 options=None, manifest: Optional[Dict] = None, static_shapes: bool = True):
         self.ort = require("onnxruntime")
         self.folder = folder
         self.manifest = manifest if manifest is not None else read_manifest(folder)
@@ -81,8 +92,9 @@ class OnnxRuntimeBackend:
         if image_size is not None and int(image_size) != self.image_size:
             raise OnnxExportError(f"{folder}: exported for {self.image_size} px, not {image_size}")
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
-        self.options = options if options is not None else session_options(
-            threads, optimization, spinning)
+        self.options = options
+        self._session_args = (threads, optimization, spinning)
+        self.static_shapes = bool(static_shapes) and options is None
         on_gpu = any(str(p if isinstance(p, str) else p[0]).startswith(("CUDA", "Tensorrt"))
                      for p in self.providers)
         self.device = torch.device("cuda" if on_gpu else "cpu")
@@ -113,19 +125,69 @@ class OnnxRuntimeBackend:
             raise OnnxExportError(f"{self.folder}: ONNX export of another model ({diff}); "
                                   "export again")
 
-    def session(self, name: str):
-        """The graph's ``InferenceSession``, created on first use."""
-        if name not in self._sessions:
+    def graph_dims(self, name: str, inputs: Dict[str, torch.Tensor]) -> Dict[str, int]:
+        """The symbolic dimensions of graph ``name`` (N, B, G, K) read off ``inputs``' shapes;
+        a tensor of the wrong rank or fixed size is a one-line error naming both shapes."""
+        dims: Dict[str, int] = {}
+        for spec in self.manifest["graphs"][name]["inputs"]:
+            t = inputs[spec["name"]]
+            want = spec["shape"]
+            ok = len(t.shape) == len(want) and all(
+                isinstance(w, str) or int(w) == int(n) for w, n in zip(want, t.shape))
+            if not ok:
+                raise ValueError(f"{name} input {spec['name']}: shape {tuple(t.shape)}, the "
+                                 f"export expects {tuple(want)}")
+            for w, n in zip(want, t.shape):
+                if isinstance(w, str):
+                    dims.setdefault(w, int(n))
+        return dims
+
+    def _options(self, dims: Dict[str, int], optimized_path: Optional[str] = None):
+        if self.options is not None:
+            return self.options
+        opts = session_options(*self._session_args)
+        if self.static_shapes:
+            for dim, n in dims.items():
+                opts.add_free_dimension_override_by_name(dim, int(n))
+        if optimized_path:
+            opts.optimized_model_filepath = optimized_path
+        return opts
+
+    def session(self, name: str, dims: Optional[Dict[str, int]] = None):
+        """The graph's ``InferenceSession`` for inputs with symbolic dimensions ``dims``
+        (``graph_dims``), created on first use of that shape (of the graph, without
+        ``static_shapes``)."""
+        key = (name, tuple(sorted((dims or {}).items())) if self.static_shapes else ())
+        if key not in self._sessions:
             path = os.path.join(self.folder, self.manifest["graphs"][name]["file"])
-            self._sessions[name] = self.ort.InferenceSession(path, sess_options=self.options,
-                                                             providers=self.providers)
-        return self._sessions[name]
+            self._sessions[key] = self.ort.InferenceSession(
+                path, sess_options=self._options(dims or {}), providers=self.providers)
+        return self._sessions[key]
+
+    def optimized_node_count(self, name: str, dims: Optional[Dict[str, int]] = None) -> int:
+        """Nodes of graph ``name`` after ONNX Runtime's optimisation (the session options'
+        level), with the symbolic dimensions fixed to ``dims`` (``static_shapes``) or left free
+        (``dims`` None). Builds a throw-away session that writes its optimised graph."""
+        import tempfile
+
+        onnx = require("onnx")
+        path = os.path.join(self.folder, self.manifest["graphs"][name]["file"])
+        with tempfile.TemporaryDirectory(prefix="ort_opt_") as tmp:
+            out = os.path.join(tmp, f"{name}.onnx")
+            static, self.static_shapes = self.static_shapes, dims is not None
+            try:
+                opts = self._options(dims or {}, out)
+            finally:
+                self.static_shapes = static
+            self.ort.InferenceSession(path, sess_options=opts, providers=self.providers)
+            return len(onnx.load(out, load_external_data=False).graph.node)
 
     def _run(self, graph: str, inputs: Dict[str, torch.Tensor], dims: Dict[str, int]
              ) -> Dict[str, torch.Tensor]:
         """Run ``graph`` on torch tensors bound in place; outputs are new torch tensors whose
         shapes come from the manifest with the symbolic ``dims`` filled in."""
-        io = self.session(graph).io_binding()
+        session = self.session(graph, self.graph_dims(graph, inputs))
+        io = session.io_binding()
         kind = self.device.type
         index = self.device.index or 0
         kept = []  # the bound tensors must outlive the run
@@ -141,7 +203,7 @@ class OnnxRuntimeBackend:
             outputs[spec["name"]] = out
         if kind == "cuda":
             torch.cuda.synchronize(self.device)  # torch's writes to the inputs are done
-        self.session(graph).run_with_iobinding(io)
+        session.run_with_iobinding(io)
         io.synchronize_outputs()  # ORT's writes are done before torch reads (a no-op on CPU)
         return outputs
 
