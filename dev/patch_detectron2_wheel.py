@@ -17,7 +17,8 @@ import re
 import shutil
 import sys
 
-STUB = '''"""Stub for detectron2's CUDA extension, removed by DiffewS's dev/install_detectron2.sh."""
+STUB = '''"""Stub for detectron2's CUDA extension, removed by DiffewS's
+dev/install_detectron2.sh."""
 
 DIFFEWS_STUB_VERSION = 2
 
@@ -47,7 +48,9 @@ DROPPED_REQUIREMENTS = ("numpy", "omegaconf", "hydra-core", "black")
 def main(root: str) -> None:
     pkg = os.path.join(root, "detectron2")
     if not os.path.isdir(pkg):
-        sys.exit(f"error: {root} holds no detectron2/ package; is it an unpacked sal-detectron2 wheel?")
+        sys.exit(
+            f"error: {root} holds no detectron2/ package; is it an unpacked sal-detectron2 wheel?"
+        )
     for so in glob.glob(os.path.join(pkg, "_C*.so")):
         os.remove(so)
     with open(os.path.join(pkg, "_C.py"), "w") as f:
@@ -59,7 +62,8 @@ def main(root: str) -> None:
         src = f.read()
     src = src.replace("import pkg_resources\n", "import importlib.resources\n")
     src = src.replace(
-        'pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
+        'pkg_resources.resource_filename(\n        "detectron2.model_zoo", '
+        'os.path.join("configs", config_path)\n    )',
         'str(importlib.resources.files("detectron2.model_zoo").joinpath("configs", config_path))',
     )
     if "pkg_resources" in src:

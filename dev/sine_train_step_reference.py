@@ -199,9 +199,17 @@ def main() -> None:
     for sample in batch:
         for side in sample.values():
             side["image"] = side["image"].half()
-    result = {"original_commit": args.commit or commit_of(args.sine), "torch": str(torch.__version__),
-              "tiny": TINY, "pad": PAD, "loss": LOSS, "seed": SEED, "state_dict_fp16": half,
-              "batch_fp16": batch, "cases": [run_case(c) for c in CASES]}
+    result = {
+        "original_commit": args.commit or commit_of(args.sine),
+        "torch": str(torch.__version__),
+        "tiny": TINY,
+        "pad": PAD,
+        "loss": LOSS,
+        "seed": SEED,
+        "state_dict_fp16": half,
+        "batch_fp16": batch,
+        "cases": [run_case(c) for c in CASES],
+    }
     buffer = io.BytesIO()
     torch.save(result, buffer)  # tensors, dicts, lists, strings: loadable with weights_only
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

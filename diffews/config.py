@@ -15,8 +15,9 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.MODEL.META_ARCHITECTURE = "DiffewS"
     # MODEL.WEIGHTS (detectron2's own key) may name a checkpoint written by our trainer (.pth) or a
     # released DiffewS UNet in diffusers layout: `<name>/`, `<name>/unet/` or `<name>/unet/unet/`.
-    # Both MODEL.WEIGHTS and MODEL.DIFFEWS.PRETRAINED also take a hub id, `hf://ORG/NAME[/SUB][@REV]`
-    # or `modelscope://ORG/NAME[/SUB]` (diffews/utils/hub.py, MODEL_ZOO.md); build_config resolves it.
+    # Both MODEL.WEIGHTS and MODEL.DIFFEWS.PRETRAINED also take a hub id,
+    # `hf://ORG/NAME[/SUB][@REV]` or `modelscope://ORG/NAME[/SUB]` (diffews/utils/hub.py,
+    # MODEL_ZOO.md); build_config resolves it.
 
     cfg.MODEL.DIFFEWS = CN()
     # Local Stable Diffusion folder in diffusers layout, with unet/ vae/ text_encoder/ tokenizer/.
@@ -26,10 +27,12 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.MODEL.DIFFEWS.TIMESTEP = 1
     # Mask = mean over RGB of the decoded prediction > REL_THRESHOLD * max of the prediction.
     cfg.MODEL.DIFFEWS.REL_THRESHOLD = 0.25
-    # If > 0, replaces the relative threshold by an absolute one on [0, 1] (reference `--threshold`).
+    # If > 0, replaces the relative threshold by an absolute one on [0, 1] (reference
+    # `--threshold`).
     cfg.MODEL.DIFFEWS.ABS_THRESHOLD = 0.0
     # Training uses the empty prompt padded to the tokenizer's full length (77 tokens for SD 2.1),
-    # inference the unpadded [BOS, EOS] (2 tokens), as the reference code does. False uses 2 in both.
+    # inference the unpadded [BOS, EOS] (2 tokens), as the reference code does. False uses 2 in
+    # both.
     cfg.MODEL.DIFFEWS.PAD_PROMPT_IN_TRAINING = True
     # Recompute UNet activations in the backward pass (diffusers gradient checkpointing): lets
     # SD 2.1 train at 512 px on a 24 GB GPU at the cost of about one extra forward.
@@ -128,7 +131,8 @@ def add_diffews_config(cfg: CN) -> None:
     # Square working size: images are resized (bilinear) and masks (nearest) to IMAGE_SIZE^2.
     cfg.INPUT.IMAGE_SIZE = 512
     cfg.INPUT.FEW_SHOT = CN()
-    # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (docs/METHOD.md section 4).
+    # Training episodes draw K uniformly from 1..MAX_SHOT supports per iteration (docs/METHOD.md
+    # section 4).
     cfg.INPUT.FEW_SHOT.MAX_SHOT = 2
     # Fraction of training episodes whose query is an image without the episode's class
     # (absent-target episodes; data/episodes/train.py): their target is the empty mask. They
@@ -149,8 +153,9 @@ def add_diffews_config(cfg: CN) -> None:
     # Examples: configs/custom/.
     cfg.DATASETS.CUSTOM = CN(new_allowed=True)
 
-    # Training recipe of the reference (docs/METHOD.md section 4): AdamW, lr 1e-5 decayed linearly to 1e-7 over
-    # 20k updates of 1 episode x 4 accumulation steps, grad-norm clip 1.0, fp16 AMP (set in YAML).
+    # Training recipe of the reference (docs/METHOD.md section 4): AdamW, lr 1e-5 decayed linearly
+    # to 1e-7 over 20k updates of 1 episode x 4 accumulation steps, grad-norm clip 1.0, fp16 AMP
+    # (set in YAML).
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # only ADAMW
     cfg.SOLVER.BASE_LR = 1e-5
     cfg.SOLVER.BETAS = (0.9, 0.999)
@@ -199,18 +204,21 @@ def add_diffews_config(cfg: CN) -> None:
     cfg.TEST.FSS.ORIGINAL_SIZE = False
     # Episodes per model call in evaluation (run_fss.py, train_net.py --eval-only). 1 is the
     # reference's batch; more batches the query encodes, query passes and decodes of episodes
-    # with equal K (faster on GPUs; masks equal to batch 1 up to float rounding, tools/BENCHMARKS.md).
+    # with equal K (faster on GPUs; masks equal to batch 1 up to float rounding,
+    # tools/BENCHMARKS.md).
     cfg.TEST.FSS.BATCH_SIZE = 1
-    # Episodes shown in TensorBoard every VIS_PERIOD iterations (the first ones of DATASETS.TEST[0]).
+    # Episodes shown in TensorBoard every VIS_PERIOD iterations (the first ones of
+    # DATASETS.TEST[0]).
     cfg.TEST.FSS.VIS_EPISODES = 4
-    # Absent-target episodes added per protocol episode (diffews/data/episodes/negatives.py): the same
-    # class and supports with a query that does not hold the class, fixed by TEST.FSS.SEED. The
+    # Absent-target episodes added per protocol episode (diffews/data/episodes/negatives.py): the
+    # same class and supports with a query that does not hold the class, fixed by TEST.FSS.SEED. The
     # evaluator then also reports presence AUROC, precision, recall and the mIoU of the present
     # episodes. 0 = the published protocol, unchanged.
     cfg.TEST.FSS.NEGATIVE_RATIO = 0.0
 
-    # Few-shot instance segmentation, TFA protocol (inference_fsod/, docs/METHOD.md section 7.2). The support
-    # split and the test set follow from these keys (coco_fsod.fsod_dataset_names), not DATASETS.
+    # Few-shot instance segmentation, TFA protocol (inference_fsod/, docs/METHOD.md section 7.2).
+    # The support split and the test set follow from these keys (coco_fsod.fsod_dataset_names), not
+    # DATASETS.
     cfg.TEST.FSOD = CN()
     # K support instances per novel class: 1, 2, 3, 5, 10 or 30 (SINE reports 1 and 5).
     cfg.TEST.FSOD.SHOT = 1
@@ -231,10 +239,10 @@ def add_diffews_config(cfg: CN) -> None:
     # The evaluator's maximum detections per image, the AP definition (COCO: 100). Separate from
     # TOPK, so that keeping fewer or more instances never changes what AP means.
     cfg.TEST.FSOD.MAX_DETS = 100
-    # Per-class confidence multiplying each instance's mean probability (diffews/predictor/instances.py):
-    # "none" = 1 (score = mean probability over the instance), "contrast" = the prediction's
-    # score (readout.prediction_score), "presence" = its presence signal, "contrast*presence"
-    # both (tools/BENCHMARKS.md: AP of each on the synthetic tree).
+    # Per-class confidence multiplying each instance's mean probability
+    # (diffews/predictor/instances.py): "none" = 1 (score = mean probability over the instance),
+    # "contrast" = the prediction's score (readout.prediction_score), "presence" = its presence
+    # signal, "contrast*presence" both (tools/BENCHMARKS.md: AP of each on the synthetic tree).
     cfg.TEST.FSOD.CLASS_SCORE = "none"
     # Support sets (classes) per UNet query pass and VAE decode call for each test image.
     cfg.TEST.FSOD.BATCH_SIZE = 10

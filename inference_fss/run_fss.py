@@ -62,7 +62,9 @@ def get_parser():
     what.add_argument("--benchmark", choices=sorted(BENCHMARK_FOLDS))
     what.add_argument("--layout", choices=("coco", "semseg", "folder"),
                       help="your own dataset in this layout (with --dataset-root)")
-    p.add_argument("--coco-json", default=None, metavar="FILE", help="--layout coco: instances json")
+    p.add_argument(
+        "--coco-json", default=None, metavar="FILE", help="--layout coco: instances json"
+    )
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="--layout semseg: class-name list, one per line (default: "
                    "<dataset-root>/class_names.txt)")

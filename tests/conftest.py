@@ -40,7 +40,9 @@ def make_cfg(pretrained, *opts):
 
     cfg = get_cfg()
     add_diffews_config(cfg)
-    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "Base-DiffewS.yaml"))
+    cfg.merge_from_file(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "Base-DiffewS.yaml")
+    )
     cfg.merge_from_list(["MODEL.DIFFEWS.PRETRAINED", pretrained, "INPUT.IMAGE_SIZE", SIZE,
                          "MODEL.DEVICE", "cpu", *opts])
     return cfg

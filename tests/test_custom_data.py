@@ -292,14 +292,39 @@ def test_finetune_config_from_released_weights_on_a_coco_json(tiny_sd, tiny_mode
         {"name": f"i{k}", "instances": [(1 + k % 2, masks[k % 3], False)]} for k in range(6)])
     release = tmp_path / "release"
     save_release_unet(tiny_model.unet, str(release / "unet"))
-    cfg = build_config(os.path.join(ROOT, "configs/custom/diffews_sd21_custom_coco_finetune.yaml"), [
-        "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "MODEL.WEIGHTS", str(release), "MODEL.DEVICE", "cpu",
-        "DATASETS.CUSTOM.my_coco.ROOT", coco["image_dir"],
-        "DATASETS.CUSTOM.my_coco.COCO_JSON", coco["json"],
-        "DATASETS.CUSTOM.my_coco.TEST_CLASSES", "['pen']", "INPUT.IMAGE_SIZE", "64",
-        "SOLVER.MAX_ITER", "1", "SOLVER.ACCUMULATION_STEPS", "1", "SOLVER.AMP.ENABLED", "False",
-        "TEST.FSS.NUM_EPISODES", "2", "VIS_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0",
-        "OUTPUT_DIR", str(tmp_path / "out")])
+    cfg = build_config(
+        os.path.join(ROOT, "configs/custom/diffews_sd21_custom_coco_finetune.yaml"),
+        [
+            "MODEL.DIFFEWS.PRETRAINED",
+            tiny_sd,
+            "MODEL.WEIGHTS",
+            str(release),
+            "MODEL.DEVICE",
+            "cpu",
+            "DATASETS.CUSTOM.my_coco.ROOT",
+            coco["image_dir"],
+            "DATASETS.CUSTOM.my_coco.COCO_JSON",
+            coco["json"],
+            "DATASETS.CUSTOM.my_coco.TEST_CLASSES",
+            "['pen']",
+            "INPUT.IMAGE_SIZE",
+            "64",
+            "SOLVER.MAX_ITER",
+            "1",
+            "SOLVER.ACCUMULATION_STEPS",
+            "1",
+            "SOLVER.AMP.ENABLED",
+            "False",
+            "TEST.FSS.NUM_EPISODES",
+            "2",
+            "VIS_PERIOD",
+            "0",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ],
+    )
     trainer = DiffewSTrainer(cfg)
     trainer.resume_or_load(resume=False)  # the released UNet folder
     for k, v in tiny_model.unet.state_dict().items():

@@ -145,10 +145,27 @@ def test_empty_support_mask_warns_and_runs(tiny_sd, files, tmp_path, caplog):
 @pytest.mark.slow
 def test_demo_cli_subprocess(tiny_sd, files, tmp_path):
     d, p = files
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--config-file",
-           os.path.join(ROOT, "configs", "Base-DiffewS.yaml"), "--support", *p[1], "--query", p[0][0],
-           "--output", str(tmp_path), "--opts", "MODEL.DIFFEWS.PRETRAINED", tiny_sd,
-           "INPUT.IMAGE_SIZE", "64", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(d / "release")]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "demo.py"),
+        "--config-file",
+        os.path.join(ROOT, "configs", "Base-DiffewS.yaml"),
+        "--support",
+        *p[1],
+        "--query",
+        p[0][0],
+        "--output",
+        str(tmp_path),
+        "--opts",
+        "MODEL.DIFFEWS.PRETRAINED",
+        tiny_sd,
+        "INPUT.IMAGE_SIZE",
+        "64",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.WEIGHTS",
+        str(d / "release"),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr
@@ -161,5 +178,7 @@ def test_demo_cli_subprocess(tiny_sd, files, tmp_path):
     assert res.stderr.strip() == ("error: config override: unknown config key MODEL.WEIGTHS; did "
                                   "you mean MODEL.WEIGHTS? (every DiffewS key is listed in "
                                   "diffews/config.py)")
-    help_text = subprocess.run([sys.executable, cmd[1], "--help"], capture_output=True, text=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, cmd[1], "--help"], capture_output=True, text=True
+    ).stdout
     assert "empty support mask is a warning" in help_text.replace("\n", " ")

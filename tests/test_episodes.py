@@ -109,9 +109,10 @@ def reference_fss(base, split_file, shot):
 
 
 def reference_lvis(pkl, fold, shot):
-    """docs/PROTOCOLS.md section 2c (Matcher lvis.py): classes with more than `shot` images, interleaved fold;
-    episode idx: class idx % n, query = choice over the class's images in dict order, then each
-    support drawn the same way, only a draw equal to the query rejected (repeats kept)."""
+    """docs/PROTOCOLS.md section 2c (Matcher lvis.py): classes with more than `shot` images,
+    interleaved fold; episode idx: class idx % n, query = choice over the class's images in dict
+    order, then each support drawn the same way, only a draw equal to the query rejected (repeats
+    kept)."""
     with open(pkl, "rb") as f:
         anno = pickle.load(f)
     kept = [c for c in anno.keys() if len(anno[c]) > shot]

@@ -1,5 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""dev/install_detectron2.sh keeps an importable detectron2; the patched wheel's stub explains itself."""
+"""dev/install_detectron2.sh keeps an importable detectron2; the patched wheel's stub explains
+itself."""
 
 import os
 import subprocess

@@ -27,7 +27,9 @@ def test_zero_supports_equals_plain_processor(tiny_sd):
         fused = copy.deepcopy(unet)
         set_kv_fusion_processors(fused)
         ours = fused(x, t, encoder_hidden_states=ctx).sample
-        ours_kw = fused(x, t, encoder_hidden_states=ctx, cross_attention_kwargs={"kv_bank": None}).sample
+        ours_kw = fused(
+            x, t, encoder_hidden_states=ctx, cross_attention_kwargs={"kv_bank": None}
+        ).sample
     torch.testing.assert_close(ours, plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours_kw, plain, atol=1e-5, rtol=0)
 
@@ -78,13 +80,18 @@ def test_query_attends_to_own_then_its_supports_tokens(shots):
         query_out = attn(queries, kv_bank=KVBank(rows))
         shared_out = attn(queries, kv_bank=KVBank(rows[1]))  # every query reads query 1's supports
         for i in range(batch * shots):  # each support attends to itself only
-            torch.testing.assert_close(support_out[i], _manual_attention(attn, supports[i], supports[i]),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                support_out[i], _manual_attention(attn, supports[i], supports[i]), atol=1e-5, rtol=0
+            )
         for b in range(batch):  # query b: [own ; its K supports], never another query's supports
             own = supports[b * shots:(b + 1) * shots].reshape(-1, 16)
             expected = _manual_attention(attn, queries[b], torch.cat([queries[b], own]))
             torch.testing.assert_close(query_out[b], expected, atol=1e-5, rtol=0)
-            shared = _manual_attention(attn, queries[b], torch.cat([queries[b], supports[shots:2 * shots].reshape(-1, 16)]))
+            shared = _manual_attention(
+                attn,
+                queries[b],
+                torch.cat([queries[b], supports[shots : 2 * shots].reshape(-1, 16)]),
+            )
             torch.testing.assert_close(shared_out[b], shared, atol=1e-5, rtol=0)
 
 

@@ -16,7 +16,9 @@ def test_build_model_on_tiny_config(tiny_model):
     assert all(p.requires_grad for p in m.unet.parameters())
     # 77 training tokens and 2 inference tokens; the encoder is causal, so the first two agree
     assert m.prompt_embeds_train.shape[1] == 77 and m.prompt_embeds_test.shape[1] == 2
-    torch.testing.assert_close(m.prompt_embeds_train[:, :2], m.prompt_embeds_test, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        m.prompt_embeds_train[:, :2], m.prompt_embeds_test, atol=1e-5, rtol=0
+    )
     assert not any(k.startswith("vae.") for k in m.state_dict())  # checkpoints hold the UNet only
 
 
@@ -85,7 +87,8 @@ def test_decode_truncates_and_threshold_is_relative_to_max(tiny_model, monkeypat
 
     monkeypatch.setattr(tiny_model.vae, "decode", lambda z: Out())
     img = tiny_model.decode(torch.zeros(1, 4, 1, 1))
-    # (x * 0.5 + 0.5) * 255, clipped, truncated: 0.999 -> 254.87 -> 254; -2 -> 0; 0 -> 127; -0.5 -> 63
+    # (x * 0.5 + 0.5) * 255, clipped, truncated: 0.999 -> 254.87 -> 254; -2 -> 0; 0 -> 127; -0.5 ->
+    # 63
     assert img[0, 0].tolist() == [[254, 0], [127, 63]]
     mask = tiny_model.threshold(img[0])  # threshold 0.25 * 254/255 on the channel mean
     assert mask.tolist() == [[True, False], [True, False]]
@@ -96,7 +99,15 @@ def test_decode_truncates_and_threshold_is_relative_to_max(tiny_model, monkeypat
 def test_bad_episodes_raise(tiny_model):
     ep = make_episode(1, seed=0)
     with pytest.raises(ValueError, match="at least one support"):
-        tiny_model([dict(ep, support_images=ep["support_images"][:0], support_masks=ep["support_masks"][:0])])
+        tiny_model(
+            [
+                dict(
+                    ep,
+                    support_images=ep["support_images"][:0],
+                    support_masks=ep["support_masks"][:0],
+                )
+            ]
+        )
     with pytest.raises(ValueError, match="share the working size"):
         tiny_model([dict(ep, image=torch.zeros(3, 32, 32, dtype=torch.uint8))])
     small = make_episode(1, seed=0, size=40)
@@ -117,7 +128,9 @@ def test_support_cache_reuses_latents_without_changing_predictions(tiny_sd, monk
     calls = []
     cached.vae.encoder.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
     a, b = make_episode(2, seed=20), make_episode(1, seed=21)
-    b_same_support = dict(b, support_images=a["support_images"][:1], support_masks=a["support_masks"][:1])
+    b_same_support = dict(
+        b, support_images=a["support_images"][:1], support_masks=a["support_masks"][:1]
+    )
     for ep in (a, b_same_support, a):
         # bit for bit: every support image and mask is encoded in its own VAE call either way
         ours, theirs = cached([ep])[0], plain([ep])[0]
@@ -140,10 +153,14 @@ def test_fast_inference_paths_change_no_bit(tiny_model):
     with torch.no_grad():
         plain = tiny_model.vae.encode(x).latent_dist.mean * tiny_model.latent_scale
         assert torch.equal(tiny_model.encode(x, sample=False), plain)
-        z = torch.cat([plain, tiny_model.encode(tiny_model.mask_to_image(ep["support_masks"]), False)], 1)
+        z = torch.cat(
+            [plain, tiny_model.encode(tiny_model.mask_to_image(ep["support_masks"]), False)], 1
+        )
         full, out = tiny_model.support_pass(z, tiny_model.prompt_embeds_test)
         early, none = tiny_model.support_pass(z, tiny_model.prompt_embeds_test, stop_early=True)
     assert out is not None and none is None
     assert early.layers == full.layers == tiny_model.fused_layers
     for k in full.layers:
-        assert torch.equal(early.keys[k], full.keys[k]) and torch.equal(early.values[k], full.values[k])
+        assert torch.equal(early.keys[k], full.keys[k]) and torch.equal(
+            early.values[k], full.values[k]
+        )

@@ -199,7 +199,7 @@ def test_export_tool_prints_the_check(tiny_sd, weights, tmp_path, capsys):
                                               "vae_decoder.onnx", "support_pass.onnx",
                                               "query_pass.onnx"])
     for name, diff in manifest["check"].items():
-        line = next(l for l in text.splitlines() if l.split() and l.split()[0] == name)
+        line = next(x for x in text.splitlines() if x.split() and x.split()[0] == name)
         assert float(line.split()[1]) == pytest.approx(diff, rel=0.01)
         assert diff < (1e-4 if "uint8" not in name else 1.5)
     # a bfloat16 model cannot be exported: one error line, exit 2, no graph written

@@ -1,5 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""MODEL.WEIGHTS: released DiffewS UNets in every accepted layout, trainer checkpoints, and errors."""
+"""MODEL.WEIGHTS: released DiffewS UNets in every accepted layout, trainer checkpoints, and
+errors."""
 
 import json
 import os
@@ -48,7 +49,9 @@ def _load_and_predict(tiny_sd, weights, episode):
     ("unet/unet", "safetensors", "UNet2DConditionModel", True),
     ("unet", "bin", "MyUNet2DConditionModel", False),
 ])
-def test_release_layouts_reproduce_prediction(tiny_sd, trained, tmp_path, layout, fmt, class_name, drop_ref):
+def test_release_layouts_reproduce_prediction(
+    tiny_sd, trained, tmp_path, layout, fmt, class_name, drop_ref
+):
     model, episode, expected = trained
     root = _release(tmp_path, model, layout, fmt, class_name, drop_ref)
     for path in {root, os.path.join(root, "unet")} if layout != "name" else {root}:
@@ -58,7 +61,8 @@ def test_release_layouts_reproduce_prediction(tiny_sd, trained, tmp_path, layout
 
 
 def test_pretrained_folder_with_support_conv_keeps_it(tiny_sd, trained, tmp_path):
-    """A base folder like `stable-diffusion-2-1-ref8inchannels-tag4inchannels` (unet/ has conv_in_ref)."""
+    """A base folder like `stable-diffusion-2-1-ref8inchannels-tag4inchannels` (unet/ has
+    conv_in_ref)."""
     model, _, _ = trained
     base = tmp_path / "sd-ref8in"
     shutil.copytree(tiny_sd, base)
@@ -72,7 +76,9 @@ def test_trainer_checkpoint_round_trip(tiny_sd, trained, tmp_path):
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_final")
     saved = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
     assert not any(k.startswith("vae.") for k in saved)
-    assert torch.equal(_load_and_predict(tiny_sd, str(tmp_path / "model_final.pth"), episode), expected)
+    assert torch.equal(
+        _load_and_predict(tiny_sd, str(tmp_path / "model_final.pth"), episode), expected
+    )
 
 
 def test_missing_support_conv_names_key_and_file(tiny_sd, trained, tmp_path):

@@ -5,8 +5,8 @@ by ``dev/sine_train_reference.py`` from aim-uofa/SINE's own ``criterion.py`` / `
 Every loss term and the gradient of the weighted total w.r.t. every prediction tensor (last layer
 and aux layers, ID and instance branches) must agree within ``RTOL`` relative to the largest
 value of the compared quantity (float32 arithmetic in a different order: the observed difference
-is <= 1.4e-7 relative on the gradients, 0 on the loss terms). Broken variants (no-object weight 1, dice replaced by BCE, other point
-draws) must fail the same comparison.
+is <= 1.4e-7 relative on the gradients, 0 on the loss terms). Broken variants (no-object weight 1,
+dice replaced by BCE, other point draws) must fail the same comparison.
 """
 
 import os

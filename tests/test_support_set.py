@@ -45,7 +45,9 @@ def test_one_at_a_time_then_cat_equals_one_call(predictor, tiny_model, monkeypat
     assert _close(SupportSet.cat(singles), together)
     assert _close(SupportSet.cat([singles[0], SupportSet.cat(singles[1:])]), together)
     queries, _ = _supports(2, seed=10)
-    for a, b in zip(predictor.predict(queries, together), predictor.predict(queries, SupportSet.cat(singles))):
+    for a, b in zip(
+        predictor.predict(queries, together), predictor.predict(queries, SupportSet.cat(singles))
+    ):
         assert (a["mask_working"] == b["mask_working"]).mean() >= 0.999
     # one support per support pass (MODEL.DIFFEWS.SUPPORT_PASS_BATCH 1): equal bit for bit
     monkeypatch.setattr(tiny_model, "support_pass_batch", 1)

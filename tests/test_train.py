@@ -148,7 +148,9 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_sd):
 
 
 def _ddp_worker(tiny_sd, out):
-    args = _args(tiny_sd, out, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "VIS_PERIOD", "0")
+    args = _args(
+        tiny_sd, out, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "VIS_PERIOD", "0"
+    )
     cfg = train_net.setup(args)
     trainer = DiffewSTrainer(cfg)
     trainer.train()
@@ -259,9 +261,9 @@ class _Recorder:
 
 
 def test_training_loss_samples_posterior_with_pm1_masks_77_tokens_and_t1(tiny_sd):
-    """docs/METHOD.md section 4, checked from the outside: images enter the VAE in [-1, 1] and masks as -1/+1
-    (255 = ignore counts as background), every training latent is a posterior SAMPLE (not the
-    mean) times the VAE's scaling factor, both UNet passes get t = 1 and the 77-token padded
+    """docs/METHOD.md section 4, checked from the outside: images enter the VAE in [-1, 1] and masks
+    as -1/+1 (255 = ignore counts as background), every training latent is a posterior SAMPLE (not
+    the mean) times the VAE's scaling factor, both UNet passes get t = 1 and the 77-token padded
     empty prompt, and the loss is the MSE between the query pass's output and minus the sampled
     query-mask latent."""
     from detectron2.modeling import build_model

@@ -67,8 +67,9 @@ def _record(tree, dataset, video):
 
 # -- the rules, by hand ----------------------------------------------------------------------------
 def test_memory_selection_hand_worked():
-    """docs/METHOD.md section 7.3: keep the first frame plus num_frame - 1 past frames, chosen by a min-heap on
-    score * max(0, 1 - dt / ratio), dt = distance to the newest frame (linear, ratio 20)."""
+    """docs/METHOD.md section 7.3: keep the first frame plus num_frame - 1 past frames, chosen by a
+    min-heap on score * max(0, 1 - dt / ratio), dt = distance to the newest frame (linear, ratio
+    20)."""
     assert decay_factor(0, 20) == 1.0 and decay_factor(5, 20) == pytest.approx(0.75)
     assert decay_factor(20, 20) == 0.0 and decay_factor(35, 20) == 0.0
     assert decay_factor(35, 0) == 1.0  # ratio 0: no decay

@@ -58,9 +58,11 @@ main = cli  # the older name (tests and scripts call check_datasets.main(argv))
 def check(args) -> int:
     root = dataset_root(args.dataset_root)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: the datasets root does not exist; pass --dataset-root or set "
-                                "DETECTRON2_DATASETS to the folder prepared as in "
-                                "datasets/README.md")
+        raise FileNotFoundError(
+            f"{root}: the datasets root does not exist; pass --dataset-root or set "
+            "DETECTRON2_DATASETS to the folder prepared as in "
+            "datasets/README.md"
+        )
     failed = []
     for name in sorted(CHECKS) if args.benchmark == "all" else [args.benchmark]:
         try:

@@ -4,7 +4,7 @@
 
   python tools/demo.py --config-file configs/Base-DiffewS.yaml \
       --support dog1.jpg dog1.png [--support dog2.jpg dog2.png ...] --query a.jpg [b.jpg folder/
-      ...] \ [--output output/demo] [--device cuda] MODEL.WEIGHTS weight/coco_fold0
+      ...] \\ [--output output/demo] [--device cuda] MODEL.WEIGHTS weight/coco_fold0
 """
 
 import argparse

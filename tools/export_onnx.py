@@ -20,7 +20,14 @@ import sys
 
 # diffews first: its __init__ filters fvcore's torch.jit.script FutureWarning before detectron2
 from diffews.checkpoint import load_inference_weights
-from diffews.cli import UsageError, config_overrides, entry_parser, load_entry_config, preflight, run_cli
+from diffews.cli import (
+    UsageError,
+    config_overrides,
+    entry_parser,
+    load_entry_config,
+    preflight,
+    run_cli,
+)
 from diffews.modeling.onnx import export_model
 from diffews.modeling.onnx.export import require
 

@@ -31,9 +31,13 @@ DEFAULT_OUTPUT = "output/export_unet"
 
 
 def get_parser():
-    p = entry_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                     output="optional", device=True,
-                     output_help=f"release folder to write, <output>/unet/ (default {DEFAULT_OUTPUT})")
+    p = entry_parser(
+        __doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        output="optional",
+        device=True,
+        output_help=f"release folder to write, <output>/unet/ (default {DEFAULT_OUTPUT})",
+    )
     p.add_argument("--weights", required=True, help="trainer checkpoint (.pth) to export")
     p.add_argument("--bin", action="store_true", help="write .bin instead of .safetensors")
     return p

@@ -31,7 +31,9 @@ def get_parser():
     p = entry_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], config="",
                      output="optional", device=True,
                      output_help=f"where everything is written (default {DEFAULT_OUTPUT})")
-    p.add_argument("--fresh", action="store_true", help="retrain instead of resuming a finished run")
+    p.add_argument(
+        "--fresh", action="store_true", help="retrain instead of resuming a finished run"
+    )
     p.add_argument("--model", choices=("diffews", "sine"), default="diffews",
                    help="sine: train a tiny SINE too and score it beside DiffewS (default diffews)")
     p.add_argument("--sine-opts", nargs="*", default=[], metavar="KEY VALUE",

@@ -14,8 +14,9 @@ the config's OUTPUT_DIR), --device MODEL.DEVICE, --dataset-root $DETECTRON2_DATA
 --eval-only and the launch flags (--num-gpus, --num-machines, --machine-rank, --dist-url) are
 detectron2's default_argument_parser's. Before the model is built, the config, the
 MODEL.DIFFEWS.PRETRAINED folder (SINE: MODEL.SINE.ENCODER.WEIGHTS), the image size, the datasets
-(SINE: DATASETS.SINE_TRAIN), OUTPUT_DIR and (with --eval-only) MODEL.WEIGHTS are checked; an error is one line, exit status 2 for a wrong command line or config,
-1 for missing or broken files (--debug shows the traceback).
+(SINE: DATASETS.SINE_TRAIN), OUTPUT_DIR and (with --eval-only) MODEL.WEIGHTS are checked; an error
+is one line, exit status 2 for a wrong command line or config, 1 for missing or broken files
+(--debug shows the traceback).
 """
 
 import os

@@ -3,9 +3,10 @@
 --compare``).
 
 * (a) ``plain``: the original implementation's per-episode work as we read it, written with plain
-  diffusers calls (our look-alike of it, not the original code: ``original_side.py`` times that): every support image, every support mask and the query VAE-encoded in its own call
-  (``latent_dist.mean``), the full support pass on the K supports every episode, the query pass,
-  the decode, batch 1.
+  diffusers calls (our look-alike of it, not the original code: ``original_side.py`` times that):
+  every support image, every support mask and the query VAE-encoded in its own call
+  (``latent_dist.mean``), the full support pass on the K supports every episode, the query pass, the
+  decode, batch 1.
 * (b) ``default``: ``DiffewS.forward`` on the episode, as the benchmarks run it (support latent
   cache off, so every episode encodes its supports).
 * (c) ``reuse``: one ``SupportSet`` encoded once (its cost reported apart), then per query only
@@ -43,7 +44,8 @@ SAME_WORK = {"onnxruntime": "default", "onnxruntime reuse": "reuse"}
 
 
 def plain_episode(model, episode: Dict, vae=None) -> torch.Tensor:
-    """(a): the original's per-episode work, written with plain diffusers calls; returns the (H, W) bool mask.
+    """(a): the original's per-episode work, written with plain diffusers calls; returns the (H, W)
+    bool mask.
 
     Args:
         vae: the VAE to use (``plain_vae(model)``: contiguous memory format, as the original

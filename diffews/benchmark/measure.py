@@ -94,7 +94,10 @@ class StageTimer:
     def _post(self, name):
         def hook(module, args, output):
             sync(self.model.device)
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
+            self.times[name] = (
+                self.times.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
+            )
+
         return hook
 
     def remove(self):

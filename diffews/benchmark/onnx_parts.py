@@ -101,7 +101,10 @@ def part_timings(model_name: str, size: int, threads: int, repeats: int = 5,
     names = kv_names(model.fused_layers, "support_")
     kv = {}
     for i, layer in enumerate(model.fused_layers):
-        kv[names[2 * i]], kv[names[2 * i + 1]] = support.keys[layer][None], support.values[layer][None]
+        kv[names[2 * i]], kv[names[2 * i + 1]] = (
+            support.keys[layer][None],
+            support.values[layer][None],
+        )
     ov_parts = _openvino_parts(folder, {"encode": {"images": inputs["images"]},
                                         "decode": {"latents": inputs["z"]},
                                         "support_pass": {"latents": inputs["z_support"]},

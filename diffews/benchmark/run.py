@@ -37,9 +37,13 @@ def bench_train(cfg, iters: int, warmup: int = 2) -> float:
                for i in itertools.islice(episodes, batch)] for _ in itertools.count())
     clip = cfg.SOLVER.CLIP_GRADIENTS
     trainer = EpisodeTrainer(
-        model, loader, build_optimizer(cfg, model), accumulation_steps=cfg.SOLVER.ACCUMULATION_STEPS,
+        model,
+        loader,
+        build_optimizer(cfg, model),
+        accumulation_steps=cfg.SOLVER.ACCUMULATION_STEPS,
         amp=cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else None,
-        clip_norm=clip.CLIP_VALUE if clip.ENABLED else 0.0)
+        clip_norm=clip.CLIP_VALUE if clip.ENABLED else 0.0,
+    )
     device = model.device
     with EventStorage() as storage:
         trainer.storage = storage

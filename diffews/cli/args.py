@@ -107,8 +107,14 @@ def add_list_argument(parser, *names: str, default: Optional[str] = None, help: 
                         help=help + " (comma-separated)")
     dest = names[0].lstrip("-").replace("-", "_")
     for old in deprecated:
-        parser.add_argument(old, dest=dest, nargs="+", action=_ListAction, default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS)
+        parser.add_argument(
+            old,
+            dest=dest,
+            nargs="+",
+            action=_ListAction,
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
 
 
 def parse_list(text: Optional[str], kind: Callable = str, flag: str = "") -> Optional[list]:

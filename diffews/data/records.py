@@ -110,7 +110,9 @@ def _load_file_sample(record: Dict, class_id: int, label_format: str, ignore_bou
         label = np.zeros((h, w), np.uint8)
         for segm in record["segmentations"][class_id]:
             rles = mask_util.frPyObjects(segm, h, w) if isinstance(segm, list) else segm
-            label |= mask_util.decode(mask_util.merge(rles) if isinstance(rles, list) else rles).astype(np.uint8)
+            label |= mask_util.decode(
+                mask_util.merge(rles) if isinstance(rles, list) else rles
+            ).astype(np.uint8)
     elif label_format in CUSTOM_LABEL_FORMATS:
         from .datasets.custom_labels import custom_label
 

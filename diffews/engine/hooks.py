@@ -24,4 +24,6 @@ class PredictionVisualizer(HookBase):
             outputs = model(self.episodes)
         model.train()
         grid = episode_grid(self.episodes, outputs)
-        self.trainer.storage.put_image("predictions", torch.from_numpy(grid).permute(2, 0, 1).float() / 255)
+        self.trainer.storage.put_image(
+            "predictions", torch.from_numpy(grid).permute(2, 0, 1).float() / 255
+        )

@@ -117,7 +117,9 @@ def build_lr_scheduler(cfg, optimizer):
     sched = PolyToEndParamScheduler(end, cfg.SOLVER.POLY_LR_POWER)
     if cfg.SOLVER.WARMUP_ITERS > 0:
         sched = WarmupParamScheduler(
-            sched, cfg.SOLVER.WARMUP_FACTOR, min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
+            sched,
+            cfg.SOLVER.WARMUP_FACTOR,
+            min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
             cfg.SOLVER.WARMUP_METHOD,
         )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)

@@ -34,7 +34,9 @@ class EpisodeTrainer(SimpleTrainer):
         if accumulation_steps < 1:
             raise ValueError(f"SOLVER.ACCUMULATION_STEPS must be >= 1, got {accumulation_steps}")
         if amp is not None and amp not in PRECISIONS:
-            raise ValueError(f"SOLVER.AMP.PRECISION must be one of {sorted(PRECISIONS)}, got {amp!r}")
+            raise ValueError(
+                f"SOLVER.AMP.PRECISION must be one of {sorted(PRECISIONS)}, got {amp!r}"
+            )
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"SOLVER.NAN_POLICY must be 'raise' or 'skip', got {nan_policy!r}")
         self.accumulation_steps = accumulation_steps
@@ -76,7 +78,9 @@ class EpisodeTrainer(SimpleTrainer):
         self.after_backward()
         all_finite = self._all_finite(finite)
         if not all_finite and self.nan_policy == "raise":
-            where = f" (accumulation step {bad[0]}): {bad[1]}" if not finite else " on another process"
+            where = (
+                f" (accumulation step {bad[0]}): {bad[1]}" if not finite else " on another process"
+            )
             raise FloatingPointError(
                 f"Loss became infinite or NaN at iteration={self.iter}{where}; set "
                 "SOLVER.NAN_POLICY skip to drop such updates instead"
@@ -94,7 +98,9 @@ class EpisodeTrainer(SimpleTrainer):
             self.skipped_updates += 1
             logger.warning("Non-finite loss at iteration %d: update skipped (%d so far)",
                            self.iter, self.skipped_updates)
-        get_event_storage().put_scalar("skipped_updates", self.skipped_updates, smoothing_hint=False)
+        get_event_storage().put_scalar(
+            "skipped_updates", self.skipped_updates, smoothing_hint=False
+        )
 
     def _all_finite(self, finite: bool) -> bool:
         """Every process takes the same decision, so replicas stay identical under DDP."""

@@ -44,9 +44,9 @@ class DiffewSTrainer(DefaultTrainer):
 
     One iteration is one optimizer update over ``SOLVER.ACCUMULATION_STEPS`` batches of
     ``SOLVER.IMS_PER_BATCH`` episodes (summed over processes), under AMP if ``SOLVER.AMP.ENABLED``
-    (``SOLVER.AMP.PRECISION``), with gradient-norm clipping and the NaN policy of ``SOLVER.NAN_POLICY``.
-    Checkpoints hold the UNet, optimizer, LR scheduler, grad scaler and iteration, so ``--resume``
-    continues at the same iteration and learning rate.
+    (``SOLVER.AMP.PRECISION``), with gradient-norm clipping and the NaN policy of
+    ``SOLVER.NAN_POLICY``. Checkpoints hold the UNet, optimizer, LR scheduler, grad scaler and
+    iteration, so ``--resume`` continues at the same iteration and learning rate.
 
     SINE (docs/SINE.md section 12): one iteration is one update over ``ACCUMULATION_STEPS``
     batches of in-context samples; checkpoints hold the neck, the decoder and the loss buffer,
@@ -65,7 +65,9 @@ class DiffewSTrainer(DefaultTrainer):
         model = create_ddp_model(model)
         clip = cfg.SOLVER.CLIP_GRADIENTS
         if clip.ENABLED and clip.CLIP_TYPE != "norm":
-            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: only 'norm' is supported, got {clip.CLIP_TYPE!r}")
+            raise ValueError(
+                f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: only 'norm' is supported, got {clip.CLIP_TYPE!r}"
+            )
         self._trainer = EpisodeTrainer(
             model, data_loader, optimizer,
             accumulation_steps=cfg.SOLVER.ACCUMULATION_STEPS,
@@ -97,7 +99,9 @@ class DiffewSTrainer(DefaultTrainer):
                 if len(episodes) >= self.cfg.TEST.FSS.VIS_EPISODES:
                     break
             # before the writer, so that the grid is written in the same step
-            ret.insert(len(ret) - 1, PredictionVisualizer(self.cfg.VIS_PERIOD, episodes, self.model))
+            ret.insert(
+                len(ret) - 1, PredictionVisualizer(self.cfg.VIS_PERIOD, episodes, self.model)
+            )
         return ret
 
     @classmethod
@@ -122,8 +126,12 @@ class DiffewSTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return FSSEvaluator(dataset_name, distributed=True, output_dir=output_folder or cfg.OUTPUT_DIR,
-                            original_size=cfg.TEST.FSS.ORIGINAL_SIZE)
+        return FSSEvaluator(
+            dataset_name,
+            distributed=True,
+            output_dir=output_folder or cfg.OUTPUT_DIR,
+            original_size=cfg.TEST.FSS.ORIGINAL_SIZE,
+        )
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -5,6 +5,16 @@ from .instance_evaluation import FSODEvaluator, aggregate_seeds, write_coco_resu
 from .davis_metrics import VOSEvaluationError
 from .vos_evaluation import evaluate_davis, VOSEvaluator
 
-__all__ = ["FSSEvaluator", "compute_metrics", "episode_counts", "evaluate_episodes", "run_episodes", "FSODEvaluator",
-           "aggregate_seeds", "write_coco_results", "VOSEvaluator", "VOSEvaluationError",
-           "evaluate_davis"]
+__all__ = [
+    "FSSEvaluator",
+    "compute_metrics",
+    "episode_counts",
+    "evaluate_episodes",
+    "run_episodes",
+    "FSODEvaluator",
+    "aggregate_seeds",
+    "write_coco_results",
+    "VOSEvaluator",
+    "VOSEvaluationError",
+    "evaluate_davis",
+]

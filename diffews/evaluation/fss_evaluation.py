@@ -195,8 +195,9 @@ class FSSEvaluator(DatasetEvaluator):
             "-recall" (of the masks found, i.e. not empty: ``presence.presence_report``),
             "num_absent", "absent-empty" and "present-empty" (% of the absent / present
             episodes whose mask is empty) and "mIoU-present", "FB-IoU-present" (the episodes
-            whose query holds the object); with ``presence_threshold`` also "absent-empty-at-threshold" and
-            "present-empty-at-threshold" (what deciding at it would give).
+            whose query holds the object); with ``presence_threshold`` also
+            "absent-empty-at-threshold" and "present-empty-at-threshold" (what deciding at it would
+            give).
         """
         if self._distributed:
             comm.synchronize()

@@ -190,7 +190,9 @@ class KVFusionAttnProcessor2_0:
         hidden_states = attn.to_out[1](hidden_states)
 
         if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+            hidden_states = hidden_states.transpose(-1, -2).reshape(
+                batch_size, channel, height, width
+            )
         if probe is not None:  # presence measurements (a read-mode bank with a QueryProbe)
             probe.record(self.name, query, key, own, hidden_states if input_ndim == 3 else None)
         if attn.residual_connection:
@@ -234,7 +236,9 @@ def support_entry_shapes(unet_config: Dict, latent_size: int, prompt_tokens: int
     """
     from diffusers import UNet2DConditionModel
 
-    config = {k: v for k, v in unet_config.items() if not k.startswith("_") and k != "in_channels_ref"}
+    config = {
+        k: v for k, v in unet_config.items() if not k.startswith("_") and k != "in_channels_ref"
+    }
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
         set_kv_fusion_processors(unet)

@@ -47,7 +47,9 @@ def relative_threshold(image: torch.Tensor, rel_threshold: float = 0.25,
     return mean > rel_threshold * peak
 
 
-def _side_stats(p: torch.Tensor, m: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _side_stats(
+    p: torch.Tensor, m: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Count, mean and (population) std of ``p`` over the pixels where ``m`` is 1, per image."""
     n = m.sum(dim=(-2, -1))
     mean = (p * m).sum(dim=(-2, -1)) / n.clamp(min=1)

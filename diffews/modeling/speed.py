@@ -27,7 +27,9 @@ def set_inference_dtype(model, name: str) -> None:
     ("bfloat16_vae"). Latents, keys and values then live in the UNet's dtype; decoding still maps
     to uint8 in fp32."""
     if name not in DTYPES:
-        raise ValueError(f"MODEL.DIFFEWS.INFERENCE_DTYPE must be one of {sorted(DTYPES)}, got {name!r}")
+        raise ValueError(
+            f"MODEL.DIFFEWS.INFERENCE_DTYPE must be one of {sorted(DTYPES)}, got {name!r}"
+        )
     dtype = DTYPES[name]
     vae_dtype = VAE_DTYPES.get(name, dtype)
     model.inference_dtype = dtype
@@ -51,10 +53,10 @@ def is_float32(model) -> bool:
 
 def compile_for_inference(model) -> None:
     """``torch.compile`` the VAE encoder and decoder in place (modules, hooks and state-dict keys
-    stay as they are): they hold most of an episode's FLOPs (docs/PROTOCOLS.md section 4) and are plain
-    tensor functions. The UNet stays eager: its attention processors read and write the per-call
-    KV bank, which dynamo guards on and recompiles for, layer by layer (measured: it falls back to
-    eager after its recompile limit). The first call of each input shape compiles."""
+    stay as they are): they hold most of an episode's FLOPs (docs/PROTOCOLS.md section 4) and are
+    plain tensor functions. The UNet stays eager: its attention processors read and write the
+    per-call KV bank, which dynamo guards on and recompiles for, layer by layer (measured: it falls
+    back to eager after its recompile limit). The first call of each input shape compiles."""
     for module in (model.vae.encoder, model.vae.decoder):
         module.forward = torch.compile(module.forward)
     model.compiled = True

@@ -228,7 +228,10 @@ def load_pretrained_unet(pretrained: str) -> UNet2DConditionModel:
         logger.info(f"Loaded the support input conv (conv_in_ref) from {folder}")
         add_support_conv(unet, support_state)
     else:
-        logger.info("No conv_in_ref in %s: initialising it from conv_in (docs/METHOD.md section 1.2)", folder)
+        logger.info(
+            "No conv_in_ref in %s: initialising it from conv_in (docs/METHOD.md section 1.2)",
+            folder,
+        )
         add_support_conv(unet)
     return unet
 
@@ -245,7 +248,9 @@ def resolve_release_folder(path: str) -> str:
     )
 
 
-def load_release_state_dict(path: str, unet_config: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+def load_release_state_dict(
+    path: str, unet_config: Optional[dict] = None
+) -> Dict[str, torch.Tensor]:
     """Read a released DiffewS UNet (diffusers layout, docs/METHOD.md section 8) as a UNet state
     dict.
 
@@ -269,7 +274,11 @@ def load_release_state_dict(path: str, unet_config: Optional[dict] = None) -> Di
         raise ValueError(f"{config_path}: _class_name {cls!r} is not a DiffewS UNet")
     if unet_config is not None:
         for key in ARCH_KEYS:
-            if key in config and key in unet_config and _norm(config[key]) != _norm(unet_config[key]):
+            if (
+                key in config
+                and key in unet_config
+                and _norm(config[key]) != _norm(unet_config[key])
+            ):
                 raise ValueError(
                     f"{config_path}: '{key}' is {config[key]!r} but the UNet of "
                     f"MODEL.DIFFEWS.PRETRAINED has {unet_config[key]!r}"
@@ -293,7 +302,9 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def save_release_unet(unet: UNet2DConditionModel, folder: str, safe_serialization: bool = True) -> None:
+def save_release_unet(
+    unet: UNet2DConditionModel, folder: str, safe_serialization: bool = True
+) -> None:
     """Write a DiffewS UNet in the released layout: a diffusers folder whose weights hold
     ``conv_in_ref`` and whose config names ``in_channels_ref``."""
     if not hasattr(unet, "conv_in_ref"):

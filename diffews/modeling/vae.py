@@ -27,7 +27,9 @@ def load_frozen_vae(pretrained: str) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def encode_empty_prompt(pretrained: str, pad_in_training: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+def encode_empty_prompt(
+    pretrained: str, pad_in_training: bool = True
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Encode the empty prompt once; the text encoder is then released.
 
     Training uses ``[BOS, EOS, pad x 75]`` (docs/METHOD.md section 1.6), inference the

@@ -52,7 +52,10 @@ class AllForeground(nn.Module):
     """Baseline: every query pixel is foreground."""
 
     def forward(self, batched_inputs: List[Dict]):
-        return [{"pred_mask": torch.ones(x["image"].shape[-2:], dtype=torch.bool)} for x in batched_inputs]
+        return [
+            {"pred_mask": torch.ones(x["image"].shape[-2:], dtype=torch.bool)}
+            for x in batched_inputs
+        ]
 
 
 class SupportMaskCopy(nn.Module):

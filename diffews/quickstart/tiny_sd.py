@@ -73,7 +73,9 @@ def build_tiny_sd(folder: str, seed: int = 0, unet: dict = None, vae: dict = Non
     """
     os.makedirs(folder, exist_ok=True)
     torch.manual_seed(seed)
-    UNet2DConditionModel(**{**TINY_UNET, **(unet or {})}).save_pretrained(os.path.join(folder, "unet"))
+    UNet2DConditionModel(**{**TINY_UNET, **(unet or {})}).save_pretrained(
+        os.path.join(folder, "unet")
+    )
     torch.manual_seed(seed)
     AutoencoderKL(**{**TINY_VAE, **(vae or {})}).save_pretrained(os.path.join(folder, "vae"))
     torch.manual_seed(seed)
@@ -81,7 +83,9 @@ def build_tiny_sd(folder: str, seed: int = 0, unet: dict = None, vae: dict = Non
     tok = CLIPTokenizer(vocab=dict(TINY_VOCAB), merges=[], pad_token="!", model_max_length=77)
     tok.save_pretrained(os.path.join(folder, "tokenizer"))
     with open(os.path.join(folder, "model_index.json"), "w") as f:
-        json.dump({"_class_name": "StableDiffusionPipeline", "_note": "tiny random, DiffewS tests"}, f)
+        json.dump(
+            {"_class_name": "StableDiffusionPipeline", "_note": "tiny random, DiffewS tests"}, f
+        )
     return folder
 
 

@@ -66,6 +66,8 @@ def warmup_vae(vae, records, label_format: str, size: int, steps: int = 300, bat
         x = next(data)
         masks = x[batch:]
         recon = vae.decode(vae.encode(masks).latent_dist.mean).sample.clamp(-1, 1)
-        iou = (((recon.mean(1) > 0) & (masks[:, 0] > 0)).sum() / ((recon.mean(1) > 0) | (masks[:, 0] > 0)).sum())
+        iou = ((recon.mean(1) > 0) & (masks[:, 0] > 0)).sum() / (
+            (recon.mean(1) > 0) | (masks[:, 0] > 0)
+        ).sum()
     logger.info("VAE warm-up done: mask reconstruction IoU %.3f", iou.item())
     return iou.item()

@@ -38,7 +38,9 @@ def write_outputs(output_dir: str, result: Dict, supports: List[np.ndarray]) -> 
         {"mask": path of the mask file, "fraction": foreground fraction}.
     """
     stem = os.path.splitext(os.path.basename(result["name"]))[0]
-    paths = {k: os.path.join(output_dir, f"{stem}_{k}") for k in ("mask.png", "pred.png", "overlay.jpg")}
+    paths = {
+        k: os.path.join(output_dir, f"{stem}_{k}") for k in ("mask.png", "pred.png", "overlay.jpg")
+    }
     mask = result["mask"]
     Image.fromarray(mask.astype(np.uint8) * 255).save(paths["mask.png"])
     Image.fromarray(result["pred_image"]).save(paths["pred.png"])

@@ -16,9 +16,10 @@ without what cannot change a result (``config_fingerprint``: ``OUTPUT_DIR``, ``D
 holds), the device's index, ``TEST.FSOD.SUPPORT_DIR``, a cache whose sets are checked against the
 model anyway, and the paths of the weights), the identity of the weights and of the other files
 the model reads (``files_identity``; for DiffewS ``PRETRAINED``'s UNet and VAE), and each
-runner's identity of its data (episodes, support split, test images, dataset, supports). Another command on the same
-folder is refused before the model is built (``check_resume``), one line naming the first key
-that differs, unless ``--overwrite``, which deletes the old shards and final files first.
+runner's identity of its data (episodes, support split, test images, dataset, supports). Another
+command on the same folder is refused before the model is built (``check_resume``), one line naming
+the first key that differs, unless ``--overwrite``, which deletes the old shards and final files
+first.
 """
 
 import hashlib

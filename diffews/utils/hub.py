@@ -101,7 +101,9 @@ def modelscope_cache_dir() -> str:
 
         return os.fspath(get_cache_dir())
     except Exception:  # library missing or moved: the documented default
-        path = os.environ.get("MODELSCOPE_CACHE") or os.path.join("~", ".cache", "modelscope", "hub")
+        path = os.environ.get("MODELSCOPE_CACHE") or os.path.join(
+            "~", ".cache", "modelscope", "hub"
+        )
         return os.path.abspath(os.path.expanduser(path))
 
 

@@ -52,7 +52,9 @@ def list_images(paths: Iterable[str]) -> List[str]:
             found = sorted(os.path.join(p, f) for f in os.listdir(p)
                            if f.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
-                raise ImageReadError(f"{p}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+                raise ImageReadError(
+                    f"{p}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"
+                )
             out.extend(found)
         else:
             out.append(p)

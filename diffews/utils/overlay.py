@@ -11,7 +11,9 @@ PRED_COLOR = (255, 40, 40)
 GT_COLOR = (40, 220, 40)
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, color=PRED_COLOR, alpha: float = 0.5) -> np.ndarray:
+def overlay_mask(
+    image: np.ndarray, mask: np.ndarray, color=PRED_COLOR, alpha: float = 0.5
+) -> np.ndarray:
     """Tint the mask's pixels of an (H, W, 3) uint8 image; ``mask`` is (H, W), non-zero = on."""
     out = image.astype(np.float32).copy()
     on = mask.astype(bool)
@@ -35,7 +37,9 @@ def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str] = (), heigh
     resized: List[Image.Image] = []
     for p in panels:
         h, w = p.shape[:2]
-        resized.append(Image.fromarray(p).resize((max(1, round(w * height / h)), height), Image.BILINEAR))
+        resized.append(
+            Image.fromarray(p).resize((max(1, round(w * height / h)), height), Image.BILINEAR)
+        )
     width = sum(im.width for im in resized) + gap * (len(resized) - 1)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)

@@ -75,7 +75,9 @@ class EpisodicTrainDataset(torch.utils.data.IterableDataset):
             classes = [c for c in meta.class_ids if len(by_class[c]) >= 2]
             if not classes:
                 raise ValueError(f"{name}: no class has the two images an episode needs")
-            mapper = EpisodeMapper(image_size, meta.label_format, getattr(meta, "ignore_boundary", False))
+            mapper = EpisodeMapper(
+                image_size, meta.label_format, getattr(meta, "ignore_boundary", False)
+            )
             self.pools.append((mapper, by_class, classes))
             self.records.append([r for rs in by_class.values() for r in rs])
             logger.info("%s: %d training classes, %d images", name, len(classes),

@@ -54,7 +54,8 @@ class DiffewSBlocks(PresenceBlocks):
         return images.to(self.device, torch.float32) / 127.5 - 1.0
 
     def mask_to_image(self, masks: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) mask, non-zero = foreground -> (N, 3, H, W) image, -1 background / +1 foreground."""
+        """(N, H, W) mask, non-zero = foreground -> (N, 3, H, W) image, -1 background / +1
+        foreground."""
         m = (torch.as_tensor(masks).to(self.device) > 0).to(torch.float32) * 2.0 - 1.0
         return m[:, None].expand(-1, 3, -1, -1)
 

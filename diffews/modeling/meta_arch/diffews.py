@@ -1,15 +1,16 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The DiffewS meta-architecture: few-shot segmentation with one step of a Stable Diffusion UNet.
 
-docs/METHOD.md sections 0-5. Per episode: the supports' image and mask latents go through the UNet once
-(support pass), which yields a ``SupportSet`` (their keys/values in every self-attention layer);
-the query image latent goes through it once more (query pass), every self-attention attending to
-its own and the supports' keys/values. The output, negated, is the VAE latent of the query mask,
-which the VAE decodes and a relative threshold binarises.
+docs/METHOD.md sections 0-5. Per episode: the supports' image and mask latents go through the UNet
+once (support pass), which yields a ``SupportSet`` (their keys/values in every self-attention
+layer); the query image latent goes through it once more (query pass), every self-attention
+attending to its own and the supports' keys/values. The output, negated, is the VAE latent of the
+query mask, which the VAE decodes and a relative threshold binarises.
 
 The building blocks (``encode_supports``, ``encode``, ``query_pass``, ``decode``, ``postprocess``,
-in ``building_blocks.py``) are the one implementation of the method: ``forward`` (training and benchmarks),
-``DiffewSPredictor``, video object segmentation and instance segmentation all call them.
+in ``building_blocks.py``) are the one implementation of the method: ``forward`` (training and
+benchmarks), ``DiffewSPredictor``, video object segmentation and instance segmentation all call
+them.
 """
 
 import logging
@@ -100,7 +101,9 @@ class DiffewS(DiffewSBlocks, nn.Module):
         self.timestep = timestep
         self.rel_threshold = rel_threshold
         self.abs_threshold = abs_threshold
-        self.support_cache = SupportLatentCache(support_cache_size) if support_cache_size > 0 else None
+        self.support_cache = (
+            SupportLatentCache(support_cache_size) if support_cache_size > 0 else None
+        )
         self.latent_scale = float(vae.config.scaling_factor)
         # the VAE halves the resolution in every block but the last, the UNet in every down block
         # but the last: inputs must be multiples of both
@@ -108,7 +111,9 @@ class DiffewS(DiffewSBlocks, nn.Module):
             len(unet.config.block_out_channels) - 1
         )
         if support_pass_batch < 1:
-            raise ValueError(f"MODEL.DIFFEWS.SUPPORT_PASS_BATCH must be >= 1, got {support_pass_batch}")
+            raise ValueError(
+                f"MODEL.DIFFEWS.SUPPORT_PASS_BATCH must be >= 1, got {support_pass_batch}"
+            )
         self.support_pass_batch = int(support_pass_batch)
         if vae_channels_last:
             self.vae.to(memory_format=torch.channels_last)
@@ -177,8 +182,10 @@ class DiffewS(DiffewSBlocks, nn.Module):
 
     def train(self, mode: bool = True):
         if mode and (not is_float32(self) or self.compiled):
-            raise ValueError("MODEL.DIFFEWS.INFERENCE_DTYPE and MODEL.DIFFEWS.COMPILE are inference "
-                             "settings; training runs in float32 eager mode with SOLVER.AMP")
+            raise ValueError(
+                "MODEL.DIFFEWS.INFERENCE_DTYPE and MODEL.DIFFEWS.COMPILE are inference "
+                "settings; training runs in float32 eager mode with SOLVER.AMP"
+            )
         super().train(mode)
         self.vae.eval()  # frozen, always in eval mode
         return self
@@ -196,8 +203,8 @@ class DiffewS(DiffewSBlocks, nn.Module):
         """
         Args:
             batched_inputs: a list of episodes, each a dict with
-                * "image": (3, H, W) uint8 or float tensor, the query image, RGB in [0, 255], already
-                  resized to the working size (INPUT.IMAGE_SIZE).
+                * "image": (3, H, W) uint8 or float tensor, the query image, RGB in [0, 255],
+                  already resized to the working size (INPUT.IMAGE_SIZE).
                 * "support_images": (K, 3, H, W) the K support images, same convention and size.
                 * "support_masks": (K, H, W) the support masks, non-zero = foreground.
                 * "sem_seg": (H, W) the query mask (training only): 1 = foreground, 0 = background,
@@ -242,8 +249,8 @@ class DiffewS(DiffewSBlocks, nn.Module):
         """Raise if (H, W) is not a multiple of the VAE x UNet downsampling."""
         if size[0] % self.size_divisibility or size[1] % self.size_divisibility:
             raise ValueError(
-                f"image size {tuple(size)} is not a multiple of {self.size_divisibility} (VAE x UNet "
-                "downsampling); change INPUT.IMAGE_SIZE"
+                f"image size {tuple(size)} is not a multiple of {self.size_divisibility} "
+                "(VAE x UNet downsampling); change INPUT.IMAGE_SIZE"
             )
 
     def _stack(self, batched_inputs: List[Dict]):
@@ -303,8 +310,9 @@ class DiffewS(DiffewSBlocks, nn.Module):
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
-        """One-step prediction of episodes with equal K (docs/METHOD.md section 3): each episode's supports
-        become a SupportSet (``encode_supports``), then one query pass for the whole batch."""
+        """One-step prediction of episodes with equal K (docs/METHOD.md section 3): each episode's
+        supports become a SupportSet (``encode_supports``), then one query pass for the whole
+        batch."""
         query, _, _ = self._stack(batched_inputs)
         sets = [self.encode_supports(x["support_images"], x["support_masks"])
                 for x in batched_inputs]
