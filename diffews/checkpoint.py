@@ -178,6 +178,13 @@ class DiffewSCheckpointer(DetectionCheckpointer):
                 raise KeyError(f"{source}: missing key '{key}' (shape {tuple(value.shape)})")
             check_shape(key, value.shape, incoming[key].shape, source)
         unexpected = sorted(set(incoming) - set(expected))
+        if unexpected and all(k.startswith(HEAD_PREFIX) for k in unexpected):
+            raise KeyError(
+                f"{source}: holds a presence head ('{unexpected[0]}', ...) that this model was "
+                "built without: build the model from a config whose MODEL.WEIGHTS is this file "
+                "(the head is then built to its shape), or set MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED "
+                "True"
+            )
         if unexpected:
             raise KeyError(
                 f"{source}: {len(unexpected)} unexpected key(s), e.g. '{unexpected[0]}': the "

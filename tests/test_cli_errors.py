@@ -8,6 +8,7 @@ Every subprocess imports torch, detectron2 and diffusers (several seconds), so t
 concurrently, once, in a module fixture; most of them fail before the model is built.
 """
 
+import hashlib
 import os
 import pickle
 import re
@@ -71,9 +72,11 @@ def world(tiny_sd, tmp_path_factory):
 
 
 def _fss(w, root, *extra):
-    """run_fss on the FSS-1000 tree at ``root`` (its own split lists), 2 episodes."""
+    """run_fss on the FSS-1000 tree at ``root`` (its own split lists), 2 episodes; each command
+    its own output folder (the cases run three at a time, and an output folder is one run's)."""
+    tag = hashlib.sha1(repr(extra).encode()).hexdigest()[:8]
     return ([RUN_FSS, "--config-file", CFG, "--benchmark", "fss", "--num-episodes", "2",
-             "--output", os.path.join(w["d"], "out_" + os.path.basename(root)), *_sd(w),
+             "--output", os.path.join(w["d"], f"out_{os.path.basename(root)}_{tag}"), *_sd(w),
              "MODEL.WEIGHTS", w["release"], *extra],
             {"DETECTRON2_DATASETS": root, "DIFFEWS_SPLITS": "tree"})
 

@@ -46,12 +46,12 @@ def test_every_yaml_merges(path):
     add_sine_config(cfg)  # configs/sine/ set MODEL.SINE.*
     cfg.merge_from_file(path)  # raises on an unknown key
     depth, base = 0, path
-    while True:  # _BASE_ chains are at most 3 files deep
+    while True:  # _BASE_ chains are at most 4 files deep (a variant of a fold or recipe config)
         with open(base) as f:
             line = next((ln for ln in f if ln.startswith("_BASE_")), None)
         if line is None:
             break
         base = os.path.join(os.path.dirname(base), line.split(":", 1)[1].strip().strip("\"'"))
         depth += 1
-    assert depth <= 2
+    assert depth <= 3
     assert "!!python" not in open(path).read()

@@ -231,13 +231,13 @@ def test_from_pretrained_takes_hub_ids(filled_cache, folds):
 
 
 def test_fold_template_resolves_per_fold_at_check_and_load(filled_cache, folds):
-    """run_fss.py substitutes {fold} in MODEL.WEIGHTS, then checks (preflight) and loads each
-    fold's weights: both steps take the substituted hub id."""
+    """run_fss.py makes each fold's weights with ``fold_weights`` ({fold} substituted, the hub id
+    resolved to the snapshot's folder, once), then checks (preflight) and loads that folder."""
     from detectron2.modeling import build_model
 
     from diffews.checkpoint import load_inference_weights
     from diffews.cli.preflight import check_weights
-    from diffews.config import build_config
+    from diffews.config import build_config, fold_weights
 
     template = "hf://org/diffews/weight/coco_fold{fold}"
     cfg = build_config(BASE_CONFIG, ["MODEL.DIFFEWS.PRETRAINED", "hf://org/tiny-sd",
@@ -246,14 +246,15 @@ def test_fold_template_resolves_per_fold_at_check_and_load(filled_cache, folds):
     assert cfg.MODEL.WEIGHTS == template  # left for its fold
     model = build_model(cfg).eval()
     for fold in (1, 0):
-        weights = template.replace("{fold}", str(fold))
+        weights = fold_weights(cfg, fold)
+        assert os.path.isdir(weights) and weights.endswith("coco_fold%d" % fold)
         check_weights(weights, allow_untrained=False)
         fold_cfg = cfg.clone()
         fold_cfg.MODEL.WEIGHTS = weights
         load_inference_weights(model, fold_cfg)
         assert _unet_equal(model, folds[fold]) and not _unet_equal(model, folds[1 - fold])
     with pytest.raises(HubError, match="coco_fold7"):
-        check_weights(template.replace("{fold}", "7"), allow_untrained=False)
+        fold_weights(cfg, 7)
 
 
 def test_run_fss_takes_a_per_fold_hub_id(filled_cache, tmp_path):

@@ -103,4 +103,4 @@ def test_part_timings_rows_and_differences():
     counts = node_counts(folder, threads=1)
     q = counts["query_pass"]
     assert q["optimised, static shapes"] < q["optimised, free shapes"] <= q["exported"] * 2
-    assert format_nodes(counts).count("\n| ") == 5
+    assert format_nodes(counts).count("\n| ") == len(counts)  # a row per graph under the header

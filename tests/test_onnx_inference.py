@@ -119,7 +119,8 @@ def _run_args(tiny_sd, weights, out, *extra):
 
 def test_run_fss_onnxruntime_matches_torch(tiny_sd, weights, predictors, tmp_path, monkeypatch):
     seen_torch = capture_episodes(monkeypatch)
-    summary_torch = run_fss.main(_run_args(tiny_sd, weights, tmp_path / "torch"))
+    summary_torch = run_fss.main(_run_args(tiny_sd, weights, tmp_path / "torch",
+                                           "MODEL.DIFFEWS.BACKEND", "torch"))
     monkeypatch.undo()
     # the export made by the predictors' fixture is found (same weights and size), so nothing
     # is traced in this run and torch's UNet and VAE can be forbidden throughout
@@ -129,7 +130,8 @@ def test_run_fss_onnxruntime_matches_torch(tiny_sd, weights, predictors, tmp_pat
     forbid_torch_compute(monkeypatch)
     summary = run_fss.main(_run_args(tiny_sd, weights, tmp_path / "ort",
                                      "MODEL.DIFFEWS.BACKEND", "onnxruntime"))
-    assert glob.glob(os.path.join(weights, "onnx", "*")) == [folder]  # used, not rebuilt
+    # used, not rebuilt (onnx/auto/ holds BACKEND auto's per-host choices, not exports)
+    assert glob.glob(os.path.join(weights, "onnx", "*px-*")) == [folder]
     assert os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns == stamp
     assert sorted(seen) == sorted(seen_torch) == list(range(6))
     for i in seen:
@@ -140,10 +142,12 @@ def test_run_fss_onnxruntime_matches_torch(tiny_sd, weights, predictors, tmp_pat
 
 def test_missing_onnxruntime_stops_before_the_model(tiny_sd, weights, tmp_path, monkeypatch,
                                                     capsys):
-    def no_model(cfg):
+    from diffews.predictor.diffews import DiffewSPredictor
+
+    def no_model(cls, cfg):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(run_fss, "build_model", no_model)
+    monkeypatch.setattr(DiffewSPredictor, "from_config", classmethod(no_model))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     argv = ["--config-file", CFG, "--benchmark", "synthetic", "--output", str(tmp_path),
             "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "MODEL.WEIGHTS", weights]
@@ -171,7 +175,7 @@ def test_training_and_sampling_stay_torch(tiny_sd, tmp_path):
     assert not model.training  # the export left the model in eval mode
     backends, used = model.inference_backend, []
     get = backends.get
-    backends.get = lambda m, size: used.append(size) or get(m, size)
+    backends.get = lambda m, size, part=None: used.append(size) or get(m, size, part)
     ep = make_episode(2, seed=5)
     model([ep])
     assert used  # inference asked the backend

@@ -63,6 +63,7 @@ def test_attention_signal_under_a_backend_says_the_pass_is_torch(tiny_sd, caplog
     episode = make_episode(1, seed=3)
     sets = [model.encode_supports(episode["support_images"], episode["support_masks"])]
     z = model.encode(model.normalize(episode["image"][None]), sample=False)
+    caplog.clear()  # the model's loading lines
     with torch.no_grad(), caplog.at_level(logging.WARNING):
         model.query_pass_measured(z, sets, model.prompt_embeds_test)
         assert not caplog.records  # torch backend: nothing to say

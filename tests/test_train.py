@@ -92,8 +92,10 @@ def test_exported_unet_round_trip(tiny_sd, tmp_path):
 
     episode = make_episode(2, seed=4)
     preds = []
-    for source in (weights, str(tmp_path / "release")):
-        model = build_model(make_cfg(tiny_sd)).eval()
+    with pytest.raises(KeyError, match="holds a presence head"):  # a model built without one
+        DiffewSCheckpointer(build_model(make_cfg(tiny_sd))).load(weights)
+    for source in (weights, str(tmp_path / "release")):  # the release folder is the UNet only
+        model = build_model(make_cfg(tiny_sd, "MODEL.WEIGHTS", source)).eval()
         DiffewSCheckpointer(model).load(source)
         preds.append(model([episode])[0]["pred_image"])
     assert torch.equal(preds[0], preds[1])

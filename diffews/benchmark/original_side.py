@@ -3,7 +3,7 @@
 --original CHECKOUT --original-python PY``).
 
 The original (aim-uofa/DiffewS d12c396) runs in its own interpreter and packages, as a worker
-process (``tools/original_worker.py``) that this process asks for one episode at a time. Both sides
+process (``dev/original_worker.py``) that this process asks for one episode at a time. Both sides
 load the same weights, written once: a diffusers folder (``write_shared_weights``: the random
 ``tiny`` / ``mid`` / ``sd21`` UNet with its support conv, VAE, a small text encoder and tokenizer
 for the empty prompt). Per episode, in an order rotated every episode (so that the host's drift
@@ -42,7 +42,7 @@ __all__ = ["ORIGINAL_PATHS", "write_shared_weights", "build_our_model", "Origina
 
 ORIGINAL_PATHS = ("original", "default", "torch", "reuse")
 WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))), "tools", "original_worker.py")
+    __file__)))), "dev", "original_worker.py")
 
 
 def write_shared_weights(model_name: str, folder: str, seed: int = 0) -> str:
@@ -116,7 +116,7 @@ def _legacy_text_keys(path: str) -> None:
 
 
 class OriginalWorker:
-    """The original code in its own interpreter (``tools/original_worker.py``), one episode per
+    """The original code in its own interpreter (``dev/original_worker.py``), one episode per
     request."""
 
     def __init__(self, python: str, checkout: str, weights: str, episodes_file: str,
