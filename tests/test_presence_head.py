@@ -212,6 +212,13 @@ def test_checkpoint_brings_its_head_and_calibration(tiny_sd, tmp_path):
     assert plain.model.presence_head is not None and plain.model.default_presence_threshold() < 0
 
 
+def test_head_weights_into_a_model_without_a_head_say_so(tiny_sd, tmp_path):
+    headed = _build(tiny_sd, "MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED", True).eval()
+    weights = _trainer_checkpoint(headed, tmp_path / "model_final.pth")
+    with pytest.raises(KeyError, match="holds a presence head .* built without"):
+        DiffewSCheckpointer(_build(tiny_sd)).load(weights)
+
+
 def test_weights_without_the_head_load_with_its_initialisation(tiny_sd, tmp_path, caplog):
     plain = _build(tiny_sd).eval()
     weights = _trainer_checkpoint(plain, tmp_path / "plain.pth")

@@ -15,6 +15,10 @@ from diffews.quickstart.presence import CALIBRATION_SEED, calibrate_weights, pre
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "diffews_tiny_synthetic_cpu.yaml")
+# the quick start's presence overrides (its config's comment)
+PRESENCE_OPTS = ["MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED", True,
+                 "MODEL.DIFFEWS.PRESENCE_HEAD.LOSS_WEIGHT", 0.2,
+                 "INPUT.FEW_SHOT.NEGATIVE_RATIO", 0.3]
 
 
 def test_calibration_goes_into_the_checkpoint(tiny_sd, tmp_path, caplog):
@@ -22,8 +26,9 @@ def test_calibration_goes_into_the_checkpoint(tiny_sd, tmp_path, caplog):
 
     from diffews.config import build_config
 
-    cfg = build_config(CONFIG, ["MODEL.DIFFEWS.PRETRAINED", tiny_sd, "TEST.FSS.NUM_EPISODES", 3])
-    assert cfg.MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED and cfg.INPUT.FEW_SHOT.NEGATIVE_RATIO > 0
+    cfg = build_config(CONFIG, ["MODEL.DIFFEWS.PRETRAINED", tiny_sd, "TEST.FSS.NUM_EPISODES", 3,
+                                *PRESENCE_OPTS])
+    assert not build_config(CONFIG).MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED  # opt-in
     model = build_model(cfg).eval()
     weights = str(tmp_path / "model_final.pth")
     DiffewSCheckpointer(model, save_dir=str(tmp_path)).save("model_final", iteration=1)

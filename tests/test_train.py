@@ -92,8 +92,6 @@ def test_exported_unet_round_trip(tiny_sd, tmp_path):
 
     episode = make_episode(2, seed=4)
     preds = []
-    with pytest.raises(KeyError, match="holds a presence head"):  # a model built without one
-        DiffewSCheckpointer(build_model(make_cfg(tiny_sd))).load(weights)
     for source in (weights, str(tmp_path / "release")):  # the release folder is the UNet only
         model = build_model(make_cfg(tiny_sd, "MODEL.WEIGHTS", source)).eval()
         DiffewSCheckpointer(model).load(source)

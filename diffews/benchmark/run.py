@@ -285,7 +285,7 @@ def original(args) -> int:
     if not args.original_python:
         raise UsageError("--original needs --original-python: the interpreter of the original's "
                          "own environment (diffusers 0.25.0, transformers 4.36.2; "
-                         "tools/BENCHMARKS.md says how to make it)")
+                         "tools/README.md says how to make it)")
     if python_is_ours(args.original_python):
         raise UsageError("--original-python is this interpreter; the original needs its own "
                          "environment (diffusers 0.25.0, transformers 4.36.2)")

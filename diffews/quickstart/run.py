@@ -1,12 +1,12 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
 """The quick start (``tools/quickstart.py``): train a tiny DiffewS on the built-in synthetic
 benchmark through the same training code as real runs (``engine.train``, the config
-``configs/quick_schedules/diffews_tiny_synthetic_cpu.yaml``, which also trains it to say "not
-here": absent-target episodes and a presence head), calibrate its presence decision on the
-*training* classes and write it into ``train/model_final.pth`` (``presence.py``), then score it
-and two trivial baselines on the same held-out episodes with the same evaluator (the model also
-on as many absent-target episodes: its presence AUROC and what its calibrated threshold empties),
-print the table and save a picture of predictions. With ``model="sine"`` a tiny SINE is trained
+``configs/quick_schedules/diffews_tiny_synthetic_cpu.yaml``), then score it and two trivial
+baselines on the same held-out episodes with the same evaluator, print the table and save a
+picture of predictions. With the presence overrides of that config's comment (absent-target
+episodes and a presence head, opt-in) it also calibrates the presence decision on the *training*
+classes into ``train/model_final.pth`` (``presence.py``) and scores the model on as many
+absent-target episodes too (its presence AUROC and what its calibrated threshold empties). With ``model="sine"`` a tiny SINE is trained
 too (``sine.py``) and scored beside them on the same held-out episodes."""
 
 import logging
