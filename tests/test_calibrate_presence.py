@@ -41,13 +41,14 @@ def test_calibration_writes_a_config_fragment(tiny_sd, tmp_path, capsys):
     rc = calibrate_presence.cli(["--config-file", CONFIG, "--output", str(out), "--episodes", "4",
                                  "--held-out", "synthetic_fss_test", "--precision", "0.99",
                                  "MODEL.DIFFEWS.PRETRAINED", tiny_sd, "INPUT.IMAGE_SIZE", "64",
-                                 "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True"])
+                                 "MODEL.DIFFEWS.ALLOW_UNTRAINED", "True",
+                                 "MODEL.DIFFEWS.PRESENCE_HEAD.ENABLED", "True"])
     assert rc == 0, capsys.readouterr().err
     report = json.loads((out / "presence_calibration.json").read_text())
     assert report["dataset"] == "synthetic_fss_train"
     assert report["positives"] == 4 and report["negatives"] == 4
     assert report["choice_queries"] == 4 and report["report_queries"] == 4
-    # the quick start's config has a presence head (untrained here): its signal is measured too
+    # a model with a presence head (untrained here): its signal is measured too
     assert set(report["signals"]) == {"score", "peak", "attention", "head"}
     best = max(report["signals"], key=lambda n: report["signals"][n]["choice"]["AUROC"])
     assert report["chosen"] == best

@@ -6,8 +6,9 @@ baselines on the same held-out episodes with the same evaluator, print the table
 picture of predictions. With the presence overrides of that config's comment (absent-target
 episodes and a presence head, opt-in) it also calibrates the presence decision on the *training*
 classes into ``train/model_final.pth`` (``presence.py``) and scores the model on as many
-absent-target episodes too (its presence AUROC and what its calibrated threshold empties). With ``model="sine"`` a tiny SINE is trained
-too (``sine.py``) and scored beside them on the same held-out episodes."""
+absent-target episodes too (its presence AUROC and what its calibrated threshold empties). With
+``model="sine"`` a tiny SINE is trained too (``sine.py``) and scored beside them on the same
+held-out episodes."""
 
 import logging
 import os
