@@ -199,3 +199,23 @@ def test_gpu_suite_sine_rows_dry_run_on_cpu():
         (d, b) for d in ("float32", "bfloat16") for b in (1, 2)]
     assert all(r["status"] == "ok" and r["s_per_step"] > 0 for r in train)
     assert format_rows(rows).count("| SINE training iteration |") == 4
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_warns(tmp_path, caplog):
+    """bf16 is emulated (many times slower) on a CPU whose flags list no avx512_bf16 / amx_bf16:
+    the model says so when built for such a CPU, and stays quiet with the kernels, on a GPU or
+    in float32."""
+    from diffews.modeling.speed import cpu_has_bf16_kernels, warn_if_bf16_emulated
+
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    bf16 = tmp_path / "bf16"
+    bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16_kernels(str(avx2)) is False and cpu_has_bf16_kernels(str(bf16)) is True
+    assert cpu_has_bf16_kernels(str(tmp_path / "missing")) is None
+    with caplog.at_level("WARNING", logger="diffews.modeling.speed"):
+        assert warn_if_bf16_emulated("bfloat16_vae", "cpu", str(avx2))
+        assert "without bf16 kernels" in caplog.text
+        assert not warn_if_bf16_emulated("bfloat16", "cpu", str(bf16))
+        assert not warn_if_bf16_emulated("bfloat16", "cuda", str(avx2))
+        assert not warn_if_bf16_emulated("float32", "cpu", str(avx2))

@@ -12,7 +12,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTYPES", "set_inference_dtype", "is_float32", "compile_for_inference"]
+__all__ = ["DTYPES", "set_inference_dtype", "is_float32", "compile_for_inference",
+           "cpu_has_bf16_kernels", "warn_if_bf16_emulated"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "bfloat16_vae": torch.float32}
@@ -20,6 +21,24 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # avx512_bf16) the VAE gains most (2.0-2.3x measured per part, the UNet 1.14x; issue 31), and
 # keeping the UNet in fp32 keeps its keys/values and attention exact
 VAE_DTYPES = {"bfloat16_vae": torch.bfloat16}
+
+
+# CPU flags of native bfloat16 arithmetic; without them oneDNN emulates bf16 through fp32
+# conversions (measured on an AVX2-only AMD EPYC: bfloat16 14x slower than float32, mid weights
+# at 256 px; tools/BENCHMARKS.md "bf16 on a CPU without bf16 kernels")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16_kernels(cpuinfo: str = "/proc/cpuinfo"):
+    """True / False whether the CPU flags list native bf16 arithmetic; None when unknown (no
+    readable ``cpuinfo``, e.g. not Linux)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def set_inference_dtype(model, name: str) -> None:
@@ -44,6 +63,20 @@ def set_inference_dtype(model, name: str) -> None:
         finally:
             diffusers_logging.set_verbosity(level)
         logger.info("Inference in %s (MODEL.DIFFEWS.INFERENCE_DTYPE)", name)
+
+
+def warn_if_bf16_emulated(name: str, device: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Warn (and return True) when ``name`` runs a part in bfloat16 on a CPU (``device``, the
+    config's MODEL.DEVICE) whose flags list no native bf16 arithmetic."""
+    if "bfloat16" not in name or not str(device).startswith("cpu"):
+        return False
+    if cpu_has_bf16_kernels(cpuinfo) is not False:
+        return False
+    logger.warning(
+        "MODEL.DIFFEWS.INFERENCE_DTYPE %s on a CPU without bf16 kernels (none of %s in %s): bf16 "
+        "is emulated there and runs many times slower than float32 (14x measured on an "
+        "AVX2-only CPU); use float32", name, ", ".join(BF16_CPU_FLAGS), cpuinfo)
+    return True
 
 
 def is_float32(model) -> bool:

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..kv_fusion import fused_layer_names, set_kv_fusion_processors
 from ..presence_head import PresenceHead, head_in_weights, pooled_layers
-from ..speed import compile_for_inference, is_float32, set_inference_dtype
+from ..speed import (compile_for_inference, is_float32, set_inference_dtype,
+                     warn_if_bf16_emulated)
 from ..support_cache import SupportLatentCache
 from ..unet import load_pretrained_unet
 from ..vae import encode_empty_prompt, load_frozen_vae
@@ -142,6 +143,7 @@ class DiffewS(DiffewSBlocks, nn.Module):
                 "MODEL.DIFFEWS.PRETRAINED is empty: set it to a local Stable Diffusion folder in "
                 "diffusers layout (unet/ vae/ text_encoder/ tokenizer/); see TRAINING.md"
             )
+        warn_if_bf16_emulated(cfg.MODEL.DIFFEWS.INFERENCE_DTYPE, cfg.MODEL.DEVICE)
         unet = load_pretrained_unet(pretrained)
         if cfg.MODEL.DIFFEWS.GRADIENT_CHECKPOINTING:
             unet.enable_gradient_checkpointing()
