@@ -31,6 +31,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..utils.errors import SupportSetError
+
 __all__ = ["Predictor"]
 
 
@@ -99,14 +101,33 @@ class Predictor(abc.ABC):
         (``predict``, ``predict_many``) or "fsis" (``predict_instances``); a model whose tasks
         pre-process supports differently (SINE) encodes each as its task does."""
 
-    @abc.abstractmethod
+    #: the support-set class this predictor encodes, loads and concatenates (``load``, ``cat``)
+    support_set_class: type = type(None)
+
     def load_support_set(self, path: str):
         """A saved support set, checked against this model (signature, working size), on this
         predictor's device. Raises ``SupportSetError`` (one line) when it does not fit."""
+        return self.check_supports(self.support_set_class.load(path))
 
-    @abc.abstractmethod
     def cat_support_sets(self, sets: Sequence):
         """The supports of ``sets`` in order, as one set."""
+        return self.support_set_class.cat(sets)
+
+    def check_supports(self, supports):
+        """``supports`` if it is a non-empty set of this model (its signature), made ready for
+        it (``fit_supports``); a wrong type is a TypeError, the rest ``SupportSetError``."""
+        name = self.support_set_class.__name__
+        if not isinstance(supports, self.support_set_class):
+            raise TypeError(f"supports must be a {name} (from encode_supports or {name}.load), "
+                            f"got {type(supports).__name__}")
+        if len(supports) == 0:
+            raise SupportSetError(f"the {name} is empty: a query needs at least one support")
+        supports.check_compatible(self.signature, "this predictor's model")
+        return self.fit_supports(supports)
+
+    def fit_supports(self, supports):
+        """A checked set made ready for this model (its working size, device, dtype)."""
+        return supports
 
     # -- queries -----------------------------------------------------------------------------------
     @abc.abstractmethod

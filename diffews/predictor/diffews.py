@@ -109,6 +109,7 @@ class DiffewSPredictor(Predictor):
 
     path_keys = ("MODEL.DIFFEWS.PRETRAINED",)
     presence_key = "MODEL.DIFFEWS.PRESENCE_THRESHOLD"
+    support_set_class = SupportSet
 
     @classmethod
     def model_files(cls, cfg) -> List[str]:
@@ -248,22 +249,8 @@ class DiffewSPredictor(Predictor):
             signature=self.signature, info=info, use_cache=False)
         return support_set.to(dtype=dtype) if dtype is not None else support_set
 
-    def load_support_set(self, path: str) -> SupportSet:
-        """A saved ``SupportSet`` checked against this predictor's model and working size, on
-        its device (``SupportSetError``, one line, when it does not fit)."""
-        return self._check_supports(SupportSet.load(path))
-
-    def cat_support_sets(self, sets: Sequence[SupportSet]) -> SupportSet:
-        """``SupportSet.cat``: the supports of ``sets`` in order, as one set."""
-        return SupportSet.cat(sets)
-
-    def _check_supports(self, supports) -> SupportSet:
-        if not isinstance(supports, SupportSet):
-            raise TypeError(f"supports must be a SupportSet (from encode_supports or "
-                            f"SupportSet.load), got {type(supports).__name__}")
-        if len(supports) == 0:
-            raise SupportSetError("the SupportSet is empty: a query needs at least one support")
-        supports.check_compatible(self.signature, "this predictor's model")
+    def fit_supports(self, supports: SupportSet) -> SupportSet:
+        """Encoded at this predictor's working size, on its device."""
         if tuple(supports.latents.shape[-2:]) != (self.latent_size, self.latent_size):
             raise SupportSetError(
                 f"the SupportSet was encoded at another working size (latent "
@@ -300,7 +287,7 @@ class DiffewSPredictor(Predictor):
     def iter_predict(self, queries: Iterable, supports: SupportSet, batch_size: int = 8,
                      presence_threshold: Optional[float] = None) -> Iterator[Dict]:
         """``predict`` one batch at a time (for folders of thousands of queries)."""
-        supports = self._check_supports(supports)
+        supports = self.check_supports(supports)
         queries = _as_list(queries)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -320,7 +307,7 @@ class DiffewSPredictor(Predictor):
         Returns:
             one ``predict`` dict per support set, in order.
         """
-        sets = [self._check_supports(s) for s in support_sets]
+        sets = [self.check_supports(s) for s in support_sets]
         (encoded,) = self._encode_chunk([query], 0)
         results: List[Optional[Dict]] = [None] * len(sets)
         by_shots: Dict[int, List[int]] = {}

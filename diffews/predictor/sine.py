@@ -72,6 +72,7 @@ class SINEPredictor(Predictor):
     architecture = "SINE"
     path_keys = ("MODEL.SINE.ENCODER.WEIGHTS",)
     presence_key = "MODEL.SINE.PRESENCE_THRESHOLD"
+    support_set_class = SINESupportSet
 
     def __init__(self, model, cfg):
         self.model = model.eval()
@@ -223,27 +224,15 @@ class SINEPredictor(Predictor):
         s = self.model.encode_support_set(task, feats, padded, 0, info)
         return s.to(dtype=dtype) if dtype is not None else s
 
-    def load_support_set(self, path: str) -> SINESupportSet:
-        """A saved ``SINESupportSet`` checked against this model, on its device."""
-        return self._check_supports(SINESupportSet.load(path))
-
-    def cat_support_sets(self, sets: Sequence[SINESupportSet]) -> SINESupportSet:
-        return SINESupportSet.cat(sets)
-
-    def _check_supports(self, supports) -> SINESupportSet:
-        if not isinstance(supports, SINESupportSet):
-            raise TypeError(f"supports must be a SINESupportSet (from encode_supports or "
-                            f"SINESupportSet.load), got {type(supports).__name__}")
-        if len(supports) == 0:
-            raise SupportSetError("the support set is empty: a query needs at least one support")
-        supports.check_compatible(self.signature, "this predictor's model")
+    def fit_supports(self, supports: SINESupportSet) -> SINESupportSet:
+        """On this predictor's device, in float32."""
         return supports.to(self.device, torch.float32)
 
     # -- few-shot semantic segmentation ------------------------------------------------------------
     def iter_predict(self, queries: Iterable, supports, batch_size: int = 8,
                      presence_threshold: Optional[float] = None) -> Iterator[Dict]:
         """One result per query (the module docstring's FSS rules), a batch at a time."""
-        supports = self._check_supports(supports)
+        supports = self.check_supports(supports)
         for chunk in _chunks_iter(_as_list(queries), max(int(batch_size), 1)):
             for encoded in self.encode_images(chunk, batch_size):
                 yield self._result(encoded, supports, presence_threshold)
@@ -251,7 +240,7 @@ class SINEPredictor(Predictor):
     def predict_many(self, query, support_sets: Sequence, batch_size: int = 8,
                      presence_threshold: Optional[float] = None) -> List[Dict]:
         """One query (encoded once) against several support sets, each decoded on its own."""
-        sets = [self._check_supports(s) for s in support_sets]
+        sets = [self.check_supports(s) for s in support_sets]
         (encoded,) = self.encode_images([query], 1)
         return [self._result(encoded, s, presence_threshold) for s in sets]
 
@@ -285,7 +274,7 @@ class SINEPredictor(Predictor):
         ``task="fsis"``); instances as inference_fsod's test: boxes ``[xmin, ymin, xmax, ymax]`` of
         the mask pixels (no +1). With a presence threshold (>= 0) a class whose best class
         probability is below it gives no instance."""
-        sets = [self._check_supports(s) for s in support_sets]
+        sets = [self.check_supports(s) for s in support_sets]
         for i, s in enumerate(sets):
             if s.rule != "fsis":
                 raise SupportSetError(f"support set {i} was pooled for {s.rule!r}; SINE's "
