@@ -10,7 +10,8 @@ warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarn
 from . import data  # noqa: E402,F401  (registers datasets)
 from . import modeling  # noqa: F401  (registers the DiffewS meta-architecture)
 from .checkpoint import DiffewSCheckpointer
-from .config import add_diffews_config, add_sine_config
+from .config import add_diffews_config
+from .sine_config import add_sine_config
 from .modeling import SINE, DiffewS, SINESupportSet, SupportSet
 from .modeling.readout import prediction_score_array as prediction_score
 from .predictor import DiffewSPredictor, EncodedImage

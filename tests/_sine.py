@@ -35,7 +35,8 @@ def sine_cfg(*opts, tiny=None, config_file=None):
     + tiny sizes + opts)."""
     from detectron2.config import get_cfg
 
-    from diffews.config import add_diffews_config, add_sine_config
+    from diffews.config import add_diffews_config
+    from diffews.sine_config import add_sine_config
 
     cfg = get_cfg()
     add_diffews_config(cfg)

@@ -6,7 +6,7 @@ import pytest
 from detectron2.config import get_cfg
 
 from diffews import add_diffews_config
-from diffews.config import add_sine_config
+from diffews.sine_config import add_sine_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YAMLS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))

@@ -21,6 +21,7 @@ LAYERS = [
     "checkpoint",   # weights in and out
     "data",         # datasets, episodes, loaders
     "evaluation",   # mIoU/FB-IoU, J&F, instance AP (reads dataset metadata)
+    "sine_config",  # add_sine_config: every SINE key (nothing else of diffews)
     "config",       # add_diffews_config, build_config (registers DATASETS.CUSTOM datasets)
     "engine",       # trainer, hooks, solver
     "predictor",    # the one Predictor interface, one implementation per model, build_predictor

@@ -1,6 +1,6 @@
 # Copyright (c) DiffewS contributors. Licensed under the BSD 2-Clause License (see LICENSE).
-"""The criterion of a config's ``MODEL.SINE.LOSS`` keys (``add_sine_config``): what the SINE
-meta-architecture's ``from_config`` calls."""
+"""The criterion of a config's ``MODEL.SINE.LOSS`` keys (``sine_config.add_sine_config``): what the
+SINE meta-architecture's ``from_config`` calls."""
 
 from detectron2.config import CfgNode as CN
 
@@ -14,7 +14,7 @@ def build_sine_criterion(cfg: CN, num_decoder_layers: int) -> SineCriterion:
     """The criterion of ``cfg.MODEL.SINE.LOSS``.
 
     Args:
-        cfg: a config with ``add_sine_config`` applied.
+        cfg: a config with ``sine_config.add_sine_config`` applied.
         num_decoder_layers: the Matching Transformer's depth; with deep supervision every one of
             its ``num_decoder_layers`` aux predictions (the one before layer 0 and after layers
             0..depth-2) is weighted, as the original's ``weight_dict`` does.
